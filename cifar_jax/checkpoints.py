@@ -1,0 +1,161 @@
+"""Orbax checkpoints under WORKDIR/checkpoints, and the training-complete marker.
+
+A checkpoint step holds three items:
+
+* ``state``: the whole `TrainState` (step, params, EMA params, optimizer
+  state, RNG), saved asynchronously;
+* ``config``: the config it was trained with (JSON);
+* ``dataset``: the class names in label order, and the training-set size.
+
+Running the trainer again on the same WORKDIR resumes from the latest
+finalised step. A WORKDIR whose saved parameters have other shapes than the
+current config gives is refused with the config fields that differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from cifar_jax.errors import UserError
+
+TRAIN_COMPLETE_FILE = 'train_complete'
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+def create_manager(workdir: str, keep: int | None = None, read_only: bool = False
+                   ) -> ocp.CheckpointManager:
+  """A manager of WORKDIR/checkpoints; `keep` None keeps every step."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep,
+      create=not read_only,
+      read_only=read_only,
+      enable_async_checkpointing=not read_only,
+  )
+  handlers = {
+      'state': ocp.StandardCheckpointHandler(),
+      'config': ocp.JsonCheckpointHandler(),
+      'dataset': ocp.JsonCheckpointHandler(),
+  }
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+
+
+def save(manager: ocp.CheckpointManager, state: Any, config: ml_collections.ConfigDict,
+         dataset_info: dict[str, Any]) -> None:
+  """Starts an asynchronous save of `state` (host arrays) at `state.step`."""
+  step = int(state.step)
+  manager.save(
+      step,
+      args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
+          dataset=ocp.args.JsonSave(dataset_info),
+      ),
+  )
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{'params/conv1/kernel': shape, ...}; saved metadata and dataclasses alike."""
+  def name(entry) -> str:
+    for attribute in ('key', 'name', 'idx'):
+      if hasattr(entry, attribute):
+        return str(getattr(entry, attribute))
+    return str(entry)
+
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {'/'.join(name(e) for e in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def _config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = ''
+                        ) -> list[str]:
+  differences = []
+  for key in sorted(set(saved) | set(current)):
+    a, b = saved.get(key), current.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      differences += _config_differences(a, b, f'{prefix}{key}.')
+    elif a != b:
+      differences.append(f'{prefix}{key}: {a!r} -> {b!r}')
+  return differences
+
+
+def read_saved_config(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  return restored.config
+
+
+def restore(manager: ocp.CheckpointManager, step: int, template: Any,
+            config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any]]:
+  """The state saved at `step`, laid out like `template` (shapes/dtypes).
+
+  Returns (state as host arrays, dataset info). Refuses a checkpoint whose
+  arrays have other shapes than the template, naming the config fields that
+  differ; reports an unreadable checkpoint in one sentence.
+  """
+  where = os.path.join(str(manager.directory), str(step))
+  try:
+    saved_shapes = _shapes(manager.item_metadata(step)['state'])
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(
+        f'Checkpoint {where} cannot be read ({type(e).__name__}: {e}); delete that step '
+        'folder to fall back to the previous checkpoint.'
+    ) from e
+  if saved_shapes != _shapes(template):
+    try:
+      differences = _config_differences(
+          read_saved_config(manager, step), json.loads(config.to_json_best_effort()))
+    except Exception:  # pylint: disable=broad-except
+      differences = ['(saved config unreadable)']
+    raise UserError(
+        f'{manager.directory} holds a model with other parameter shapes than this config '
+        f'gives (config changes: {"; ".join(differences) or "none"}); use a new --workdir '
+        'or the config it was trained with.'
+    )
+  target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), template)
+  try:
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                dataset=ocp.args.JsonRestore()),
+    )
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(
+        f'Checkpoint {where} cannot be restored ({type(e).__name__}: {e}); delete that step '
+        'folder to fall back to the previous checkpoint.'
+    ) from e
+  state = jax.tree.map(np.asarray, restored.state)
+  return state, restored.dataset
+
+
+def mark_train_complete(workdir: str, step: int) -> None:
+  """Tells evaluators that `step` is the final checkpoint."""
+  path = os.path.join(workdir, TRAIN_COMPLETE_FILE)
+  with open(path + '.tmp', 'w') as f:
+    json.dump({'final_step': step, 'time': time.time()}, f)
+  os.replace(path + '.tmp', path)
+
+
+def clear_train_complete(workdir: str) -> None:
+  path = os.path.join(workdir, TRAIN_COMPLETE_FILE)
+  if os.path.exists(path):
+    logging.info('Training continues past the old final step: removing %s.', path)
+    os.remove(path)
+
+
+def final_step(workdir: str) -> int | None:
+  """The final step written by `mark_train_complete`, or None if training runs."""
+  try:
+    with open(os.path.join(workdir, TRAIN_COMPLETE_FILE)) as f:
+      return int(json.load(f)['final_step'])
+  except FileNotFoundError:
+    return None

@@ -1,0 +1,62 @@
+r"""Command line: flags -> `train_and_evaluate` or `evaluate`.
+
+  python -m cifar_jax.main --workdir=/tmp/cifar10 --config=experiments/cifar10.py
+  python -m cifar_jax.main --workdir=/tmp/cifar10 --config=experiments/cifar10.py --mode=eval
+
+Any config field can be overridden, e.g. `--config.num_train_steps=2000`.
+"""
+
+import logging as logging_lib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from cifar_jax import evaluate, train
+from cifar_jax.errors import UserError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summaries and logs.')
+flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                  'train: train (and resume) in WORKDIR; eval: score the latest checkpoint.')
+config_flags.DEFINE_config_file('config', None, 'Path to an experiments/*.py config file.',
+                                lock_config=True)
+flags.mark_flags_as_required(['workdir', 'config'])
+
+
+class _QuietLibraries(logging_lib.Filter):
+  """Drops Orbax's per-save INFO chatter; keeps its warnings and errors."""
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    return record.levelno >= logging_lib.WARNING or '/orbax/' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.info('Config:\n%s', FLAGS.config)
+  try:
+    if FLAGS.mode == 'train':
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      evaluate.evaluate(FLAGS.config, FLAGS.workdir)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a one-line answer to a bad --config.field override."""
+  try:
+    return FLAGS(argv)
+  except flags.Error:
+    raise  # absl prints these with the usage.
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    print(f'error: a --config.* override was rejected ({e}); check that the field exists '
+          'in the config file and that the value has its type.', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,278 @@
+"""The pure training step and the training loop (the tutorial's cifar10_train.py).
+
+`train_step` is a pure function of (state, batch) -> (state, metrics): softmax
+cross-entropy plus the tutorial's weight decay (0.004 * l2_loss on the local3
+and local4 kernels), gradients averaged over all devices with `lax.pmean`, an
+optax update, and the EMA of the parameters. `_device_step` puts the
+on-device batch gathering and augmentation in front of it; `parallel.pmap`
+maps that over the local devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import functools
+import os
+import time
+from typing import Any
+
+from absl import logging
+from clu import parameter_overview
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cifar_jax import checkpoints, datasets, evaluate, input_pipeline, parallel, summaries
+from cifar_jax import train_state as train_state_lib
+from cifar_jax.errors import UserError
+from cifar_jax.train_state import TrainState
+
+
+def weight_decay_loss(params: Any, modules: tuple[str, ...], weight_decay: float) -> jax.Array:
+  """weight_decay * sum over `modules` of tf.nn.l2_loss(kernel) = sum(w^2) / 2."""
+  return weight_decay * sum(0.5 * jnp.sum(jnp.square(params[m]['kernel'])) for m in modules)
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+                       ) -> jax.Array:
+  """Mean softmax cross-entropy, with optional label smoothing."""
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    apply_fn: Callable[..., jax.Array],
+    tx: optax.GradientTransformation,
+    learning_rate_fn: optax.Schedule,
+    config: ml_collections.ConfigDict,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One synchronous SGD step on this device's part of the global batch.
+
+  Must run under `parallel.pmap` (it averages over `parallel.AXIS_NAME`).
+  """
+
+  def loss_fn(params):
+    logits = apply_fn({'params': params}, batch['image'])
+    cross_entropy = cross_entropy_loss(logits, batch['label'], config.label_smoothing)
+    decay = weight_decay_loss(params, tuple(config.weight_decay_modules), config.weight_decay)
+    return cross_entropy + decay, (cross_entropy, logits)
+
+  (loss, (cross_entropy, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  grads = jax.lax.pmean(grads, parallel.AXIS_NAME)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  step = state.step + 1
+  ema_params = train_state_lib.update_ema(state.ema_params, params, step, config.ema.kind,
+                                          config.ema.decay)
+  metrics = {
+      'loss': loss,
+      'cross_entropy': cross_entropy,
+      'precision': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+      'learning_rate': learning_rate_fn(state.step),
+  }
+  metrics = jax.lax.pmean(metrics, parallel.AXIS_NAME)
+  new_state = state.replace(step=step, params=params, opt_state=opt_state,
+                            ema_params=ema_params)
+  return new_state, metrics
+
+
+def _device_step(state: TrainState, data: input_pipeline.DeviceData, indices: jax.Array, *,
+                 augment: dict, **step_kwargs) -> tuple[TrainState, dict[str, jax.Array]]:
+  """Gather + augment this device's examples, then `train_step`."""
+  # Keyed by the example's index, not the device, so that any number of
+  # devices sees the same augmented global batch.
+  key = jax.random.fold_in(state.rng, state.step)
+  batch = input_pipeline.train_batch(data, indices, key, **augment)
+  return train_step(state, batch, **step_kwargs)
+
+
+def make_parallel_train_step(config: ml_collections.ConfigDict, model: nn.Module,
+                             tx: optax.GradientTransformation,
+                             learning_rate_fn: optax.Schedule, devices: list[jax.Device]):
+  """(replicated state, DeviceData, indices [D, B]) -> (state, metrics)."""
+  step = functools.partial(
+      _device_step,
+      augment=input_pipeline.augment_options(config),
+      apply_fn=model.apply,
+      tx=tx,
+      learning_rate_fn=learning_rate_fn,
+      config=config,
+  )
+  return parallel.pmap(step, devices, donate_argnums=(0,))
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  for field in ('per_device_batch_size', 'num_train_steps', 'log_every_steps',
+                'checkpoint_every_steps', 'keep_checkpoints'):
+    if config[field] < 1:
+      raise UserError(f'config.{field} is {config[field]}; it must be at least 1.')
+
+
+def _fetch_metrics(pending: list[dict[str, jax.Array]], last_good_step: int | None,
+                   first_step: int, workdir: str) -> dict[str, float]:
+  """Means of the pending per-step metrics; stops training on a non-finite loss."""
+  # Every device holds the same (pmean-ed) metrics: keep the first replica.
+  values = [{k: v[0] for k, v in m.items()} for m in jax.device_get(pending)]
+  losses = np.array([v['loss'] for v in values])
+  if not np.all(np.isfinite(losses)):
+    bad_step = first_step + int(np.argmin(np.isfinite(losses))) + 1
+    kept = (f'the last good checkpoint (step {last_good_step}) in '
+            f'{checkpoints.checkpoint_dir(workdir)} is intact'
+            if last_good_step is not None else 'no checkpoint was written')
+    raise UserError(
+        f'Training diverged: the loss became {losses[~np.isfinite(losses)][0]} at step '
+        f'{bad_step}; {kept}; lower config.learning_rate and run again.')
+  return {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+
+
+def _write_histograms(writer, step, state_host, model, sample_images) -> None:
+  """Weight histograms and activation histograms on a fixed sample."""
+  arrays = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state_host.params)[0]:
+    arrays['params/' + '/'.join(str(p.key) for p in path)] = np.asarray(leaf)
+  _, intermediates = model.apply({'params': state_host.params}, sample_images,
+                                 capture_intermediates=True, mutable=['intermediates'])
+  for path, leaf in jax.tree_util.tree_flatten_with_path(intermediates)[0]:
+    arrays['activations/' + '/'.join(str(getattr(p, 'key', p)) for p in path[1:-1])] = (
+        np.asarray(leaf))
+  writer.write_histograms(step, arrays)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains until `config.num_train_steps`, resuming from WORKDIR if it holds checkpoints.
+
+  Returns the final state (host arrays). When `config.eval_at_end`, the final
+  EMA and raw parameters are scored on `config.dataset.eval_split`.
+  """
+  _check_config(config)
+  workdir = summaries.prepare_workdir(workdir)
+  is_main = jax.process_index() == 0
+  devices = parallel.select_devices(config.num_devices)
+
+  train_split = datasets.load_split(config.dataset, config.dataset.train_split)
+  schedule = input_pipeline.BatchSchedule(
+      num_examples=train_split.num_examples,
+      per_device_batch_size=config.per_device_batch_size,
+      num_local_devices=len(devices),
+      seed=config.seed,
+      num_processes=jax.process_count(),
+      process_index=jax.process_index(),
+  )
+  if schedule.steps_per_epoch < 1:
+    raise UserError(
+        f'The training split has {train_split.num_examples} examples, fewer than one global '
+        f'batch ({schedule.global_batch_size}); lower config.per_device_batch_size.')
+  model, tx, learning_rate_fn = train_state_lib.create_model_and_optimizer(
+      config, train_split.num_classes, train_split.num_examples, schedule.global_batch_size)
+  state = train_state_lib.create_train_state(config, model, tx)
+  dataset_info = {'class_names': list(train_split.class_names),
+                  'num_train_examples': train_split.num_examples}
+
+  manager = checkpoints.create_manager(workdir, keep=config.keep_checkpoints)
+  latest = manager.latest_step()
+  if latest is not None:
+    state, _ = checkpoints.restore(manager, latest, state, config)
+    logging.info('Resuming from checkpoint step %d in %s.', latest, manager.directory)
+    if is_main:
+      summaries.print_line(f'resuming from step {latest}')
+  start_step = int(state.step)
+  if start_step >= config.num_train_steps:
+    logging.info('Already trained to step %d >= num_train_steps.', start_step)
+    checkpoints.mark_train_complete(workdir, start_step)
+    manager.close()
+    return state
+  checkpoints.clear_train_complete(workdir)
+
+  writer = summaries.create_writer(workdir, enabled=is_main)
+  if is_main:
+    parameter_overview.log_parameter_overview(state.params)
+    logging.info('%d devices (%s), global batch %d, %d steps per epoch.', len(devices),
+                 devices[0].platform, schedule.global_batch_size, schedule.steps_per_epoch)
+
+  data = input_pipeline.put_on_devices(train_split, devices)
+  p_state = parallel.replicate(state, devices)
+  p_train_step = make_parallel_train_step(config, model, tx, learning_rate_fn, devices)
+  sample_images = np.asarray(jax.vmap(functools.partial(
+      input_pipeline.preprocess_eval_image, crop_size=config.crop_size))(
+          train_split.images[:config.histogram_sample_size]))
+
+  pending: list[dict[str, jax.Array]] = []
+  pending_first_step = start_step
+  last_good_checkpoint = latest
+  window_start, window_steps = None, 0
+  try:
+    for step in range(start_step, config.num_train_steps):
+      indices = schedule.indices(step)
+      step_started = time.time()
+      p_state, metrics = p_train_step(p_state, data, indices)
+      pending.append(metrics)
+      done = step + 1
+      if step == start_step:
+        # The first step compiles: timed on its own and left out of examples/sec.
+        jax.block_until_ready(metrics)
+        if is_main:
+          logging.info('First step (compilation included) took %.1f s.',
+                       time.time() - step_started)
+          _write_input_images(writer, done, train_split, schedule, p_state, config)
+        window_start, window_steps = time.time(), 0
+      else:
+        window_steps += 1
+      last = done == config.num_train_steps
+      log_now = done % config.log_every_steps == 0 or last
+      checkpoint_now = done % config.checkpoint_every_steps == 0 or last
+      if log_now or checkpoint_now:
+        means = _fetch_metrics(pending, last_good_checkpoint, pending_first_step, workdir)
+        pending, pending_first_step = [], done
+        if log_now and is_main:
+          duration = time.time() - window_start
+          sec_per_batch = duration / window_steps if window_steps else float('nan')
+          examples_per_sec = schedule.global_batch_size / sec_per_batch
+          summaries.print_line(
+              f'step {done}, loss = {means["loss"]:.2f} ({examples_per_sec:.1f} '
+              f'examples/sec; {sec_per_batch:.3f} sec/batch)')
+          writer.write_scalars(done, {**means, 'examples_per_sec': examples_per_sec})
+      histograms_now = done % config.histogram_every_steps == 0 or last
+      if is_main and histograms_now:
+        _write_histograms(writer, done, parallel.unreplicate(p_state), model, sample_images)
+      if checkpoint_now:
+        checkpoints.save(manager, parallel.unreplicate(p_state), config, dataset_info)
+        last_good_checkpoint = done
+      if log_now or checkpoint_now or histograms_now:
+        # The device is idle after these syncs; time the next window from here.
+        window_start, window_steps = time.time(), 0
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+  checkpoints.mark_train_complete(workdir, config.num_train_steps)
+  state = parallel.unreplicate(p_state)
+  if config.eval_at_end:
+    eval_split = datasets.load_split(config.dataset, config.dataset.eval_split)
+    result = evaluate.Evaluator(config, eval_split, model, devices).score_state(state)
+    if is_main:
+      summaries.print_line(evaluate.format_result(int(state.step), result,
+                                                  config.eval.headline))
+      eval_writer = summaries.create_writer(os.path.join(workdir, 'eval'))
+      eval_writer.write_scalars(int(state.step), result)
+      eval_writer.close()
+  writer.close()
+  return state
+
+
+def _write_input_images(writer, step, train_split, schedule, p_state, config) -> None:
+  """A grid of the augmented images of the first batch, once."""
+  rng = parallel.unreplicate(p_state.rng)
+  indices = schedule.indices(step - 1).reshape(-1)[:config.input_image_grid_size]
+  images = jax.jit(functools.partial(input_pipeline.augment_batch,
+                                     **input_pipeline.augment_options(config)))(
+      train_split.images[indices], indices, jax.random.fold_in(rng, step - 1))
+  writer.write_images(step, {'augmented_inputs': summaries.image_grid_ready(images)})

@@ -1,0 +1,111 @@
+"""Augmentation ops against TensorFlow's tf.image, and the batch schedule."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from cifar_jax import input_pipeline, parallel
+from cifar_jax.datasets import Split
+
+tf = pytest.importorskip('tensorflow')
+
+
+@pytest.fixture
+def images():
+  rng = np.random.default_rng(0)
+  batch = rng.integers(0, 256, size=(6, 32, 32, 3)).astype(np.uint8)
+  batch[0] = 77  # a constant image: std 0, TF's 1/sqrt(N) floor applies
+  return batch
+
+
+def test_per_image_standardization_matches_tf(images):
+  for image in images:
+    expected = tf.image.per_image_standardization(image.astype(np.float32)).numpy()
+    actual = input_pipeline.per_image_standardization(image.astype(np.float32))
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+
+
+def test_central_crop_matches_tf_resize_with_crop_or_pad(images):
+  for size in (24, 25, 31):
+    expected = tf.image.resize_with_crop_or_pad(images, size, size).numpy()
+    actual = jax.vmap(lambda x: input_pipeline.central_crop(x, size))(images)  # noqa: B023
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+
+
+def test_eval_preprocessing_matches_the_tutorials_inputs(images):
+  expected = tf.image.per_image_standardization(
+      tf.image.resize_with_crop_or_pad(tf.cast(images, tf.float32), 24, 24)).numpy()
+  actual = jax.vmap(functools.partial(input_pipeline.preprocess_eval_image, crop_size=24))(
+      images)
+  np.testing.assert_allclose(actual, expected, atol=1e-5)
+
+
+def test_brightness_contrast_and_flip_match_tf(images):
+  image = images[1].astype(np.float32)
+  np.testing.assert_allclose(input_pipeline.adjust_brightness(image, -40.5),
+                             tf.image.adjust_brightness(image, -40.5).numpy(), atol=1e-4)
+  np.testing.assert_allclose(input_pipeline.adjust_contrast(image, 1.7),
+                             tf.image.adjust_contrast(image, 1.7).numpy(), atol=1e-3)
+  np.testing.assert_array_equal(image[:, ::-1], tf.image.flip_left_right(image).numpy())
+
+
+def test_random_crop_is_a_window_of_the_image(images):
+  image = images[2]
+  for seed in range(10):
+    crop = np.asarray(input_pipeline.random_crop(jax.random.PRNGKey(seed), image, 24))
+    found = [(top, left) for top in range(9) for left in range(9)
+             if np.array_equal(image[top:top + 24, left:left + 24], crop)]
+    assert found
+
+
+def test_augmentation_ranges(images):
+  options = dict(crop_size=24, flip=True, max_brightness_delta=63.0, contrast_range=(0.2, 1.8))
+  out = input_pipeline.augment_batch(images, np.arange(6), jax.random.PRNGKey(0), **options)
+  assert out.shape == (6, 24, 24, 3)
+  np.testing.assert_allclose(out[1:].mean(axis=(1, 2, 3)), 0.0, atol=1e-4)
+  np.testing.assert_allclose(out[1:].std(axis=(1, 2, 3)), 1.0, atol=1e-3)
+  # Same key and example ids: same result, whatever the order within the batch.
+  permuted = input_pipeline.augment_batch(images[::-1], np.arange(6)[::-1],
+                                          jax.random.PRNGKey(0), **options)
+  np.testing.assert_allclose(permuted[::-1], out, atol=1e-6)
+
+
+def test_batch_schedule_permutes_each_epoch_deterministically():
+  schedule = input_pipeline.BatchSchedule(num_examples=103, per_device_batch_size=5,
+                                          num_local_devices=2, seed=3)
+  assert schedule.global_batch_size == 10 and schedule.steps_per_epoch == 10
+  epoch0 = np.concatenate([schedule.indices(s).ravel() for s in range(10)])
+  epoch1 = np.concatenate([schedule.indices(s).ravel() for s in range(10, 20)])
+  assert len(set(epoch0)) == 100 and len(set(epoch1)) == 100  # no repeats in an epoch
+  assert not np.array_equal(epoch0, epoch1)
+  again = input_pipeline.BatchSchedule(103, 5, 2, seed=3)
+  np.testing.assert_array_equal(again.indices(13), schedule.indices(13))
+  assert schedule.indices(0).shape == (2, 5)
+
+
+def test_batch_schedule_splits_the_global_batch_across_processes():
+  whole = input_pipeline.BatchSchedule(100, 4, 2, seed=0, num_processes=2, process_index=0)
+  other = input_pipeline.BatchSchedule(100, 4, 2, seed=0, num_processes=2, process_index=1)
+  single = input_pipeline.BatchSchedule(100, 4, 4, seed=0)
+  for step in (0, 7, 31):
+    both = np.concatenate([whole.indices(step).ravel(), other.indices(step).ravel()])
+    np.testing.assert_array_equal(both, single.indices(step).ravel())
+
+
+def test_train_batch_gathers_on_each_device():
+  devices = jax.local_devices()[:2]
+  rng = np.random.default_rng(1)
+  split = Split(rng.integers(0, 256, (20, 32, 32, 3)).astype(np.uint8),
+                np.arange(20, dtype=np.int32) % 10, tuple('abcdefghij'))
+  data = input_pipeline.put_on_devices(split, devices)
+  indices = np.array([[3, 4, 5], [17, 18, 19]], np.int32)
+  gather = parallel.pmap(
+      lambda d, i: input_pipeline.eval_batch(d, i, crop_size=24), devices)
+  batch = gather(data, indices)
+  np.testing.assert_array_equal(batch['label'], split.labels[indices])
+  expected = jax.vmap(functools.partial(input_pipeline.preprocess_eval_image, crop_size=24))(
+      split.images[indices.ravel()])
+  np.testing.assert_allclose(np.asarray(batch['image']).reshape(expected.shape), expected,
+                             atol=1e-5)

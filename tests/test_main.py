@@ -1,0 +1,98 @@
+"""The command line as a user runs it, in real OS processes."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from cifar_jax import checkpoints, train_state
+from tests.conftest import REPO_ROOT, tiny_config
+
+TINY_FLAGS = [
+    '--config=experiments/smoke.py',
+    '--config.dataset.synthetic_train_size=512',
+    '--config.dataset.synthetic_test_size=200',
+    '--config.model.conv_features=8',
+    '--config.model.local3_features=16',
+    '--config.model.local4_features=8',
+    '--config.per_device_batch_size=8',
+    '--config.num_devices=1',
+    '--config.log_every_steps=10',
+    '--config.histogram_every_steps=1000',
+    '--config.eval.batch_size=64',
+]
+LOG_LINE = re.compile(r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: step (\d+), loss = \d+\.\d\d '
+                      r'\(\d+\.\d examples/sec; \d+\.\d{3} sec/batch\)$', re.M)
+
+
+def _main(workdir, *flags, **kwargs):
+  return subprocess.run(
+      [sys.executable, '-m', 'cifar_jax.main', f'--workdir={workdir}', *TINY_FLAGS, *flags],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def _final_state(workdir):
+  manager = checkpoints.create_manager(workdir, read_only=True)
+  template, _ = train_state.abstract_train_state(tiny_config(), 10)
+  state, _ = checkpoints.restore(manager, manager.latest_step(), template, tiny_config())
+  return state
+
+
+def test_trains_logs_in_the_tutorial_format_and_resumes(tmp_path):
+  workdir = str(tmp_path / 'run')
+  first = _main(workdir, '--config.num_train_steps=30', '--config.checkpoint_every_steps=20')
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert [int(s) for s in LOG_LINE.findall(first.stdout)] == [10, 20, 30]
+  assert 'step 30, precision @ 1 = ' in first.stdout
+  assert os.path.exists(os.path.join(workdir, 'train_complete'))
+  again = _main(workdir, '--config.num_train_steps=40', '--config.checkpoint_every_steps=20')
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert 'resuming from step 30' in again.stdout
+  assert [int(s) for s in LOG_LINE.findall(again.stdout)] == [40]
+
+
+def test_killed_trainer_resumes_with_identical_state(tmp_path):
+  killed = str(tmp_path / 'killed')
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'cifar_jax.main', f'--workdir={killed}', *TINY_FLAGS,
+       '--config.num_train_steps=100000', '--config.checkpoint_every_steps=20'],
+      cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  step_dir = os.path.join(killed, 'checkpoints', '40')
+  deadline = time.time() + 240
+  while not os.path.isdir(step_dir) and time.time() < deadline:
+    time.sleep(0.2)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  saved = checkpoints.create_manager(killed, read_only=True).latest_step()
+  assert saved is not None and saved >= 40
+  target = saved + 20
+  resumed = _main(killed, f'--config.num_train_steps={target}',
+                  '--config.checkpoint_every_steps=20')
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f'resuming from step {saved}' in resumed.stdout
+  straight = str(tmp_path / 'straight')
+  run = _main(straight, f'--config.num_train_steps={target}', '--config.checkpoint_every_steps=20')
+  assert run.returncode == 0, run.stderr[-2000:]
+  jax.tree.map(np.testing.assert_array_equal, _final_state(killed), _final_state(straight))
+
+
+def test_unknown_config_field_is_one_line(tmp_path):
+  result = _main(str(tmp_path), '--config.no_such_field=3')
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert re.search(r'^error: a --config.\* override was rejected .*no_such_field', result.stderr,
+                   re.M)
+
+
+def test_unwritable_workdir_is_one_line(tmp_path):
+  a_file = tmp_path / 'file'
+  a_file.write_text('')
+  result = _main(str(a_file / 'sub'))
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert 'error: Cannot write to workdir' in result.stderr

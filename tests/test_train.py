@@ -1,0 +1,137 @@
+"""The pure train step, data parallelism, and the training loop end to end."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from cifar_jax import checkpoints, datasets, input_pipeline, parallel, train, train_state
+from cifar_jax.errors import UserError
+from tests.conftest import tiny_config
+
+
+def test_weight_decay_is_the_tutorials_l2_loss():
+  params = {'local3': {'kernel': np.array([[1.0, 2.0]])}, 'local4': {'kernel': np.array([3.0])},
+            'conv1': {'kernel': np.array([100.0])}}
+  # 0.004 * (1 + 4 + 9) / 2; conv1 is not decayed.
+  assert float(train.weight_decay_loss(params, ('local3', 'local4'), 0.004)) == (
+      pytest.approx(0.028))
+
+
+def test_cross_entropy_with_label_smoothing_by_hand():
+  logits = np.array([[2.0, 0.0, -1.0]])
+  log_probs = logits - np.log(np.exp(logits).sum())
+  assert float(train.cross_entropy_loss(logits, np.array([0]))) == pytest.approx(-log_probs[0, 0])
+  smoothed = (0.9 + 0.1 / 3) * -log_probs[0, 0] + (0.1 / 3) * -(log_probs[0, 1] + log_probs[0, 2])
+  assert float(train.cross_entropy_loss(logits, np.array([0]), 0.1)) == pytest.approx(smoothed)
+
+
+def _run_steps(config, num_steps, fixed_indices=None):
+  """k steps of the parallel train step; returns (host state, per-step losses)."""
+  devices = parallel.select_devices(config.num_devices)
+  split = datasets.load_split(config.dataset, config.dataset.train_split)
+  schedule = input_pipeline.BatchSchedule(split.num_examples, config.per_device_batch_size,
+                                          len(devices), config.seed)
+  model, tx, lr_fn = train_state.create_model_and_optimizer(
+      config, split.num_classes, split.num_examples, schedule.global_batch_size)
+  state = parallel.replicate(train_state.create_train_state(config, model, tx), devices)
+  data = input_pipeline.put_on_devices(split, devices)
+  step_fn = train.make_parallel_train_step(config, model, tx, lr_fn, devices)
+  losses = []
+  for step in range(num_steps):
+    indices = schedule.indices(step) if fixed_indices is None else fixed_indices
+    state, metrics = step_fn(state, data, indices)
+    losses.append(float(metrics['loss'][0]))
+  return parallel.unreplicate(state), losses
+
+
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss():
+  config = tiny_config(learning_rate=0.3)
+  config.augment.random_contrast = False
+  config.augment.flip_left_right = False
+  config.augment.max_brightness_delta = 0.0
+  _, losses = _run_steps(config, 25, fixed_indices=np.arange(16, dtype=np.int32)[None])
+  # The tutorial net starts on a plateau near ln(10); 25 steps clearly leave it.
+  assert losses[0] == pytest.approx(np.log(10) + 0.0, abs=0.1)
+  assert losses[-1] < losses[0] - 0.25
+  assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_four_devices_equal_one_device_on_the_same_global_batch():
+  assert len(jax.local_devices()) >= 4
+  one, _ = _run_steps(tiny_config(num_devices=1, per_device_batch_size=16), 6)
+  four, _ = _run_steps(tiny_config(num_devices=4, per_device_batch_size=4), 6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0),
+               one.params, four.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0),
+               one.ema_params, four.ema_params)
+  assert int(one.step) == int(four.step) == 6
+
+
+def test_more_devices_than_exist_uses_all_with_a_warning(caplog):
+  assert len(parallel.select_devices(64)) == len(jax.local_devices())
+  assert 'only' in caplog.text
+  with pytest.raises(UserError, match='num_devices'):
+    parallel.select_devices(0)
+
+
+def _read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_train_and_evaluate_writes_everything(tmp_path, capsys):
+  workdir = str(tmp_path / 'run')
+  state = train.train_and_evaluate(tiny_config(), workdir)
+  assert int(state.step) == 20
+  manager = checkpoints.create_manager(workdir, read_only=True)
+  assert manager.all_steps() == [10, 20]
+  assert checkpoints.final_step(workdir) == 20
+  train_metrics = _read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  assert [m['step'] for m in train_metrics] == [5, 10, 15, 20]
+  assert {'loss', 'learning_rate', 'examples_per_sec', 'precision'} <= set(train_metrics[0])
+  eval_metrics = _read_jsonl(os.path.join(workdir, 'eval', 'metrics.jsonl'))
+  assert eval_metrics[0]['step'] == 20 and eval_metrics[0]['count'] == 200
+  output = capsys.readouterr().out
+  assert 'step 10, loss = ' in output and 'examples/sec; ' in output
+  assert 'step 20, precision @ 1 = ' in output
+
+
+def test_resume_continues_with_identical_state(tmp_path):
+  interrupted = str(tmp_path / 'interrupted')
+  train.train_and_evaluate(tiny_config(num_train_steps=10, eval_at_end=False), interrupted)
+  resumed = train.train_and_evaluate(tiny_config(eval_at_end=False), interrupted)
+  straight = train.train_and_evaluate(tiny_config(eval_at_end=False), str(tmp_path / 'straight'))
+  assert int(resumed.step) == int(straight.step) == 20
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+
+
+def test_resume_refuses_a_workdir_of_another_model(tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(num_train_steps=10, eval_at_end=False), workdir)
+  with pytest.raises(UserError, match='model.local3_features: 16 -> 32'):
+    train.train_and_evaluate(tiny_config(**{'model.local3_features': 32}), workdir)
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / 'run')
+  good = train.train_and_evaluate(tiny_config(num_train_steps=10, eval_at_end=False), workdir)
+  with pytest.raises(UserError, match='diverged.*step 10.*intact'):
+    train.train_and_evaluate(tiny_config(learning_rate=1e30, eval_at_end=False), workdir)
+  manager = checkpoints.create_manager(workdir, read_only=True)
+  assert manager.latest_step() == 10
+  restored, _ = checkpoints.restore(manager, 10, good, tiny_config())
+  jax.tree.map(np.testing.assert_array_equal, restored, good)
+
+
+def test_bad_inputs_end_in_one_sentence(tmp_path):
+  a_file = tmp_path / 'file'
+  a_file.write_text('')
+  with pytest.raises(UserError, match='Cannot write to workdir'):
+    train.train_and_evaluate(tiny_config(), str(a_file / 'sub'))
+  with pytest.raises(UserError, match='per_device_batch_size is 0'):
+    train.train_and_evaluate(tiny_config(per_device_batch_size=0), str(tmp_path / 'a'))
+  with pytest.raises(UserError, match='fewer than one global batch'):
+    train.train_and_evaluate(tiny_config(per_device_batch_size=1024), str(tmp_path / 'b'))

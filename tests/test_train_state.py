@@ -1,0 +1,92 @@
+"""EMA against hand computations and optax.ema; schedules and optimizers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cifar_jax import train_state
+from cifar_jax.errors import UserError
+from tests.conftest import tiny_config
+
+
+def _params_sequence(n):
+  rng = np.random.default_rng(0)
+  return [{'w': rng.normal(size=(3,)).astype(np.float32)} for _ in range(n)]
+
+
+def test_tensorflow_ema_matches_hand_computation():
+  # TF: ExponentialMovingAverage(0.9999, num_updates=global_step); shadow
+  # starts at the initial value; after update t, decay = min(d, (1+t)/(10+t)).
+  initial = {'w': np.array([1.0, -2.0, 0.5], np.float32)}
+  ema = initial
+  expected = initial['w'].astype(np.float64)
+  for t, params in enumerate(_params_sequence(30), start=1):
+    ema = train_state.update_ema(ema, params, jnp.asarray(t), 'tensorflow', 0.9999)
+    decay = min(0.9999, (1 + t) / (10 + t))
+    expected = decay * expected + (1 - decay) * params['w']
+    np.testing.assert_allclose(ema['w'], expected, rtol=1e-5, atol=1e-6)
+  assert float(train_state.ema_decay(jnp.asarray(1), 'tensorflow', 0.9999)) == pytest.approx(
+      2 / 11)
+  assert float(train_state.ema_decay(jnp.asarray(10**6), 'tensorflow', 0.9999)) == (
+      pytest.approx(0.9999))
+
+
+@pytest.mark.parametrize('decay', [0.9, 0.999])
+def test_debiased_ema_equals_optax_ema_with_debias(decay):
+  sequence = _params_sequence(40)
+  transform = optax.ema(decay, debias=True)
+  optax_state = transform.init(sequence[0])
+  ema = {'w': np.zeros(3, np.float32)}  # the starting value does not matter
+  biased = np.zeros(3)
+  for t, params in enumerate(sequence, start=1):
+    expected, optax_state = transform.update(params, optax_state)
+    ema = train_state.update_ema(ema, params, jnp.asarray(t), 'optax_debiased', decay)
+    # optax evaluates 1 - decay**t in float32, hence the looser tolerance.
+    np.testing.assert_allclose(ema['w'], expected['w'], rtol=1e-3, atol=1e-5)
+    biased = decay * biased + (1 - decay) * params['w']
+    np.testing.assert_allclose(ema['w'], biased / (1 - decay**t), rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_ema_kind_is_rejected():
+  with pytest.raises(UserError, match='ema.kind'):
+    train_state.ema_decay(jnp.asarray(1), 'polyak', 0.9)
+
+
+def test_staircase_schedule_is_the_tutorials():
+  config = tiny_config(learning_rate=0.1, lr_decay_factor=0.1, num_epochs_per_decay=350.0)
+  schedule = train_state.create_learning_rate_fn(config, 50_000, 128)
+  decay_steps = int(50_000 / 128 * 350)  # 136,718 as in cifar10.py
+  assert float(schedule(0)) == pytest.approx(0.1)
+  assert float(schedule(decay_steps - 1)) == pytest.approx(0.1)
+  assert float(schedule(decay_steps)) == pytest.approx(0.01)
+  assert float(schedule(2 * decay_steps)) == pytest.approx(0.001)
+
+
+def test_warmup_cosine_schedule():
+  config = tiny_config(lr_schedule='warmup_cosine', learning_rate=0.4, warmup_epochs=1.0,
+                       num_train_steps=100)
+  schedule = train_state.create_learning_rate_fn(config, 1000, 100)  # 10 steps per epoch
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(10)) == pytest.approx(0.4)
+  assert float(schedule(100)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_create_train_state_is_deterministic_and_ema_starts_at_params():
+  config = tiny_config()
+  model, tx, _ = train_state.create_model_and_optimizer(config, 10, 512, 8)
+  a = train_state.create_train_state(config, model, tx)
+  b = train_state.create_train_state(config, model, tx)
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+  jax.tree.map(np.testing.assert_array_equal, a.params, a.ema_params)
+  assert int(a.step) == 0
+  abstract, _ = train_state.abstract_train_state(config, 10)
+  assert jax.tree.map(lambda x: x.shape, abstract) == jax.tree.map(jnp.shape, a)
+
+
+def test_unknown_optimizer_and_schedule():
+  with pytest.raises(UserError, match='optimizer'):
+    train_state.create_optimizer(tiny_config(optimizer='adam'), lambda s: 0.1)
+  with pytest.raises(UserError, match='lr_schedule'):
+    train_state.create_learning_rate_fn(tiny_config(lr_schedule='step'), 100, 10)
