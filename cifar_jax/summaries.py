@@ -16,7 +16,6 @@ from collections.abc import Mapping
 import datetime
 import json
 import os
-import sys
 from typing import Any
 
 from absl import logging
@@ -97,8 +96,6 @@ def _tensorboard_writer(logdir: str) -> Any | None:
   except ImportError as e:
     if not _warned_no_tensorboard:
       logging.warning('No TensorBoard summaries (%s); metrics go to metrics.jsonl only.', e)
-      print(f'warning: no TensorBoard summaries ({e}); metrics go to metrics.jsonl only.',
-            file=sys.stderr)
       _warned_no_tensorboard = True
     return None
   return metric_writers.SummaryWriter(logdir)

@@ -96,3 +96,30 @@ def test_unwritable_workdir_is_one_line(tmp_path):
   assert result.returncode == 1
   assert 'Traceback' not in result.stderr
   assert 'error: Cannot write to workdir' in result.stderr
+
+
+def test_missing_workdir_flag_is_reported(tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'cifar_jax.main', *TINY_FLAGS], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert '--workdir' in result.stderr
+
+
+def test_trains_and_evaluates_without_tensorflow(tmp_path):
+  # As on a machine with JAX only: importing tensorflow or tensorboard fails.
+  workdir = str(tmp_path / 'run')
+  script = (
+      'import sys; sys.modules["tensorflow"] = None; sys.modules["tensorboard"] = None\n'
+      'from absl import app\n'
+      'from cifar_jax import main\n'
+      'app.run(main.main, flags_parser=main.parse_flags)\n')
+  flags = [f'--workdir={workdir}', *TINY_FLAGS, '--config.num_train_steps=20',
+           '--config.checkpoint_every_steps=10']
+  result = subprocess.run([sys.executable, '-c', script, *flags], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stderr.count('No TensorBoard summaries') == 1
+  assert 'step 20, precision @ 1 = ' in result.stdout
+  assert os.path.getsize(os.path.join(workdir, 'metrics.jsonl')) > 0
+  assert os.path.getsize(os.path.join(workdir, 'eval', 'metrics.jsonl')) > 0
+  assert not [f for f in os.listdir(workdir) if f.startswith('events.out.tfevents')]
