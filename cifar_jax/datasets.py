@@ -21,8 +21,10 @@ the sorted file names, which gives a deterministic per-class holdout.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 import dataclasses
+import glob
+import hashlib
 import io
 import os
 import re
@@ -30,6 +32,7 @@ import socket
 import tarfile
 import threading
 
+from absl import logging
 import ml_collections
 import numpy as np
 
@@ -58,17 +61,88 @@ class Split:
 
 
 def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
-  """Loads `split` of the source that `dataset_config` names."""
+  """Loads `split` of the source that `dataset_config` names.
+
+  Decoded tfds and image-folder splits are cached as .npz files under
+  `dataset_config.cache_dir` (empty: no cache), keyed by a fingerprint of the
+  source files, so a second run starts in seconds and a changed source is
+  read again.
+  """
   source = dataset_config.source
-  if source == 'tfds':
-    return _load_tfds(dataset_config.name, split, dataset_config.get('data_dir'))
-  if source == 'image_folder':
-    return _load_image_folder(dataset_config.path, split)
   if source == 'synthetic':
     return _load_synthetic(dataset_config, split)
-  raise UserError(
-      f'Unknown config.dataset.source {source!r}; use tfds, image_folder or synthetic.'
-  )
+  if source == 'tfds':
+    data_dir = dataset_config.get('data_dir')
+    load = lambda: _load_tfds(dataset_config.name, split, data_dir)
+    fingerprint = lambda: _tree_fingerprint(
+        os.path.join(_tfds_data_dir(data_dir), dataset_config.name))
+    name = dataset_config.name
+  elif source == 'image_folder':
+    load = lambda: _load_image_folder(dataset_config.path, split)
+    fingerprint = lambda: _tree_fingerprint(dataset_config.path)
+    name = os.path.basename(os.path.normpath(dataset_config.path or 'images'))
+  else:
+    raise UserError(
+        f'Unknown config.dataset.source {source!r}; use tfds, image_folder or synthetic.')
+  cache_dir = dataset_config.get('cache_dir')
+  if not cache_dir:
+    return load()
+  return _cached(os.path.expanduser(cache_dir), f'{source}-{name}-{split}', fingerprint, load)
+
+
+# ----------------------------------------------------------------------------
+# The cache of decoded splits.
+
+
+def _tree_fingerprint(path: str) -> str | None:
+  """A hash of the names, sizes and modification times below `path` (None if absent)."""
+  if not path or not os.path.exists(path):
+    return None
+  digest = hashlib.sha256()
+  if os.path.isfile(path):
+    stat = os.stat(path)
+    digest.update(f'{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}'.encode())
+    return digest.hexdigest()[:16]
+  digest.update(os.path.abspath(path).encode())
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    for file_name in sorted(files):
+      stat = os.stat(os.path.join(root, file_name))
+      relative = os.path.relpath(os.path.join(root, file_name), path)
+      digest.update(f'{relative}|{stat.st_size}|{stat.st_mtime_ns}\n'.encode())
+  return digest.hexdigest()[:16]
+
+
+def cache_path(cache_dir: str, key: str, fingerprint: str) -> str:
+  """The cache file of `key` (readable, plus a hash: 'train[:10]' != 'train[10:]')."""
+  readable = re.sub(r'[^\w.%-]+', '_', key)
+  key_hash = hashlib.sha256(key.encode()).hexdigest()[:8]
+  return os.path.join(cache_dir, f'{readable}-{key_hash}-{fingerprint}.npz')
+
+
+def _cached(cache_dir: str, key: str, fingerprint: Callable[[], str | None],
+            load: Callable[[], Split]) -> Split:
+  before = fingerprint()
+  if before is not None:
+    path = cache_path(cache_dir, key, before)
+    if os.path.exists(path):
+      logging.info('Reading cached split %s from %s.', key, path)
+      with np.load(path) as cached:
+        return Split(cached['images'], cached['labels'], tuple(cached['class_names'].tolist()))
+  split = load()
+  after = fingerprint()  # tfds may have just prepared the data
+  if after is not None:
+    path = cache_path(cache_dir, key, after)
+    os.makedirs(cache_dir, exist_ok=True)
+    # Old caches of this key belong to an earlier state of the source.
+    for stale in glob.glob(cache_path(cache_dir, key, '*')):
+      os.remove(stale)
+    temporary = f'{path}.{os.getpid()}.tmp.npz'
+    np.savez(temporary, images=split.images, labels=split.labels,
+             class_names=np.asarray(split.class_names))
+    os.replace(temporary, path)
+    logging.info('Cached split %s in %s.', key, path)
+  return split
 
 
 # ----------------------------------------------------------------------------
@@ -124,6 +198,12 @@ def _download_server_reachable(timeout_s: float = 5.0) -> bool:
   thread.start()
   thread.join(timeout_s)
   return reachable.is_set()
+
+
+def _tfds_data_dir(data_dir: str | None) -> str:
+  """Where tfds keeps prepared datasets: data_dir, $TFDS_DATA_DIR or ~/tensorflow_datasets."""
+  return os.path.expanduser(
+      data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')
 
 
 def _load_tfds(name: str, split: str, data_dir: str | None) -> Split:
@@ -267,3 +347,26 @@ def _load_synthetic(dataset_config: ml_collections.ConfigDict, split: str) -> Sp
   index = slice_items(list(range(len(labels))), start, stop)
   class_names = tuple(f'class_{i}' for i in range(num_classes))
   return Split(images[index], labels[index], class_names)
+
+
+def describe(split: Split, name: str) -> str:
+  """Counts per class, image shape and pixel mean/std of a split, as text."""
+  counts = np.bincount(split.labels, minlength=split.num_classes)
+  # Exact moments from per-channel histograms of the uint8 values: no float copy.
+  channels = split.images.reshape(-1, split.images.shape[-1])
+  values = np.arange(256, dtype=np.float64)
+  means, stds = [], []
+  for c in range(channels.shape[1]):
+    histogram = np.bincount(channels[:, c], minlength=256) / channels.shape[0]
+    means.append(histogram @ values)
+    stds.append(np.sqrt(histogram @ (values - means[-1]) ** 2))
+  lines = [
+      f'{name}: {split.num_examples} images of shape {split.images.shape[1:]} '
+      f'({split.images.nbytes / 2**20:.1f} MiB as uint8), {split.num_classes} classes',
+      '  per-channel mean: ' + ', '.join(f'{m:.2f}' for m in means),
+      '  per-channel std:  ' + ', '.join(f'{s:.2f}' for s in stds),
+  ]
+  lines += [f'  {label:3d} {class_name:<20s} {count}'
+            for label, (class_name, count) in enumerate(zip(split.class_names, counts,
+                                                            strict=True))]
+  return '\n'.join(lines)

@@ -1,7 +1,8 @@
-r"""Command line: flags -> `train_and_evaluate` or `evaluate`.
+r"""Command line: flags -> `train_and_evaluate`, `evaluate` or a data summary.
 
   python -m cifar_jax.main --workdir=/tmp/cifar10 --config=experiments/cifar10.py
   python -m cifar_jax.main --workdir=/tmp/cifar10 --config=experiments/cifar10.py --mode=eval
+  python -m cifar_jax.main --config=experiments/cifar10.py --mode=data
 
 Any config field can be overridden, e.g. `--config.num_train_steps=2000`.
 """
@@ -12,16 +13,18 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cifar_jax import evaluate, train
+from cifar_jax import datasets, evaluate, train
 from cifar_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summaries and logs.')
-flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
-                  'train: train (and resume) in WORKDIR; eval: score the latest checkpoint.')
+flags.DEFINE_enum(
+    'mode', 'train', ['train', 'eval', 'data'],
+    'train: train (and resume) in WORKDIR; eval: score the latest checkpoint in WORKDIR; '
+    'data: describe the config\'s train and eval splits (and fill the cache).')
 config_flags.DEFINE_config_file('config', None, 'Path to an experiments/*.py config file.',
                                 lock_config=True)
-flags.mark_flags_as_required(['workdir', 'config'])
+flags.mark_flags_as_required(['config'])
 
 
 class _QuietLibraries(logging_lib.Filter):
@@ -31,12 +34,22 @@ class _QuietLibraries(logging_lib.Filter):
     return record.levelno >= logging_lib.WARNING or '/orbax/' not in record.pathname
 
 
+def describe_data(config) -> None:
+  for split in (config.dataset.train_split, config.dataset.eval_split):
+    print(datasets.describe(datasets.load_split(config.dataset, split), split), flush=True)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
   logging.info('Config:\n%s', FLAGS.config)
   try:
+    if FLAGS.mode == 'data':
+      describe_data(FLAGS.config)
+      return
+    if not FLAGS.workdir:
+      raise UserError(f'--mode={FLAGS.mode} needs --workdir=DIR (checkpoints and summaries).')
     if FLAGS.mode == 'train':
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:

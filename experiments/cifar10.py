@@ -20,6 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.path = ''  # image folder or .tar.gz of one (source=image_folder)
   config.dataset.train_split = 'train'
   config.dataset.eval_split = 'test'
+  # Decoded splits are cached here as .npz (keyed by the source's files); '' disables.
+  config.dataset.cache_dir = '~/.cache/cifar_jax'
   # Only for source=synthetic.
   config.dataset.seed = 0
   config.dataset.synthetic_train_size = 0

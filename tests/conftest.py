@@ -21,6 +21,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_config(**overrides):
   """The smoke config, smaller still: a few steps take well under a second."""
   config = smoke.get_config()
+  config.dataset.cache_dir = ''
   config.dataset.synthetic_train_size = 512
   config.dataset.synthetic_test_size = 200
   config.model.conv_features = 8

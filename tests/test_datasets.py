@@ -145,3 +145,52 @@ def test_tfds_offline_fails_fast_with_directions(monkeypatch, tmp_path, network)
   assert time.time() - started < 10
   message = str(error.value)
   assert "'cifar10'" in message and str(tmp_path) in message and 'image folder' in message
+
+
+def test_cache_hit_miss_and_invalidation(tmp_path, monkeypatch):
+  _write_folder(tmp_path / 'data')
+  config = _config(tmp_path / 'data')
+  config.cache_dir = str(tmp_path / 'cache')
+  decoded = []
+  original = datasets._load_image_folder
+  monkeypatch.setattr(datasets, '_load_image_folder',
+                      lambda *a: decoded.append(a) or original(*a))
+  first = datasets.load_split(config, 'train[:3]')
+  assert len(decoded) == 1 and len(os.listdir(tmp_path / 'cache')) == 1
+  second = datasets.load_split(config, 'train[:3]')
+  assert len(decoded) == 1  # served from the cache
+  np.testing.assert_array_equal(first.images, second.images)
+  assert second.class_names == first.class_names
+  datasets.load_split(config, 'train[3:]')  # another split: its own cache file
+  assert len(decoded) == 2 and len(os.listdir(tmp_path / 'cache')) == 2
+  # A changed source is read again, and its stale cache file replaced.
+  changed = tmp_path / 'data' / 'train' / 'cat' / '0000.jpg'
+  Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(changed, quality=100)
+  os.utime(changed, ns=(10**18, 10**18))
+  third = datasets.load_split(config, 'train[:3]')
+  assert len(decoded) == 3
+  assert third.images[0, 0, 0, 0] > 190
+  assert len(os.listdir(tmp_path / 'cache')) == 2
+
+
+def test_tfds_svhn_through_mock_data(monkeypatch):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  monkeypatch.setattr(datasets, '_download_server_reachable', lambda: True)
+  from experiments import svhn  # pylint: disable=g-import-not-at-top
+  config = svhn.get_config()
+  config.dataset.cache_dir = ''
+  with tfds.testing.mock_data(num_examples=20):
+    split = datasets.load_split(config.dataset, 'test')
+  assert split.images.shape == (20, 32, 32, 3) and split.num_classes == 10
+
+
+def test_describe_counts_and_moments():
+  images = np.zeros((4, 2, 2, 3), np.uint8)
+  images[:2] = 10
+  images[2:, ..., 0] = 30
+  split = datasets.Split(images, np.array([0, 0, 1, 2], np.int32), ('a', 'b', 'c'))
+  text = datasets.describe(split, 'train')
+  assert 'train: 4 images of shape (2, 2, 3)' in text
+  assert 'per-channel mean: 20.00, 5.00, 5.00' in text
+  assert 'per-channel std:  10.00, 5.00, 5.00' in text
+  assert '  0 a                    2' in text and '  2 c                    1' in text
