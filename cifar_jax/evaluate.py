@@ -1,20 +1,33 @@
-"""Exact precision@1 on a whole split, with the EMA and the raw parameters.
+"""The evaluator: exact precision@1 of every checkpoint, EMA and raw side by side.
 
 Unlike the tutorial's `cifar10_eval.py`, which counted
-ceil(10000 / 128) * 128 = 10,112 images, every image of the split is counted
-exactly once: the last batch is padded and the padding masked out. The
-evaluation batch size is independent of training.
+ceil(10000 / 128) * 128 = 10,112 images and re-scored the same checkpoint
+forever, this evaluator
+
+* counts every image of the split exactly once (the last batch is padded and
+  the padding masked out), with a batch size independent of training;
+* scores each finalised checkpoint at most once, also across restarts: what it
+  has handled is recorded in WORKDIR/eval/metrics.jsonl;
+* reports and skips checkpoints that are unreadable or that the trainer
+  deleted (max-to-keep) before they could be scored;
+* stops by itself after the trainer's final checkpoint (WORKDIR/train_complete)
+  or after `config.eval.timeout_secs` without a new checkpoint.
+
+`Evaluator` holds the split on the device(s) and scores parameters; the
+trainer uses the same class for `--mode=train_and_eval`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 import functools
+import json
 import math
 import os
 import time
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,24 +38,19 @@ from cifar_jax import checkpoints, datasets, input_pipeline, parallel, summaries
 from cifar_jax.errors import UserError
 
 
-def eval_step(params: Any, batch: dict, mask: jax.Array, *, apply_fn: Callable[..., jax.Array]
+def eval_step(params: Any, batch: dict, *, apply_fn: Callable[..., jax.Array]
               ) -> dict[str, jax.Array]:
-  """Sums over the unmasked examples of one batch, summed over all devices."""
+  """Per-example predicted class and cross-entropy for one device's batch."""
   logits = apply_fn({'params': params}, batch['image'])
-  labels = batch['label']
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  correct = (jnp.argmax(logits, axis=-1) == labels) & mask
-  sums = {
-      'correct': jnp.sum(correct.astype(jnp.int32)),
-      'count': jnp.sum(mask.astype(jnp.int32)),
-      'loss_sum': jnp.sum(jnp.where(mask, loss, 0.0)),
+  return {
+      'prediction': jnp.argmax(logits, axis=-1).astype(jnp.int32),
+      'loss': optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']),
   }
-  return jax.lax.psum(sums, parallel.AXIS_NAME)
 
 
-def _device_eval_step(params, data, indices, mask, *, apply_fn, crop_size):
+def _device_eval_step(params, data, indices, *, apply_fn, crop_size):
   batch = input_pipeline.eval_batch(data, indices, crop_size=crop_size)
-  return eval_step(params, batch, mask, apply_fn=apply_fn)
+  return eval_step(params, batch, apply_fn=apply_fn)
 
 
 def padded_batches(num_examples: int, batch_size: int, num_devices: int
@@ -69,6 +77,9 @@ class Evaluator:
                devices: Sequence[jax.Device]):
     self.split = split
     self.devices = list(devices)
+    self.headline = config.eval.headline
+    if self.headline not in ('ema', 'raw'):
+      raise UserError(f'config.eval.headline is {self.headline!r}; use ema or raw.')
     self._data = input_pipeline.put_on_devices(split, devices)
     self._indices, self._masks = padded_batches(split.num_examples, config.eval.batch_size,
                                                 len(devices))
@@ -76,35 +87,47 @@ class Evaluator:
         functools.partial(_device_eval_step, apply_fn=model.apply, crop_size=config.crop_size),
         self.devices)
 
-  def score(self, params: Any) -> dict[str, float]:
-    """precision (top-1), mean loss and count over the whole split."""
+  def predict(self, params: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted class and loss of every example, in split order."""
     replicated = parallel.replicate(params, self.devices)
-    totals = None
-    for indices, mask in zip(self._indices, self._masks, strict=True):
-      sums = self._step(replicated, self._data, indices, mask)
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = parallel.unreplicate(totals)
-    count = int(totals['count'])
+    outputs = [self._step(replicated, self._data, indices) for indices in self._indices]
+    outputs = jax.device_get(outputs)
+    mask = self._masks.reshape(-1)
+    predictions = np.concatenate([o['prediction'].reshape(-1) for o in outputs])[mask]
+    losses = np.concatenate([o['loss'].reshape(-1) for o in outputs])[mask]
+    return predictions, losses
+
+  def score(self, params: Any) -> dict[str, Any]:
+    """precision (top-1), mean loss, count, confusion matrix and predictions."""
+    predictions, losses = self.predict(params)
+    labels = self.split.labels
+    confusion = np.zeros((self.split.num_classes,) * 2, np.int64)
+    np.add.at(confusion, (labels, predictions), 1)
     return {
-        'precision': int(totals['correct']) / count,
-        'loss': float(totals['loss_sum']) / count,
-        'count': count,
+        'precision': float(np.mean(predictions == labels)),
+        'loss': float(np.mean(losses)),
+        'count': int(len(labels)),
+        'confusion': confusion,
+        'predictions': predictions,
     }
 
-  def score_state(self, state: train_state.TrainState) -> dict[str, float]:
-    """EMA and raw parameters side by side."""
+  def score_state(self, state: train_state.TrainState) -> dict[str, Any]:
+    """EMA and raw parameters side by side; details (confusion...) of the headline."""
     ema = self.score(state.ema_params)
     raw = self.score(state.params)
+    headline = ema if self.headline == 'ema' else raw
     return {
         'precision': ema['precision'],
         'precision_raw': raw['precision'],
         'loss': ema['loss'],
         'loss_raw': raw['loss'],
         'count': ema['count'],
+        'confusion': headline['confusion'],
+        'predictions': headline['predictions'],
     }
 
 
-def format_result(step: int, result: dict[str, float], headline: str = 'ema') -> str:
+def format_result(step: int, result: dict[str, Any], headline: str = 'ema') -> str:
   """'step 2000, precision @ 1 = 0.860 (raw parameters: 0.842)'."""
   if headline == 'raw':
     return (f'step {step}, precision @ 1 = {result["precision_raw"]:.3f} '
@@ -113,33 +136,157 @@ def format_result(step: int, result: dict[str, float], headline: str = 'ema') ->
           f'(raw parameters: {result["precision_raw"]:.3f})')
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Scores the latest checkpoint in WORKDIR on `config.dataset.eval_split` once.
+def report(writer: summaries.Writer, step: int, result: dict[str, Any], split: datasets.Split,
+           config: ml_collections.ConfigDict, extra: dict[str, float] | None = None) -> None:
+  """The log line, metrics.jsonl record, and TensorBoard scalars and images of one result."""
+  summaries.print_line(format_result(step, result, config.eval.headline))
+  confusion = result['confusion']
+  per_class = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
+  scalars = {k: result[k] for k in ('precision', 'precision_raw', 'loss', 'loss_raw', 'count')}
+  scalars.update(extra or {})
+  writer.write_scalars(step, {
+      **scalars,
+      **{f'per_class_precision/{name}': p
+         for name, p in zip(split.class_names, per_class, strict=True)},
+  }, record={'status': 'scored', 'wall_time': time.time()})
+  wrong = np.flatnonzero(result['predictions'] != split.labels)
+  wrong = wrong[:config.eval.num_misclassified_images]
+  names = split.class_names
+  writer.write_images(step, {
+      'confusion_matrix': summaries.confusion_matrix_image(confusion, names)[None],
+      'misclassified': summaries.captioned_grid(
+          split.images[wrong],
+          [f'{names[result["predictions"][i]]}/{names[split.labels[i]]}' for i in wrong])[None],
+  })
+  writer.flush()
 
-  Writes the result to WORKDIR/eval/metrics.jsonl (and TensorBoard when
-  available) and returns it.
+
+# ----------------------------------------------------------------------------
+# The evaluator process.
+
+
+def handled_steps(eval_dir: str) -> dict[int, str]:
+  """{step: status} of every checkpoint an evaluator already handled."""
+  handled = {}
+  path = os.path.join(eval_dir, summaries.METRICS_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue  # a line cut short by a kill
+        if 'status' in record:
+          handled[int(record['step'])] = record['status']
+  return handled
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[int, dict[str, Any]]:
+  """Scores the checkpoints of WORKDIR as they appear; returns {step: result} of this run.
+
+  Runs beside a trainer (`--mode=eval`): waits for finalised checkpoints and
+  scores each once, until the trainer's final step has been handled or no new
+  checkpoint came for `config.eval.timeout_secs`. With `config.eval.run_once`,
+  handles the latest checkpoint and returns.
   """
   workdir = os.path.abspath(workdir)
-  if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
-    raise UserError(f'{workdir} has no checkpoints folder; train first or fix --workdir.')
-  manager = checkpoints.create_manager(workdir, read_only=True)
-  step = manager.latest_step()
-  if step is None:
-    raise UserError(f'{checkpoints.checkpoint_dir(workdir)} holds no finished checkpoint yet.')
+  if not os.path.isdir(workdir):
+    raise UserError(f'Workdir {workdir} does not exist; start the trainer first or fix --workdir.')
+  eval_dir = os.path.join(workdir, 'eval')
   split = datasets.load_split(config.dataset, config.dataset.eval_split)
   template, model = train_state.abstract_train_state(config, split.num_classes)
-  state, dataset_info = checkpoints.restore(manager, step, template, config)
-  if tuple(dataset_info['class_names']) != split.class_names:
+  devices = parallel.select_devices(config.num_devices, config.eval.platform or None)
+  logging.info('Evaluating on %d %s device(s): %d images of %r.', len(devices),
+               devices[0].platform, split.num_examples, config.dataset.eval_split)
+  evaluator = Evaluator(config, split, model, devices)
+  writer = summaries.create_writer(eval_dir, enabled=jax.process_index() == 0)
+  handled = handled_steps(eval_dir)
+  results: dict[int, dict[str, Any]] = {}
+  manager = None
+  last_new_checkpoint = time.time()
+  try:
+    while True:
+      if manager is None and os.path.isdir(checkpoints.checkpoint_dir(workdir)):
+        manager = checkpoints.create_manager(workdir, read_only=True)
+      if manager is not None:
+        manager.reload()
+        steps = sorted(manager.all_steps())
+        pending = [s for s in steps if s not in handled]
+        if steps and not config.eval.run_once:
+          for step in _never_seen_steps(manager, steps, handled):
+            _skip(writer, step, 'deleted', 'the trainer deleted it before the evaluator saw it; '
+                  'raise the trainer\'s config.keep_checkpoints to score every checkpoint')
+            handled[step] = 'deleted'
+        if config.eval.run_once:
+          pending = pending[-1:] if steps and steps[-1] not in handled else []
+        if pending:
+          last_new_checkpoint = time.time()
+        for step in pending:
+          status = _score_checkpoint(manager, step, template, config, evaluator, writer, results)
+          handled[step] = status
+      if config.eval.run_once:
+        if manager is None or not manager.all_steps():
+          raise UserError(f'{checkpoints.checkpoint_dir(workdir)} holds no finished checkpoint.')
+        latest = max(manager.all_steps())
+        if latest not in results:
+          logging.info('Step %d was already handled (%s); see %s.', latest, handled[latest],
+                       os.path.join(eval_dir, summaries.METRICS_FILE))
+        return results
+      final = checkpoints.final_step(workdir)
+      if final is not None and final in handled:
+        logging.info('Handled the final checkpoint (step %d); the evaluator stops.', final)
+        return results
+      if time.time() - last_new_checkpoint > config.eval.timeout_secs:
+        summaries.print_line(
+            f'no new checkpoint for {config.eval.timeout_secs} s; the evaluator stops')
+        return results
+      time.sleep(config.eval.poll_secs)
+  finally:
+    writer.close()
+    if manager is not None:
+      manager.close()
+
+
+def _never_seen_steps(manager, steps: list[int], handled: dict[int, str]) -> list[int]:
+  """Steps the trainer saved (by its cadence) and deleted before this evaluator saw them."""
+  try:
+    every = int(checkpoints.read_saved_config(manager, steps[-1])['checkpoint_every_steps'])
+  except Exception:  # pylint: disable=broad-except
+    return []  # the latest checkpoint is unreadable; it is reported when scored
+  after = max(handled, default=0)
+  return [s for s in range(after - after % every + every, steps[0], every) if s not in handled]
+
+
+def _skip(writer, step: int, status: str, reason: str) -> None:
+  logging.warning('Skipping checkpoint step %d: %s', step, reason)
+  summaries.print_line(f'step {step}, skipped: {reason}')
+  writer.write_record({'step': int(step), 'status': status, 'reason': reason,
+                       'wall_time': time.time()})
+  writer.flush()
+
+
+def _score_checkpoint(manager, step, template, config, evaluator, writer, results) -> str:
+  """Restores and scores one step; returns the status it recorded."""
+  try:
+    state, dataset_info = checkpoints.restore(manager, step, template, config)
+  except UserError as e:
+    manager.reload()
+    if step not in manager.all_steps():
+      status, reason = 'deleted', (
+          'the trainer deleted it before it could be scored; raise the trainer\'s '
+          'config.keep_checkpoints to score every checkpoint')
+    else:
+      status, reason = 'unreadable', str(e)
+    _skip(writer, step, status, reason)
+    return status
+  if tuple(dataset_info['class_names']) != evaluator.split.class_names:
     raise UserError(
         f'The checkpoint was trained on classes {dataset_info["class_names"]} but split '
-        f'{config.dataset.eval_split!r} has {list(split.class_names)}; evaluate on the same data.'
-    )
-  devices = parallel.select_devices(config.num_devices)
+        f'{config.dataset.eval_split!r} has {list(evaluator.split.class_names)}; evaluate on '
+        'data with the same classes.')
   started = time.time()
-  result = Evaluator(config, split, model, devices).score_state(state)
-  result['eval_seconds'] = time.time() - started
-  summaries.print_line(format_result(step, result))
-  writer = summaries.create_writer(os.path.join(workdir, 'eval'), jax.process_index() == 0)
-  writer.write_scalars(step, result)
-  writer.close()
-  return result
+  result = evaluator.score_state(state)
+  report(writer, step, result, evaluator.split, config,
+         {'eval_seconds': time.time() - started})
+  results[step] = result
+  return 'scored'

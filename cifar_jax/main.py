@@ -19,9 +19,10 @@ from cifar_jax.errors import UserError
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summaries and logs.')
 flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval', 'data'],
-    'train: train (and resume) in WORKDIR; eval: score the latest checkpoint in WORKDIR; '
-    'data: describe the config\'s train and eval splits (and fill the cache).')
+    'mode', 'train', ['train', 'train_and_eval', 'eval', 'data'],
+    'train: train (and resume) in WORKDIR; train_and_eval: also score every '
+    'config.eval_every_steps in the same process; eval: the evaluator, scoring each new '
+    'checkpoint in WORKDIR; data: describe the train and eval splits (and fill the cache).')
 config_flags.DEFINE_config_file('config', None, 'Path to an experiments/*.py config file.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config'])
@@ -50,8 +51,9 @@ def main(argv):
       return
     if not FLAGS.workdir:
       raise UserError(f'--mode={FLAGS.mode} needs --workdir=DIR (checkpoints and summaries).')
-    if FLAGS.mode == 'train':
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.mode in ('train', 'train_and_eval'):
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                               evaluate_in_process=FLAGS.mode == 'train_and_eval')
     else:
       evaluate.evaluate(FLAGS.config, FLAGS.workdir)
   except UserError as e:

@@ -22,13 +22,16 @@ from cifar_jax.errors import UserError
 AXIS_NAME = 'batch'
 
 
-def select_devices(num_devices: int) -> list[jax.Device]:
-  """The first `num_devices` local devices; all of them for -1.
+def select_devices(num_devices: int, platform: str | None = None) -> list[jax.Device]:
+  """The first `num_devices` local devices of `platform` (default backend); all for -1.
 
   Like the tutorial's `--num_gpus`, asking for more devices than exist uses
   the devices that exist, with a warning.
   """
-  available = jax.local_devices()
+  try:
+    available = jax.local_devices(backend=platform)
+  except RuntimeError as e:
+    raise UserError(f'No {platform!r} devices here ({e}); check config.eval.platform.') from e
   if num_devices == -1:
     return available
   if num_devices < 1:

@@ -112,9 +112,12 @@ def make_parallel_train_step(config: ml_collections.ConfigDict, model: nn.Module
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
   for field in ('per_device_batch_size', 'num_train_steps', 'log_every_steps',
-                'checkpoint_every_steps', 'keep_checkpoints'):
+                'checkpoint_every_steps', 'keep_checkpoints', 'histogram_every_steps'):
     if config[field] < 1:
       raise UserError(f'config.{field} is {config[field]}; it must be at least 1.')
+  if config.eval_every_steps < 0:
+    raise UserError(f'config.eval_every_steps is {config.eval_every_steps}; use 0 (only at '
+                    'the end) or a positive number of steps.')
 
 
 def _fetch_metrics(pending: list[dict[str, jax.Array]], last_good_step: int | None,
@@ -147,11 +150,15 @@ def _write_histograms(writer, step, state_host, model, sample_images) -> None:
   writer.write_histograms(step, arrays)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       evaluate_in_process: bool = True) -> TrainState:
   """Trains until `config.num_train_steps`, resuming from WORKDIR if it holds checkpoints.
 
-  Returns the final state (host arrays). When `config.eval_at_end`, the final
-  EMA and raw parameters are scored on `config.dataset.eval_split`.
+  With `evaluate_in_process`, the EMA and raw parameters are scored on
+  `config.dataset.eval_split` every `config.eval_every_steps` steps (0: never)
+  and at the final step, by the same `evaluate.Evaluator` the evaluator
+  process uses; results go to WORKDIR/eval. Returns the final state (host
+  arrays).
   """
   _check_config(config)
   workdir = summaries.prepare_workdir(workdir)
@@ -201,6 +208,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   data = input_pipeline.put_on_devices(train_split, devices)
   p_state = parallel.replicate(state, devices)
   p_train_step = make_parallel_train_step(config, model, tx, learning_rate_fn, devices)
+  evaluator = eval_writer = None
+  if evaluate_in_process:
+    evaluator = evaluate.Evaluator(
+        config, datasets.load_split(config.dataset, config.dataset.eval_split), model, devices)
+    eval_writer = summaries.create_writer(os.path.join(workdir, 'eval'), enabled=is_main)
   sample_images = np.asarray(jax.vmap(functools.partial(
       input_pipeline.preprocess_eval_image, crop_size=config.crop_size))(
           train_split.images[:config.histogram_sample_size]))
@@ -246,26 +258,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if checkpoint_now:
         checkpoints.save(manager, parallel.unreplicate(p_state), config, dataset_info)
         last_good_checkpoint = done
-      if log_now or checkpoint_now or histograms_now:
+      evaluate_now = evaluator is not None and (
+          last or (config.eval_every_steps and done % config.eval_every_steps == 0))
+      if evaluate_now:
+        started = time.time()
+        result = evaluator.score_state(parallel.unreplicate(p_state))
+        if is_main:
+          evaluate.report(eval_writer, done, result, evaluator.split, config,
+                          {'eval_seconds': time.time() - started})
+      if log_now or checkpoint_now or histograms_now or evaluate_now:
         # The device is idle after these syncs; time the next window from here.
         window_start, window_steps = time.time(), 0
   finally:
     manager.wait_until_finished()
     manager.close()
-    writer.flush()
-  checkpoints.mark_train_complete(workdir, config.num_train_steps)
-  state = parallel.unreplicate(p_state)
-  if config.eval_at_end:
-    eval_split = datasets.load_split(config.dataset, config.dataset.eval_split)
-    result = evaluate.Evaluator(config, eval_split, model, devices).score_state(state)
-    if is_main:
-      summaries.print_line(evaluate.format_result(int(state.step), result,
-                                                  config.eval.headline))
-      eval_writer = summaries.create_writer(os.path.join(workdir, 'eval'))
-      eval_writer.write_scalars(int(state.step), result)
+    writer.close()
+    if eval_writer is not None:
       eval_writer.close()
-  writer.close()
-  return state
+  checkpoints.mark_train_complete(workdir, config.num_train_steps)
+  return parallel.unreplicate(p_state)
 
 
 def _write_input_images(writer, step, train_split, schedule, p_state, config) -> None:

@@ -67,8 +67,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.histogram_sample_size = 64
   config.input_image_grid_size = 32
 
-  config.eval_at_end = True
+  # --mode=train_and_eval scores in the training process every this many steps
+  # (0: only the final step); --mode=eval runs the evaluator as its own process.
+  config.eval_every_steps = 1000
   config.eval = ml_collections.ConfigDict()
-  config.eval.batch_size = 1000
-  config.eval.headline = 'ema'  # ema | raw
+  config.eval.batch_size = 1000  # global; independent of training
+  config.eval.headline = 'ema'  # ema | raw: which parameters the log line leads with
+  config.eval.platform = ''  # '' (default backend), 'cpu', 'gpu': where the evaluator runs
+  config.eval.poll_secs = 10.0  # how often the evaluator looks for new checkpoints
+  config.eval.timeout_secs = 3600.0  # it stops after this long without a new checkpoint
+  config.eval.run_once = False  # score the latest checkpoint and exit
+  config.eval.num_misclassified_images = 24  # in the TensorBoard grid
   return config

@@ -23,4 +23,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.checkpoint_every_steps = 500
   config.histogram_every_steps = 500
+  config.eval_every_steps = 500
   return config

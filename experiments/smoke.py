@@ -26,4 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.histogram_every_steps = 100
   config.ema.decay = 0.99
   config.eval.batch_size = 256
+  config.eval_every_steps = 100
+  config.eval.poll_secs = 1.0
+  config.eval.timeout_secs = 120.0
   return config

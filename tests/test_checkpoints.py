@@ -14,7 +14,8 @@ from tests.conftest import tiny_config
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('run'))
-  state = train.train_and_evaluate(tiny_config(num_train_steps=10, eval_at_end=False), workdir)
+  state = train.train_and_evaluate(tiny_config(num_train_steps=10), workdir,
+      evaluate_in_process=False)
   return workdir, state
 
 

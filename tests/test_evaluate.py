@@ -2,12 +2,13 @@
 
 import json
 import os
+import time
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import evaluate, parallel, train
+from cifar_jax import evaluate, parallel, summaries, train
 from cifar_jax.datasets import Split
 from cifar_jax.errors import UserError
 from tests.conftest import tiny_config
@@ -60,17 +61,89 @@ def test_result_line_format():
       'step 2000, precision @ 1 = 0.842 (EMA parameters: 0.860)')
 
 
-def test_evaluate_scores_the_latest_checkpoint(tmp_path):
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(tiny_config(), workdir)
+def _records(workdir):
   with open(os.path.join(workdir, 'eval', 'metrics.jsonl')) as f:
-    at_end = json.loads(f.readline())
-  result = evaluate.evaluate(tiny_config(), workdir)
-  assert result['count'] == 200
-  assert result['precision'] == at_end['precision']
-  assert result['precision_raw'] == at_end['precision_raw']
+    return [json.loads(line) for line in f]
 
 
-def test_evaluate_without_checkpoints_says_so(tmp_path):
-  with pytest.raises(UserError, match='no checkpoints'):
-    evaluate.evaluate(tiny_config(), str(tmp_path))
+def _trained(tmp_path, **overrides):
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(**overrides), workdir, evaluate_in_process=False)
+  return workdir
+
+
+def test_run_once_scores_the_latest_checkpoint_once(tmp_path):
+  workdir = _trained(tmp_path)
+  results = evaluate.evaluate(tiny_config(**{'eval.run_once': True}), workdir)
+  assert list(results) == [20] and results[20]['count'] == 200
+  assert evaluate.evaluate(tiny_config(**{'eval.run_once': True}), workdir) == {}
+  records = _records(workdir)
+  assert [(r['step'], r['status']) for r in records] == [(20, 'scored')]
+  assert {'precision', 'precision_raw', 'loss', 'count', 'wall_time'} <= set(records[0])
+
+
+def test_scores_every_checkpoint_then_stops_after_the_final_one(tmp_path):
+  workdir = _trained(tmp_path)
+  started = time.time()
+  results = evaluate.evaluate(tiny_config(), workdir)
+  assert time.time() - started < 60  # it did not wait for eval.timeout_secs
+  assert sorted(results) == [10, 20]
+  # The in-process evaluator and the evaluator process agree.
+  in_process = train.train_and_evaluate(tiny_config(), str(tmp_path / 'again'))
+  again = _records(str(tmp_path / 'again'))
+  assert again[-1]['precision'] == results[20]['precision']
+  assert int(in_process.step) == 20
+  records = _records(workdir)
+  assert [r['step'] for r in records] == [10, 20]
+  assert 'per_class_precision/class_0' in records[0]
+
+
+def test_unreadable_checkpoint_is_skipped_with_a_warning(tmp_path, capsys):
+  workdir = _trained(tmp_path)
+  for root, _, files in os.walk(os.path.join(workdir, 'checkpoints', '10', 'state')):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'')
+  results = evaluate.evaluate(tiny_config(), workdir)
+  assert list(results) == [20]
+  assert [(r['step'], r['status']) for r in _records(workdir)] == [(10, 'unreadable'),
+                                                                  (20, 'scored')]
+  assert 'step 10, skipped: ' in capsys.readouterr().out
+
+
+def test_checkpoints_deleted_before_they_were_seen_are_reported(tmp_path):
+  workdir = _trained(tmp_path, keep_checkpoints=1, checkpoint_every_steps=5)
+  results = evaluate.evaluate(tiny_config(), workdir)
+  assert list(results) == [20]
+  assert [(r['step'], r['status']) for r in _records(workdir)] == [
+      (5, 'deleted'), (10, 'deleted'), (15, 'deleted'), (20, 'scored')]
+
+
+def test_times_out_without_new_checkpoints(tmp_path):
+  workdir = _trained(tmp_path)
+  os.remove(os.path.join(workdir, 'train_complete'))  # as if the trainer were still running
+  started = time.time()
+  results = evaluate.evaluate(tiny_config(**{'eval.timeout_secs': 2.0, 'eval.poll_secs': 0.2}),
+                              workdir)
+  assert sorted(results) == [10, 20]
+  assert 2.0 <= time.time() - started < 60
+
+
+def test_summaries_include_images_when_tensorboard_is_there(tmp_path):
+  pytest.importorskip('tensorflow')
+  workdir = _trained(tmp_path)
+  evaluate.evaluate(tiny_config(**{'eval.run_once': True}), workdir)
+  assert [f for f in os.listdir(os.path.join(workdir, 'eval')) if f.startswith('events.out')]
+
+
+def test_figures_render():
+  confusion = np.array([[5, 1], [0, 4]])
+  image = summaries.confusion_matrix_image(confusion, ['cat', 'dog'])
+  assert image.ndim == 3 and image.shape[2] == 3 and 0 <= image.min() and image.max() <= 1
+  grid = summaries.captioned_grid(np.zeros((3, 32, 32, 3), np.uint8), ['a/b', 'c/d', 'e/f'])
+  assert grid.shape[0] > 32 * 3 and grid.shape[2] == 3
+
+
+def test_evaluate_without_a_workdir_says_so(tmp_path):
+  with pytest.raises(UserError, match='does not exist'):
+    evaluate.evaluate(tiny_config(), str(tmp_path / 'nope'))

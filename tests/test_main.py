@@ -1,5 +1,6 @@
 """The command line as a user runs it, in real OS processes."""
 
+import json
 import os
 import re
 import signal
@@ -45,7 +46,8 @@ def _final_state(workdir):
 
 def test_trains_logs_in_the_tutorial_format_and_resumes(tmp_path):
   workdir = str(tmp_path / 'run')
-  first = _main(workdir, '--config.num_train_steps=30', '--config.checkpoint_every_steps=20')
+  first = _main(workdir, '--mode=train_and_eval', '--config.num_train_steps=30',
+                '--config.checkpoint_every_steps=20')
   assert first.returncode == 0, first.stderr[-2000:]
   assert [int(s) for s in LOG_LINE.findall(first.stdout)] == [10, 20, 30]
   assert 'step 30, precision @ 1 = ' in first.stdout
@@ -113,7 +115,8 @@ def test_trains_and_evaluates_without_tensorflow(tmp_path):
       'from absl import app\n'
       'from cifar_jax import main\n'
       'app.run(main.main, flags_parser=main.parse_flags)\n')
-  flags = [f'--workdir={workdir}', *TINY_FLAGS, '--config.num_train_steps=20',
+  flags = [f'--workdir={workdir}', '--mode=train_and_eval', *TINY_FLAGS,
+           '--config.num_train_steps=20',
            '--config.checkpoint_every_steps=10']
   result = subprocess.run([sys.executable, '-c', script, *flags], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
@@ -123,3 +126,63 @@ def test_trains_and_evaluates_without_tensorflow(tmp_path):
   assert os.path.getsize(os.path.join(workdir, 'metrics.jsonl')) > 0
   assert os.path.getsize(os.path.join(workdir, 'eval', 'metrics.jsonl')) > 0
   assert not [f for f in os.listdir(workdir) if f.startswith('events.out.tfevents')]
+
+
+def _eval_records(workdir):
+  path = os.path.join(workdir, 'eval', 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+EVALUATOR_FLAGS = ['--mode=eval', '--config.eval.poll_secs=0.3', '--config.eval.timeout_secs=120',
+                   '--config.dataset.synthetic_test_size=3000']
+
+
+def test_trainer_and_evaluator_processes_score_every_checkpoint_once(tmp_path):
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  trainer_flags = ['--config.num_train_steps=120', '--config.checkpoint_every_steps=20',
+                   '--config.keep_checkpoints=100']
+  evaluator = subprocess.Popen(
+      [sys.executable, '-m', 'cifar_jax.main', f'--workdir={workdir}', *TINY_FLAGS,
+       *EVALUATOR_FLAGS], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
+  trainer = _main(workdir, *trainer_flags)
+  assert trainer.returncode == 0, trainer.stderr[-2000:]
+  out, err = evaluator.communicate(timeout=300)
+  assert evaluator.returncode == 0, err[-2000:]  # it stopped by itself after the final step
+  records = _eval_records(workdir)
+  assert [r['step'] for r in records] == [20, 40, 60, 80, 100, 120]
+  assert {r['status'] for r in records} == {'scored'}
+  assert len(re.findall(r'step \d+, precision @ 1 = [\d.]+ \(raw parameters: [\d.]+\)', out)) == 6
+
+
+def test_killed_evaluator_restarts_without_rescoring_or_missing(tmp_path):
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  command = [sys.executable, '-m', 'cifar_jax.main', f'--workdir={workdir}', *TINY_FLAGS,
+             *EVALUATOR_FLAGS]
+  trainer = subprocess.Popen(
+      [sys.executable, '-m', 'cifar_jax.main', f'--workdir={workdir}', *TINY_FLAGS,
+       '--config.num_train_steps=300', '--config.checkpoint_every_steps=20',
+       '--config.keep_checkpoints=100'],
+      cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  evaluator = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not _eval_records(workdir) and time.time() < deadline:
+    time.sleep(0.1)
+  evaluator.send_signal(signal.SIGKILL)
+  evaluator.wait()
+  scored_before_kill = [r['step'] for r in _eval_records(workdir)]
+  assert scored_before_kill
+  restarted = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=300)
+  assert restarted.returncode == 0, restarted.stderr[-2000:]
+  assert trainer.wait(timeout=300) == 0
+  steps = [r['step'] for r in _eval_records(workdir)]
+  assert steps == list(range(20, 301, 20))  # each once, in order, none missed
+  for step in scored_before_kill:
+    assert f'step {step}, precision' not in restarted.stdout  # not rescored

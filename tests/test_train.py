@@ -101,25 +101,27 @@ def test_train_and_evaluate_writes_everything(tmp_path, capsys):
 
 def test_resume_continues_with_identical_state(tmp_path):
   interrupted = str(tmp_path / 'interrupted')
-  train.train_and_evaluate(tiny_config(num_train_steps=10, eval_at_end=False), interrupted)
-  resumed = train.train_and_evaluate(tiny_config(eval_at_end=False), interrupted)
-  straight = train.train_and_evaluate(tiny_config(eval_at_end=False), str(tmp_path / 'straight'))
+  train.train_and_evaluate(tiny_config(num_train_steps=10), interrupted, evaluate_in_process=False)
+  resumed = train.train_and_evaluate(tiny_config(), interrupted, evaluate_in_process=False)
+  straight = train.train_and_evaluate(tiny_config(), str(tmp_path / 'straight'),
+      evaluate_in_process=False)
   assert int(resumed.step) == int(straight.step) == 20
   jax.tree.map(np.testing.assert_array_equal, resumed, straight)
 
 
 def test_resume_refuses_a_workdir_of_another_model(tmp_path):
   workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(tiny_config(num_train_steps=10, eval_at_end=False), workdir)
+  train.train_and_evaluate(tiny_config(num_train_steps=10), workdir, evaluate_in_process=False)
   with pytest.raises(UserError, match='model.local3_features: 16 -> 32'):
     train.train_and_evaluate(tiny_config(**{'model.local3_features': 32}), workdir)
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / 'run')
-  good = train.train_and_evaluate(tiny_config(num_train_steps=10, eval_at_end=False), workdir)
+  good = train.train_and_evaluate(tiny_config(num_train_steps=10), workdir,
+      evaluate_in_process=False)
   with pytest.raises(UserError, match='diverged.*step 10.*intact'):
-    train.train_and_evaluate(tiny_config(learning_rate=1e30, eval_at_end=False), workdir)
+    train.train_and_evaluate(tiny_config(learning_rate=1e30), workdir, evaluate_in_process=False)
   manager = checkpoints.create_manager(workdir, read_only=True)
   assert manager.latest_step() == 10
   restored, _ = checkpoints.restore(manager, 10, good, tiny_config())
