@@ -36,12 +36,17 @@ def checkpoint_dir(workdir: str) -> str:
 
 def create_manager(workdir: str, keep: int | None = None, read_only: bool = False
                    ) -> ocp.CheckpointManager:
-  """A manager of WORKDIR/checkpoints; `keep` None keeps every step."""
+  """A manager of WORKDIR/checkpoints; `keep` None keeps every step.
+
+  Saves are asynchronous in a single process. With several processes they are
+  synchronous: Orbax's barriers run device collectives from its background
+  thread, which would deadlock against the training step's collectives.
+  """
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
       create=not read_only,
       read_only=read_only,
-      enable_async_checkpointing=not read_only,
+      enable_async_checkpointing=not read_only and jax.process_count() == 1,
   )
   handlers = {
       'state': ocp.StandardCheckpointHandler(),

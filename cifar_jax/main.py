@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cifar_jax import datasets, evaluate, train
+from cifar_jax import datasets, evaluate, parallel, train
 from cifar_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -23,6 +23,13 @@ flags.DEFINE_enum(
     'train: train (and resume) in WORKDIR; train_and_eval: also score every '
     'config.eval_every_steps in the same process; eval: the evaluator, scoring each new '
     'checkpoint in WORKDIR; data: describe the train and eval splits (and fill the cache).')
+flags.DEFINE_string('coordinator_address', None,
+                    'Multi-process runs: HOST:PORT of process 0 (see README, "Multiple GPUs '
+                    'and multiple hosts"). Under SLURM it is detected.')
+flags.DEFINE_integer('num_processes', None, 'Multi-process runs: the number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process, 0..N-1.')
+flags.DEFINE_integer('distributed_timeout_secs', 300,
+                     'How long to wait for the other processes to join.')
 config_flags.DEFINE_config_file('config', None, 'Path to an experiments/*.py config file.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config'])
@@ -46,6 +53,8 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   logging.info('Config:\n%s', FLAGS.config)
   try:
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id, FLAGS.distributed_timeout_secs)
     if FLAGS.mode == 'data':
       describe_data(FLAGS.config)
       return

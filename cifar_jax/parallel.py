@@ -10,6 +10,7 @@ leading device axis of length `len(devices)`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import os
 from typing import Any
 
 from absl import logging
@@ -20,6 +21,38 @@ import numpy as np
 from cifar_jax.errors import UserError
 
 AXIS_NAME = 'batch'
+
+
+def _cluster_detected() -> bool:
+  """True inside a multi-task job that jax.distributed can configure itself (e.g. SLURM)."""
+  return int(os.environ.get('SLURM_NTASKS', '1')) > 1 or int(
+      os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None,
+                           timeout_secs: int = 300) -> None:
+  """Joins a multi-process job through `jax.distributed`; a no-op for one process.
+
+  Explicit arguments win; without them, JAX's cluster detection (SLURM, Open
+  MPI, ...) is used when such a job is detected. On CPUs the collectives go
+  through gloo. Must run before anything touches a JAX device.
+  """
+  explicit = bool(coordinator_address) or (num_processes or 1) > 1
+  if not explicit and not _cluster_detected():
+    return
+  if explicit and not (coordinator_address and num_processes and process_id is not None):
+    raise UserError('A multi-process run needs --coordinator_address=HOST:PORT, '
+                    '--num_processes=N and --process_id=I (0 on the coordinator) on every process.')
+  # Harmless on GPUs; on CPUs, cross-process collectives need it.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=coordinator_address or None,
+                             num_processes=num_processes if explicit else None,
+                             process_id=process_id if explicit else None,
+                             initialization_timeout=timeout_secs)
+  logging.info('Process %d of %d; %d local and %d global devices.', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
 def select_devices(num_devices: int, platform: str | None = None) -> list[jax.Device]:
@@ -46,7 +79,18 @@ def select_devices(num_devices: int, platform: str | None = None) -> list[jax.De
 
 def pmap(fn: Callable[..., Any], devices: Sequence[jax.Device],
          donate_argnums: tuple[int, ...] = ()) -> Callable[..., Any]:
-  """`fn` mapped over `devices` with the collective axis `AXIS_NAME`."""
+  """`fn` mapped over `devices` with the collective axis `AXIS_NAME`.
+
+  In a multi-process run the collectives must span every device of every
+  process, which pmap does only when given no `devices`; each process must then
+  use all its local devices.
+  """
+  if jax.process_count() > 1:
+    if len(devices) != jax.local_device_count():
+      raise UserError(
+          f'A multi-process run uses every local device ({jax.local_device_count()}), not '
+          f'{len(devices)}; set config.num_devices=-1.')
+    devices = None
   return jax.pmap(fn, axis_name=AXIS_NAME, devices=devices, donate_argnums=donate_argnums)
 
 

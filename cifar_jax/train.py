@@ -11,6 +11,7 @@ maps that over the local devices.
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 import functools
 import os
 import time
@@ -150,6 +151,41 @@ def _write_histograms(writer, step, state_host, model, sample_images) -> None:
   writer.write_histograms(step, arrays)
 
 
+@dataclasses.dataclass
+class TrainingSetup:
+  """What a training run is built from; `state` is fresh, on the host."""
+
+  model: nn.Module
+  tx: optax.GradientTransformation
+  learning_rate_fn: optax.Schedule
+  schedule: input_pipeline.BatchSchedule
+  state: TrainState
+  train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+
+
+def setup_training(config: ml_collections.ConfigDict, train_split: datasets.Split,
+                   devices: list[jax.Device]) -> TrainingSetup:
+  """Model, optimizer, batch schedule (this process's share), fresh state, parallel step."""
+  schedule = input_pipeline.BatchSchedule(
+      num_examples=train_split.num_examples,
+      per_device_batch_size=config.per_device_batch_size,
+      num_local_devices=len(devices),
+      seed=config.seed,
+      num_processes=jax.process_count(),
+      process_index=jax.process_index(),
+  )
+  if schedule.steps_per_epoch < 1:
+    raise UserError(
+        f'The training split has {train_split.num_examples} examples, fewer than one global '
+        f'batch ({schedule.global_batch_size}); lower config.per_device_batch_size.')
+  model, tx, learning_rate_fn = train_state_lib.create_model_and_optimizer(
+      config, train_split.num_classes, train_split.num_examples, schedule.global_batch_size)
+  return TrainingSetup(
+      model=model, tx=tx, learning_rate_fn=learning_rate_fn, schedule=schedule,
+      state=train_state_lib.create_train_state(config, model, tx),
+      train_step=make_parallel_train_step(config, model, tx, learning_rate_fn, devices))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        evaluate_in_process: bool = True) -> TrainState:
   """Trains until `config.num_train_steps`, resuming from WORKDIR if it holds checkpoints.
@@ -166,21 +202,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   devices = parallel.select_devices(config.num_devices)
 
   train_split = datasets.load_split(config.dataset, config.dataset.train_split)
-  schedule = input_pipeline.BatchSchedule(
-      num_examples=train_split.num_examples,
-      per_device_batch_size=config.per_device_batch_size,
-      num_local_devices=len(devices),
-      seed=config.seed,
-      num_processes=jax.process_count(),
-      process_index=jax.process_index(),
-  )
-  if schedule.steps_per_epoch < 1:
-    raise UserError(
-        f'The training split has {train_split.num_examples} examples, fewer than one global '
-        f'batch ({schedule.global_batch_size}); lower config.per_device_batch_size.')
-  model, tx, learning_rate_fn = train_state_lib.create_model_and_optimizer(
-      config, train_split.num_classes, train_split.num_examples, schedule.global_batch_size)
-  state = train_state_lib.create_train_state(config, model, tx)
+  setup = setup_training(config, train_split, devices)
+  model, schedule, state = setup.model, setup.schedule, setup.state
   dataset_info = {'class_names': list(train_split.class_names),
                   'num_train_examples': train_split.num_examples}
 
@@ -194,10 +217,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start_step = int(state.step)
   if start_step >= config.num_train_steps:
     logging.info('Already trained to step %d >= num_train_steps.', start_step)
-    checkpoints.mark_train_complete(workdir, start_step)
+    if is_main:
+      checkpoints.mark_train_complete(workdir, start_step)
     manager.close()
     return state
-  checkpoints.clear_train_complete(workdir)
+  if is_main:
+    checkpoints.clear_train_complete(workdir)
 
   writer = summaries.create_writer(workdir, enabled=is_main)
   if is_main:
@@ -207,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   data = input_pipeline.put_on_devices(train_split, devices)
   p_state = parallel.replicate(state, devices)
-  p_train_step = make_parallel_train_step(config, model, tx, learning_rate_fn, devices)
+  p_train_step = setup.train_step
   evaluator = eval_writer = None
   if evaluate_in_process:
     evaluator = evaluate.Evaluator(
@@ -275,7 +300,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
     if eval_writer is not None:
       eval_writer.close()
-  checkpoints.mark_train_complete(workdir, config.num_train_steps)
+  if is_main:
+    checkpoints.mark_train_complete(workdir, config.num_train_steps)
   return parallel.unreplicate(p_state)
 
 

@@ -1,4 +1,4 @@
-"""Shared test set-up: four fake CPU devices and tiny configs.
+"""Shared test set-up: eight fake CPU devices, tiny configs, a few training steps.
 
 XLA_FLAGS must be set before jax is first imported, so it is set here.
 """
@@ -7,12 +7,12 @@ import os
 import sys
 
 os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4').strip()
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import pytest  # noqa: E402
 
+from cifar_jax import datasets, input_pipeline, parallel, train  # noqa: E402
 from experiments import smoke  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +45,18 @@ def tiny_config(**overrides):
   return config
 
 
-@pytest.fixture
-def make_config():
-  return tiny_config
+def run_steps(config, num_steps, fixed_indices=None):
+  """k steps of the parallel train step; returns (host state, per-step losses)."""
+  devices = parallel.select_devices(config.num_devices)
+  split = datasets.load_split(config.dataset, config.dataset.train_split)
+  setup = train.setup_training(config, split, devices)
+  state = parallel.replicate(setup.state, devices)
+  data = input_pipeline.put_on_devices(split, devices)
+  losses = []
+  for step in range(num_steps):
+    indices = setup.schedule.indices(step) if fixed_indices is None else fixed_indices
+    state, metrics = setup.train_step(state, data, indices)
+    losses.append(float(metrics['loss'][0]))
+  return parallel.unreplicate(state), losses
+
+

@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from cifar_jax import checkpoints, datasets, input_pipeline, parallel, train, train_state
+from cifar_jax import checkpoints, train
 from cifar_jax.errors import UserError
-from tests.conftest import tiny_config
+from tests.conftest import run_steps, tiny_config
 
 
 def test_weight_decay_is_the_tutorials_l2_loss():
@@ -28,53 +28,16 @@ def test_cross_entropy_with_label_smoothing_by_hand():
   assert float(train.cross_entropy_loss(logits, np.array([0]), 0.1)) == pytest.approx(smoothed)
 
 
-def _run_steps(config, num_steps, fixed_indices=None):
-  """k steps of the parallel train step; returns (host state, per-step losses)."""
-  devices = parallel.select_devices(config.num_devices)
-  split = datasets.load_split(config.dataset, config.dataset.train_split)
-  schedule = input_pipeline.BatchSchedule(split.num_examples, config.per_device_batch_size,
-                                          len(devices), config.seed)
-  model, tx, lr_fn = train_state.create_model_and_optimizer(
-      config, split.num_classes, split.num_examples, schedule.global_batch_size)
-  state = parallel.replicate(train_state.create_train_state(config, model, tx), devices)
-  data = input_pipeline.put_on_devices(split, devices)
-  step_fn = train.make_parallel_train_step(config, model, tx, lr_fn, devices)
-  losses = []
-  for step in range(num_steps):
-    indices = schedule.indices(step) if fixed_indices is None else fixed_indices
-    state, metrics = step_fn(state, data, indices)
-    losses.append(float(metrics['loss'][0]))
-  return parallel.unreplicate(state), losses
-
-
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss():
   config = tiny_config(learning_rate=0.3)
   config.augment.random_contrast = False
   config.augment.flip_left_right = False
   config.augment.max_brightness_delta = 0.0
-  _, losses = _run_steps(config, 25, fixed_indices=np.arange(16, dtype=np.int32)[None])
+  _, losses = run_steps(config, 25, fixed_indices=np.arange(16, dtype=np.int32)[None])
   # The tutorial net starts on a plateau near ln(10); 25 steps clearly leave it.
   assert losses[0] == pytest.approx(np.log(10) + 0.0, abs=0.1)
   assert losses[-1] < losses[0] - 0.25
   assert np.mean(losses[-5:]) < np.mean(losses[:5])
-
-
-def test_four_devices_equal_one_device_on_the_same_global_batch():
-  assert len(jax.local_devices()) >= 4
-  one, _ = _run_steps(tiny_config(num_devices=1, per_device_batch_size=16), 6)
-  four, _ = _run_steps(tiny_config(num_devices=4, per_device_batch_size=4), 6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0),
-               one.params, four.params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0),
-               one.ema_params, four.ema_params)
-  assert int(one.step) == int(four.step) == 6
-
-
-def test_more_devices_than_exist_uses_all_with_a_warning(caplog):
-  assert len(parallel.select_devices(64)) == len(jax.local_devices())
-  assert 'only' in caplog.text
-  with pytest.raises(UserError, match='num_devices'):
-    parallel.select_devices(0)
 
 
 def _read_jsonl(path):
