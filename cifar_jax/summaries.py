@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import datetime
 import json
 import os
+import tempfile
 from typing import Any
 
 from absl import logging
@@ -34,9 +35,9 @@ def prepare_workdir(workdir: str) -> str:
   workdir = os.path.abspath(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
-    with open(probe, 'w') as f:
-      f.write('ok')
+    # A file of this process's own: every process of a multi-host job checks.
+    handle, probe = tempfile.mkstemp(prefix='.write_test.', dir=workdir)
+    os.close(handle)
     os.remove(probe)
   except OSError as e:
     raise UserError(

@@ -12,15 +12,18 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-from cifar_jax import datasets, input_pipeline, parallel, train  # noqa: E402
+from cifar_jax import checkpoints, datasets, input_pipeline, parallel, train, train_state  # noqa: E402,E501
 from experiments import smoke  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(**overrides):
-  """The smoke config, smaller still: a few steps take well under a second."""
-  config = smoke.get_config()
+def tiny_config(base=None, **overrides):
+  """`base` (default: the smoke config) with a tiny net and data: a step takes milliseconds.
+
+  Overrides take dotted names: tiny_config(**{'eval.run_once': True}).
+  """
+  config = base if base is not None else smoke.get_config()
   config.dataset.cache_dir = ''
   config.dataset.synthetic_train_size = 512
   config.dataset.synthetic_test_size = 200
@@ -60,3 +63,9 @@ def run_steps(config, num_steps, fixed_indices=None):
   return parallel.unreplicate(state), losses
 
 
+def restore_latest(workdir):
+  """The state of the latest checkpoint in WORKDIR (a tiny_config model)."""
+  manager = checkpoints.create_manager(workdir, read_only=True)
+  template, _ = train_state.abstract_train_state(tiny_config(), 10)
+  state, _ = checkpoints.restore(manager, manager.latest_step(), template, tiny_config())
+  return state

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from cifar_jax import datasets, train, train_state
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, tiny_config
 
 CONFIGS = sorted(os.path.basename(p)[:-3]
                  for p in glob.glob(os.path.join(REPO_ROOT, 'experiments', '*.py'))
@@ -26,20 +26,8 @@ def test_config_builds_a_model_and_optimizer(name):
 def test_svhn_trains_and_evaluates_on_mock_data(tmp_path, monkeypatch):
   tfds = pytest.importorskip('tensorflow_datasets')
   monkeypatch.setattr(datasets, '_download_server_reachable', lambda: True)
-  config = importlib.import_module('experiments.svhn').get_config()
-  config.dataset.cache_dir = ''
-  config.model.conv_features = 8
-  config.model.local3_features = 16
-  config.model.local4_features = 8
-  config.per_device_batch_size = 8
-  config.num_devices = 1
-  config.num_train_steps = 6
-  config.log_every_steps = 3
-  config.checkpoint_every_steps = 6
-  config.histogram_every_steps = 6
-  config.histogram_sample_size = 4
-  config.input_image_grid_size = 4
-  config.eval.batch_size = 16
+  config = tiny_config(importlib.import_module('experiments.svhn').get_config(),
+                       num_train_steps=6, checkpoint_every_steps=6, **{'eval.batch_size': 16})
   with tfds.testing.mock_data(num_examples=40):
     state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 6

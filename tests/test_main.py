@@ -11,8 +11,8 @@ import time
 import jax
 import numpy as np
 
-from cifar_jax import checkpoints, train_state
-from tests.conftest import REPO_ROOT, tiny_config
+from cifar_jax import checkpoints
+from tests.conftest import REPO_ROOT, restore_latest
 
 TINY_FLAGS = [
     '--config=experiments/smoke.py',
@@ -35,13 +35,6 @@ def _main(workdir, *flags, **kwargs):
   return subprocess.run(
       [sys.executable, '-m', 'cifar_jax.main', f'--workdir={workdir}', *TINY_FLAGS, *flags],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, **kwargs)
-
-
-def _final_state(workdir):
-  manager = checkpoints.create_manager(workdir, read_only=True)
-  template, _ = train_state.abstract_train_state(tiny_config(), 10)
-  state, _ = checkpoints.restore(manager, manager.latest_step(), template, tiny_config())
-  return state
 
 
 def test_trains_logs_in_the_tutorial_format_and_resumes(tmp_path):
@@ -80,7 +73,7 @@ def test_killed_trainer_resumes_with_identical_state(tmp_path):
   straight = str(tmp_path / 'straight')
   run = _main(straight, f'--config.num_train_steps={target}', '--config.checkpoint_every_steps=20')
   assert run.returncode == 0, run.stderr[-2000:]
-  jax.tree.map(np.testing.assert_array_equal, _final_state(killed), _final_state(straight))
+  jax.tree.map(np.testing.assert_array_equal, restore_latest(killed), restore_latest(straight))
 
 
 def test_unknown_config_field_is_one_line(tmp_path):

@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from cifar_jax import checkpoints, parallel, train, train_state
+from cifar_jax import parallel, train
 from cifar_jax.errors import UserError
-from tests.conftest import REPO_ROOT, run_steps, tiny_config
+from tests.conftest import REPO_ROOT, restore_latest, run_steps, tiny_config
 
 GLOBAL_BATCH = 16
 
@@ -83,16 +83,9 @@ def two_process_run(tmp_path_factory):
   return workdir, outputs
 
 
-def _restore(workdir):
-  manager = checkpoints.create_manager(workdir, read_only=True)
-  template, _ = train_state.abstract_train_state(tiny_config(), 10)
-  state, _ = checkpoints.restore(manager, manager.latest_step(), template, tiny_config())
-  return state
-
-
 def test_two_processes_equal_one_process_with_four_devices(two_process_run):
   workdir, outputs = two_process_run
-  multi_process = _restore(workdir)
+  multi_process = restore_latest(workdir)
   assert int(multi_process.step) == 6
   four_devices, _ = run_steps(tiny_config(num_devices=4, per_device_batch_size=GLOBAL_BATCH // 4),
                               6)
