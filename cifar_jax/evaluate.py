@@ -212,7 +212,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[int, dict[
         manager.reload()
         steps = sorted(manager.all_steps())
         pending = [s for s in steps if s not in handled]
-        if steps and not config.eval.run_once:
+        # Only when something new appeared: it reads the latest checkpoint's config.
+        if pending and not config.eval.run_once:
           for step in _never_seen_steps(manager, steps, handled):
             _skip(writer, step, 'deleted', 'the trainer deleted it before the evaluator saw it; '
                   'raise the trainer\'s config.keep_checkpoints to score every checkpoint')

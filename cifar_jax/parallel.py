@@ -107,11 +107,6 @@ def replicate(tree: Any, devices: Sequence[jax.Device]) -> Any:
       tree)
 
 
-def shard(tree: Any, devices: Sequence[jax.Device]) -> Any:
-  """Places leaves of shape [len(devices), ...] one slice per device."""
-  return jax.device_put(tree, _device_axis_sharding(devices))
-
-
 def unreplicate(tree: Any) -> Any:
   """The first replica of every leaf, as host numpy arrays."""
   return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data[0])
