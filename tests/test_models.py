@@ -1,5 +1,8 @@
 """The tutorial network: shapes, parameter count, initialisers, LRN against TF."""
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -65,3 +68,63 @@ def test_registry_builds_by_name_and_rejects_unknown_names():
     models.create_model(ml_collections.ConfigDict({'name': 'resnet9000'}), 10)
   with pytest.raises(UserError, match='does not fit'):
     models.create_model(ml_collections.ConfigDict({'name': 'tutorial_cnn', 'depth': 3}), 10)
+
+
+def _reference_pool(x, window, stride):
+  return nn.max_pool(x, (window, window), (stride, stride), 'SAME')
+
+
+@pytest.mark.parametrize('shape,window,stride', [
+    ((3, 24, 24, 4), 3, 2), ((2, 12, 12, 5), 3, 2), ((2, 7, 9, 3), 3, 2), ((2, 8, 8, 2), 2, 2),
+    ((1, 10, 11, 2), 5, 3)])
+def test_fast_max_pool_matches_reduce_window_values_and_gradients_with_ties(shape, window,
+                                                                          stride):
+  rng = np.random.default_rng(0)
+  # Rounded and ReLU-ed, so that most windows hold ties (zeros and repeats):
+  # the gradient must go to the first maximum in row-major order.
+  x = jnp.asarray(np.maximum(np.round(rng.normal(size=shape) * 2) / 2, 0), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=_reference_pool(x, window, stride).shape), jnp.float32)
+  fast = models.max_pool(x, window, stride)
+  np.testing.assert_array_equal(fast, _reference_pool(x, window, stride))
+  grad = lambda pool: jax.grad(lambda v: jnp.vdot(pool(v, window, stride), weights))(x)  # noqa: E731
+  # An input that is the maximum of several windows sums their gradients,
+  # possibly in another order: equal up to float rounding, while a gradient
+  # sent to the wrong element would be off by a whole weight.
+  np.testing.assert_allclose(grad(models.max_pool), grad(_reference_pool), rtol=1e-6, atol=1e-6)
+
+
+def test_fast_lrn_equals_the_power_formulation():
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 6, 6, 64)) * 3
+  fast = models.local_response_normalization(x)
+  plain = models.local_response_normalization(x, rsqrt_for_three_quarters=False)
+  np.testing.assert_allclose(fast, plain, rtol=2e-6, atol=1e-7)
+  grads = [jax.grad(lambda v, f=f: jnp.sum(jnp.sin(
+      models.local_response_normalization(v, rsqrt_for_three_quarters=f))))(x) for f in (1, 0)]
+  np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_fast_formulation_gives_the_reference_logits_and_gradients():
+  """The whole network, fast vs plain (reduce-window pooling, pow LRN), same parameters."""
+  fast = models.TutorialCNN(num_classes=10)
+  reference = models.TutorialCNN(num_classes=10, formulation='reference')
+  params = _init(fast)
+  images = jax.random.normal(jax.random.PRNGKey(2), (8, 24, 24, 3))
+  labels = jnp.arange(8) % 10
+
+  def loss(model, p):
+    logits = model.apply({'params': p}, images)
+    return jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+  np.testing.assert_allclose(fast.apply({'params': params}, images),
+                             reference.apply({'params': params}, images), rtol=1e-5, atol=1e-6)
+  fast_grads = jax.jit(jax.grad(functools.partial(loss, fast)))(params)
+  reference_grads = jax.jit(jax.grad(functools.partial(loss, reference)))(params)
+  for path, g in jax.tree_util.tree_flatten_with_path(fast_grads)[0]:
+    expected = functools.reduce(lambda t, k: t[k.key], path, reference_grads)
+    np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(
+        expected))), err_msg=jax.tree_util.keystr(path))
+
+
+def test_unknown_formulation_is_a_user_error():
+  with pytest.raises(UserError, match='formulation'):
+    _init(models.TutorialCNN(formulation='turbo'))

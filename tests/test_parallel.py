@@ -104,3 +104,19 @@ def test_a_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_pa
   straight, _ = run_steps(tiny_config(num_devices=4, per_device_batch_size=GLOBAL_BATCH // 4), 12)
   assert int(resumed.step) == 12
   _assert_close(resumed.params, straight.params)
+
+
+def test_cpu_compiler_options_and_the_users_own_flag_wins(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+  assert parallel.compiler_options('cpu') == parallel.CPU_COMPILER_OPTIONS
+  assert parallel.compiler_options('gpu') == {}
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=individual_dot')
+  assert parallel.compiler_options('cpu') == {}
+
+
+def test_pmap_with_compiler_options_recompiles_per_shape():
+  devices = parallel.select_devices(2, 'cpu')
+  double = parallel.pmap(lambda x: 2 * x, devices)
+  for shape in [(2, 3), (2, 5), (2, 3)]:
+    x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    np.testing.assert_array_equal(double(x), 2 * x)

@@ -1,0 +1,269 @@
+r"""Throughput benchmark: how fast a config trains and evaluates on this machine.
+
+  python -m cifar_jax.benchmark --config=experiments/cifar10.py [--config.field=value]
+      [--synthetic] [--steps=30] [--repeats=5] [--pytorch]
+
+After warm-up it times, over `--repeats` windows of `--steps` steps each
+(median, with min and max):
+
+  train step   the pure `train.train_step` (forward, backward, pmean, optimizer,
+               EMA) on one augmented batch already on the device(s);
+  end to end   the training loop's own path: this step's indices from the
+               `BatchSchedule` go to the device, examples are gathered and
+               augmented there, metrics are fetched every
+               `config.log_every_steps` like the training log does;
+  eval         `evaluate.Evaluator.predict` over the whole eval split.
+
+It also reports compile seconds, peak host memory, and the achieved GFLOP/s of
+the train step (XLA's FLOP count of the step) next to a 2048x2048 float32
+matmul measured in the same run. `--synthetic` swaps the dataset for random
+images of the same shape (no data needed; TensorFlow not needed). With
+`--pytorch`, `benchmarks/pytorch_reference.py` (the same network in PyTorch)
+runs afterwards in its own process when torch is installed. The last line is
+machine-readable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import functools
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+
+from cifar_jax import datasets, evaluate, input_pipeline, parallel, train
+from cifar_jax.errors import UserError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Path to an experiments/*.py config file.',
+                                lock_config=True)
+flags.DEFINE_integer('steps', 30, 'Train steps per timed window.')
+flags.DEFINE_integer('repeats', 5, 'Timed windows; the median is reported.')
+flags.DEFINE_integer('warmup_steps', 3, 'Untimed steps after compilation.')
+flags.DEFINE_bool('synthetic', False,
+                  'Random images of the config\'s shape instead of its dataset.')
+flags.DEFINE_integer('synthetic_train_size', 50_000, 'Training examples with --synthetic.')
+flags.DEFINE_integer('synthetic_eval_size', 10_000, 'Eval examples with --synthetic.')
+flags.DEFINE_bool('pytorch', False, 'Also run benchmarks/pytorch_reference.py (needs torch).')
+flags.mark_flags_as_required(['config'])
+
+MATMUL_SIZE = 2048
+PYTORCH_REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 'benchmarks', 'pytorch_reference.py')
+
+
+def _timed_windows(run_steps: Callable[[int], Any], steps: int, repeats: int) -> list[float]:
+  """Seconds per step of `repeats` windows of `steps` steps (each ends with a sync)."""
+  seconds = []
+  for _ in range(repeats):
+    started = time.perf_counter()
+    jax.block_until_ready(run_steps(steps))
+    seconds.append((time.perf_counter() - started) / steps)
+  return seconds
+
+
+def _rate(items_per_call: int, seconds: list[float]) -> dict[str, float]:
+  rates = sorted(items_per_call / s for s in seconds)
+  return {'median': statistics.median(rates), 'min': rates[0], 'max': rates[-1]}
+
+
+def matmul_gflops(size: int = MATMUL_SIZE, repeats: int = 5) -> float:
+  """float32 [size, size] @ [size, size] on the default device, median GFLOP/s."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(matmul(a))
+  seconds = []
+  for _ in range(repeats):
+    started = time.perf_counter()
+    for _ in range(5):
+      out = matmul(a)
+    jax.block_until_ready(out)
+    seconds.append((time.perf_counter() - started) / 5)
+  return 2 * size**3 / statistics.median(seconds) / 1e9
+
+
+def _load_splits(config: ml_collections.ConfigDict, synthetic: bool, train_size: int,
+                 eval_size: int) -> tuple[datasets.Split, datasets.Split]:
+  if synthetic:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.dataset.source = 'synthetic'
+    config.dataset.synthetic_train_size = train_size
+    config.dataset.synthetic_test_size = eval_size
+    config.dataset.train_split, config.dataset.eval_split = 'train', 'test'
+  return (datasets.load_split(config.dataset, config.dataset.train_split),
+          datasets.load_split(config.dataset, config.dataset.eval_split))
+
+
+def _step_flops_per_example(setup: train.TrainingSetup, config: ml_collections.ConfigDict,
+                            batch: dict[str, jax.Array]) -> float:
+  """XLA's FLOP count of one device's loss gradient, per example."""
+  def loss(params):
+    logits = setup.model.apply({'params': params}, batch['image'])
+    return train.cross_entropy_loss(logits, batch['label'], config.label_smoothing)
+  try:
+    cost = jax.jit(jax.grad(loss)).lower(setup.state.params).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost['flops']) / batch['image'].shape[0]
+  except Exception:  # pylint: disable=broad-except
+    logging.warning('No XLA cost analysis on this backend; GFLOP/s not reported.')
+    return float('nan')
+
+
+def run(config: ml_collections.ConfigDict, *, steps: int = 30, repeats: int = 5,
+        warmup_steps: int = 3, synthetic: bool = False, synthetic_train_size: int = 50_000,
+        synthetic_eval_size: int = 10_000) -> dict[str, Any]:
+  """Measures `config`; returns the figures `main` prints."""
+  if steps < 1 or repeats < 1:
+    raise UserError('--steps and --repeats must be at least 1.')
+  devices = parallel.select_devices(config.num_devices)
+  train_split, eval_split = _load_splits(config, synthetic, synthetic_train_size,
+                                         synthetic_eval_size)
+  setup = train.setup_training(config, train_split, devices)
+  data = input_pipeline.put_on_devices(train_split, devices)
+  schedule = setup.schedule
+  figures: dict[str, Any] = {
+      'platform': devices[0].platform, 'device_kind': devices[0].device_kind,
+      'devices': len(devices), 'global_batch': schedule.global_batch_size,
+      'matmul_gflops': matmul_gflops()}
+
+  # End to end, as the training loop runs it.
+  p_state = parallel.replicate(setup.state, devices)
+  started = time.perf_counter()
+  p_state, metrics = setup.train_step(p_state, data, schedule.indices(0))
+  jax.block_until_ready(metrics)
+  figures['compile_s'] = time.perf_counter() - started
+  step = 1
+  pending: list[Any] = []
+
+  def loop_steps(n):
+    nonlocal p_state, step, pending
+    for _ in range(n):
+      p_state, step_metrics = setup.train_step(p_state, data, schedule.indices(step))
+      pending.append(step_metrics)
+      step += 1
+      if step % config.log_every_steps == 0:
+        jax.device_get(pending)
+        pending = []
+    return p_state.step
+
+  loop_steps(warmup_steps)
+  end_to_end = _timed_windows(loop_steps, steps, repeats)
+
+  # The pure train step on a fixed, already augmented batch on the device(s).
+  make_batch = parallel.pmap(functools.partial(
+      input_pipeline.train_batch, key=jax.random.PRNGKey(0),
+      **input_pipeline.augment_options(config)), devices)
+  batch = make_batch(data, schedule.indices(0))
+  pure_step = parallel.pmap(
+      functools.partial(train.train_step, apply_fn=setup.model.apply, tx=setup.tx,
+                        learning_rate_fn=setup.learning_rate_fn, config=config),
+      devices, donate_argnums=(0,))
+  p_state = parallel.replicate(setup.state, devices)
+
+  def pure_steps(n):
+    nonlocal p_state
+    for _ in range(n):
+      p_state, step_metrics = pure_step(p_state, batch)
+    return step_metrics
+
+  pure_steps(1 + warmup_steps)
+  train_step = _timed_windows(pure_steps, steps, repeats)
+  figures['train_step'] = _rate(schedule.global_batch_size, train_step)
+  figures['end_to_end'] = _rate(schedule.global_batch_size, end_to_end)
+  figures['sec_per_batch'] = statistics.median(train_step)
+  flops = _step_flops_per_example(setup, config, jax.tree.map(lambda x: x[0], batch))
+  figures['gflop_per_example'] = flops / 1e9
+  figures['achieved_gflops'] = flops * figures['train_step']['median'] / 1e9
+
+  evaluator = evaluate.Evaluator(config, eval_split, setup.model, devices)
+  evaluator.predict(setup.state.params)  # compiles
+  eval_seconds = _timed_windows(lambda n: [evaluator.predict(setup.state.params)
+                                           for _ in range(n)], 1, max(2, repeats // 2))
+  figures['eval'] = _rate(eval_split.num_examples, eval_seconds)
+  figures['epoch_s'] = train_split.num_examples / figures['end_to_end']['median']
+  figures['peak_host_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return figures
+
+
+def run_pytorch_reference(config: ml_collections.ConfigDict, steps: int,
+                          repeats: int) -> dict[str, float] | None:
+  """benchmarks/pytorch_reference.py in its own process; None when torch is missing."""
+  if not os.path.exists(PYTORCH_REFERENCE):
+    logging.warning('No %s in this installation; skipping PyTorch.', PYTORCH_REFERENCE)
+    return None
+  result = subprocess.run(
+      [sys.executable, PYTORCH_REFERENCE, f'--batch={config.per_device_batch_size}',
+       f'--crop={config.crop_size}', f'--steps={steps}', f'--repeats={repeats}'],
+      capture_output=True, text=True, check=False)
+  if result.returncode:
+    logging.warning('PyTorch reference failed or torch is not installed:\n%s',
+                    result.stderr[-2000:])
+    return None
+  print(result.stdout.strip())
+  last = result.stdout.strip().splitlines()[-1]
+  return {'train_step_img_per_s': float(dict(item.split('=') for item in last.split())[
+      'train_step_img_per_s'])}
+
+
+def format_figures(figures: dict[str, Any]) -> str:
+  """The human-readable table."""
+  def row(name, rate, unit='images/s'):
+    return (f'{name:<22} {rate["median"]:9.1f} {unit}  (min {rate["min"]:.1f}, '
+            f'max {rate["max"]:.1f})')
+  return '\n'.join([
+      f'{figures["devices"]} {figures["platform"]} device(s) ({figures["device_kind"]}), '
+      f'global batch {figures["global_batch"]}',
+      f'{"compile":<22} {figures["compile_s"]:9.1f} s',
+      row('train step', figures['train_step']),
+      row('end to end', figures['end_to_end']),
+      row('eval', figures['eval']),
+      f'{"one epoch (end to end)":<22} {figures["epoch_s"]:9.1f} s',
+      f'{"train step FLOPs":<22} {figures["achieved_gflops"]:9.1f} GFLOP/s '
+      f'({figures["gflop_per_example"] * 1e3:.1f} MFLOP per example; matmul '
+      f'{figures["matmul_gflops"]:.1f} GFLOP/s)',
+      f'{"peak host memory":<22} {figures["peak_host_mib"]:9.0f} MiB',
+  ])
+
+
+def machine_line(figures: dict[str, Any], pytorch: dict[str, float] | None) -> str:
+  items = {
+      'train_step_img_per_s': figures['train_step']['median'],
+      'end_to_end_img_per_s': figures['end_to_end']['median'],
+      'eval_img_per_s': figures['eval']['median'],
+      'compile_s': figures['compile_s'],
+      'matmul_gflops': figures['matmul_gflops'],
+      'achieved_gflops': figures['achieved_gflops'],
+      'peak_host_mib': figures['peak_host_mib'],
+  }
+  if pytorch:
+    items['pytorch_train_step_img_per_s'] = pytorch['train_step_img_per_s']
+  return ' '.join(f'{k}={v:.1f}' for k, v in items.items())
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  try:
+    figures = run(config, steps=FLAGS.steps, repeats=FLAGS.repeats,
+                  warmup_steps=FLAGS.warmup_steps, synthetic=FLAGS.synthetic,
+                  synthetic_train_size=FLAGS.synthetic_train_size,
+                  synthetic_eval_size=FLAGS.synthetic_eval_size)
+  except UserError as e:
+    sys.exit(f'error: {e}')
+  print(format_figures(figures))
+  pytorch = run_pytorch_reference(config, FLAGS.steps, FLAGS.repeats) if FLAGS.pytorch else None
+  print(machine_line(figures, pytorch), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,46 @@
+"""The benchmark command: it runs end to end on a tiny config and reports sane figures."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from cifar_jax import benchmark
+from cifar_jax.errors import UserError
+from tests.conftest import REPO_ROOT, tiny_config
+
+
+def test_run_reports_every_figure_and_a_parseable_last_line():
+  figures = benchmark.run(tiny_config(), steps=2, repeats=2, warmup_steps=1, synthetic=True,
+                          synthetic_train_size=64, synthetic_eval_size=40)
+  for name in ('train_step', 'end_to_end', 'eval'):
+    rate = figures[name]
+    assert 0 < rate['min'] <= rate['median'] <= rate['max'] < math.inf
+  assert figures['global_batch'] == 8
+  assert figures['compile_s'] > 0 and figures['matmul_gflops'] > 0
+  assert figures['gflop_per_example'] > 0 and figures['peak_host_mib'] > 0
+  line = benchmark.machine_line(figures, {'train_step_img_per_s': 1.0})
+  values = dict(item.split('=') for item in line.split())
+  assert float(values['train_step_img_per_s']) == pytest.approx(figures['train_step']['median'],
+                                                                 abs=0.1)
+  assert set(values) >= {'end_to_end_img_per_s', 'eval_img_per_s', 'compile_s', 'matmul_gflops',
+                         'pytorch_train_step_img_per_s'}
+  assert 'train step' in benchmark.format_figures(figures)
+
+
+def test_bad_arguments_are_user_errors():
+  with pytest.raises(UserError, match='at least 1'):
+    benchmark.run(tiny_config(), steps=0, synthetic=True)
+
+
+def test_command_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'cifar_jax.benchmark', '--config=experiments/smoke.py',
+       '--config.model.conv_features=8', '--config.model.local3_features=16',
+       '--config.model.local4_features=8', '--config.per_device_batch_size=8',
+       '--config.dataset.cache_dir=', '--synthetic', '--synthetic_train_size=64',
+       '--synthetic_eval_size=40', '--steps=2', '--repeats=1', '--warmup_steps=1'],
+      cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().splitlines()[-1].startswith('train_step_img_per_s=')
