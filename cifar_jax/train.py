@@ -187,14 +187,17 @@ def setup_training(config: ml_collections.ConfigDict, train_split: datasets.Spli
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       evaluate_in_process: bool = True) -> TrainState:
+                       evaluate_in_process: bool = True,
+                       on_log: Callable[[int, dict[str, float]], None] | None = None
+                       ) -> TrainState:
   """Trains until `config.num_train_steps`, resuming from WORKDIR if it holds checkpoints.
 
   With `evaluate_in_process`, the EMA and raw parameters are scored on
   `config.dataset.eval_split` every `config.eval_every_steps` steps (0: never)
   and at the final step, by the same `evaluate.Evaluator` the evaluator
-  process uses; results go to WORKDIR/eval. Returns the final state (host
-  arrays).
+  process uses; results go to WORKDIR/eval. `on_log(step, metrics)` is called
+  with every log line's metrics (e.g. a notebook's live plot). Returns the
+  final state (host arrays).
   """
   _check_config(config)
   workdir = summaries.prepare_workdir(workdir)
@@ -277,6 +280,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               f'step {done}, loss = {means["loss"]:.2f} ({examples_per_sec:.1f} '
               f'examples/sec; {sec_per_batch:.3f} sec/batch)')
           writer.write_scalars(done, {**means, 'examples_per_sec': examples_per_sec})
+          if on_log is not None:
+            on_log(done, {**means, 'examples_per_sec': examples_per_sec})
       histograms_now = done % config.histogram_every_steps == 0 or last
       if is_main and histograms_now:
         _write_histograms(writer, done, parallel.unreplicate(p_state), model, sample_images)

@@ -1,0 +1,213 @@
+"""Notebook API: the functions the command line is built on, one call each.
+
+  from cifar_jax import experiment
+  config = experiment.load_config('experiments/smoke.py', {'num_train_steps': 200})
+  state = experiment.train(config, '/tmp/run', on_log=lambda step, m: print(step, m['loss']))
+  run = experiment.load_checkpoint('/tmp/run')               # latest step, saved config
+  probabilities = experiment.predict(run, images_uint8)      # EMA parameters by default
+  experiment.read_evaluations('/tmp/run')                    # the evaluator's record, a table
+
+Training goes through `train.train_and_evaluate` (the same loop, checkpoints
+and logs as `python -m cifar_jax.main`), so a notebook run can be resumed,
+evaluated by `--mode=eval` and viewed in TensorBoard like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from cifar_jax import checkpoints, datasets, input_pipeline, train_state
+from cifar_jax import train as train_lib
+from cifar_jax.errors import UserError
+
+
+def load_config(path: str, overrides: dict[str, Any] | None = None
+                ) -> ml_collections.ConfigDict:
+  """`get_config()` of an experiments/*.py file, with dotted-name overrides.
+
+  load_config('experiments/smoke.py', {'model.conv_features': 8}). Unknown
+  names are refused, as on the command line.
+  """
+  if not os.path.isfile(path):
+    raise UserError(f'No config file {path}; pass the path of an experiments/*.py file.')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path,
+      submodule_search_locations=None)
+  module = importlib.util.module_from_spec(spec)
+  # Variants import their base as `experiments.<name>`: resolve from the repo root.
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for name, value in (overrides or {}).items():
+    *parents, leaf = name.split('.')
+    target = config
+    try:
+      for parent in parents:
+        target = target[parent]
+      target[leaf]  # pylint: disable=pointless-statement
+    except KeyError:
+      raise UserError(f'Unknown config field {name!r} in overrides; see {path}.') from None
+    target[leaf] = value
+  return config
+
+
+def load_data(config: ml_collections.ConfigDict, split: str = 'train') -> datasets.Split:
+  """The config's 'train' or 'eval' split (or any split name) as uint8 arrays in memory."""
+  name = {'train': config.dataset.train_split, 'eval': config.dataset.eval_split}.get(split, split)
+  return datasets.load_split(config.dataset, name)
+
+
+def augmented_batch(config: ml_collections.ConfigDict, split: datasets.Split, step: int = 0,
+                    count: int = 32) -> tuple[np.ndarray, np.ndarray]:
+  """The first `count` images (float, as the network sees them) and labels of step `step`.
+
+  The trainer's own batch schedule and on-device augmentation, keyed the same way.
+  """
+  schedule = input_pipeline.BatchSchedule(split.num_examples, config.per_device_batch_size, 1,
+                                          config.seed)
+  indices = schedule.indices(step).reshape(-1)[:count]
+  rng = train_state.create_train_state(
+      config, *train_state.create_model_and_optimizer(
+          config, split.num_classes, split.num_examples, schedule.global_batch_size)[:2]).rng
+  images = jax.jit(functools.partial(input_pipeline.augment_batch,
+                                     **input_pipeline.augment_options(config)))(
+      split.images[indices], indices, jax.random.fold_in(rng, step))
+  return np.asarray(images), split.labels[indices]
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, num_steps: int | None = None,
+          on_log: Callable[[int, dict[str, float]], None] | None = None,
+          evaluate_in_process: bool = True) -> train_state.TrainState:
+  """Trains to `num_steps` (default `config.num_train_steps`) in WORKDIR, resuming if it can.
+
+  `on_log(step, metrics)` is called at every log line (loss, precision,
+  learning_rate, examples_per_sec...), e.g. to draw a live loss curve.
+  Returns the final state as host arrays.
+  """
+  if num_steps is not None:
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.num_train_steps = num_steps
+  return train_lib.train_and_evaluate(config, workdir, evaluate_in_process=evaluate_in_process,
+                                  on_log=on_log)
+
+
+@dataclasses.dataclass
+class Checkpoint:
+  """A restored checkpoint: the config it was trained with, the model and the state."""
+
+  config: ml_collections.ConfigDict
+  model: Any
+  state: train_state.TrainState
+  step: int
+  class_names: list[str]
+
+  def params(self, which: str = 'ema') -> Any:
+    """'ema' (the averaged parameters the tutorial evaluates) or 'raw'."""
+    if which not in ('ema', 'raw'):
+      raise UserError(f'Parameters are ema or raw, not {which!r}.')
+    return self.state.ema_params if which == 'ema' else self.state.params
+
+
+def load_checkpoint(workdir: str, step: int | None = None) -> Checkpoint:
+  """The latest (or the given) checkpoint in WORKDIR, with the config saved beside it.
+
+  Safe while a trainer is writing: only finalised checkpoints are read.
+  """
+  if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
+    raise UserError(f'No checkpoints in {workdir}; train there first or fix the path.')
+  manager = checkpoints.create_manager(workdir, read_only=True)
+  try:
+    steps = manager.all_steps()
+    if not steps:
+      raise UserError(f'No finished checkpoint in {workdir} yet; wait for the trainer.')
+    step = max(steps) if step is None else step
+    if step not in steps:
+      raise UserError(f'No checkpoint of step {step} in {workdir}; it has {sorted(steps)}.')
+    config = ml_collections.ConfigDict(checkpoints.read_saved_config(manager, step))
+    class_names = list(manager.restore(step, args=ocp.args.Composite(
+        dataset=ocp.args.JsonRestore())).dataset['class_names'])
+    template, model = train_state.abstract_train_state(config, len(class_names))
+    state, _ = checkpoints.restore(manager, step, template, config)
+  finally:
+    manager.close()
+  return Checkpoint(config=config, model=model, state=state, step=step,
+                    class_names=class_names)
+
+
+def predict(checkpoint: Checkpoint, images: np.ndarray, which: str = 'ema',
+            batch_size: int = 1000) -> np.ndarray:
+  """Class probabilities [N, classes] of uint8 images [N, H, W, 3] (eval preprocessing)."""
+  params = checkpoint.params(which)
+  preprocess = jax.vmap(functools.partial(input_pipeline.preprocess_eval_image,
+                                          crop_size=checkpoint.config.crop_size))
+
+  @jax.jit
+  def probabilities(batch):
+    return jax.nn.softmax(checkpoint.model.apply({'params': params}, preprocess(batch)))
+
+  images = np.asarray(images)
+  return np.concatenate([np.asarray(probabilities(images[i:i + batch_size]))
+                         for i in range(0, len(images), batch_size)])
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def read_metrics(workdir: str):
+  """The training log (WORKDIR/metrics.jsonl) as a pandas DataFrame indexed by step."""
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  table = pd.DataFrame(_read_jsonl(os.path.join(workdir, 'metrics.jsonl')))
+  return table.drop_duplicates('step', keep='last').set_index('step') if len(table) else table
+
+
+def read_evaluations(workdir: str):
+  """The evaluator's record (WORKDIR/eval/metrics.jsonl) as a DataFrame indexed by step.
+
+  Columns: precision (EMA), precision_raw, loss, loss_raw, count, status
+  (scored / unreadable / deleted), ...
+  """
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  table = pd.DataFrame(_read_jsonl(os.path.join(workdir, 'eval', 'metrics.jsonl')))
+  return table.drop_duplicates('step', keep='last').set_index('step') if len(table) else table
+
+
+def plot_run(workdir: str, title: str | None = None):
+  """Training loss and precision@1 (EMA vs raw) of a WORKDIR, as a matplotlib Figure."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  metrics, evaluations = read_metrics(workdir), read_evaluations(workdir)
+  figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+  if len(metrics):
+    left.plot(metrics.index, metrics['loss'], label='total loss')
+    left.plot(metrics.index, metrics['cross_entropy'], label='cross-entropy')
+  left.set(xlabel='step', ylabel='training loss', title='training loss')
+  left.legend()
+  if len(evaluations):
+    scored = evaluations[evaluations.get('status', 'scored') == 'scored']
+    right.plot(scored.index, scored['precision'], 'o-', label='EMA parameters')
+    right.plot(scored.index, scored['precision_raw'], 's--', label='raw parameters')
+  right.set(xlabel='step', ylabel='precision @ 1', title='held-out precision @ 1')
+  right.legend()
+  for axis in (left, right):
+    axis.grid(alpha=0.3)
+  if title:
+    figure.suptitle(title)
+  figure.tight_layout()
+  return figure

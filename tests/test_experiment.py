@@ -1,0 +1,115 @@
+"""The notebook API: each function on a tiny run, checked against the modules it wraps."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from cifar_jax import datasets, evaluate, experiment, input_pipeline, parallel, train_state
+from cifar_jax.errors import UserError
+from tests.conftest import REPO_ROOT, restore_latest, tiny_config
+
+SMOKE = os.path.join(REPO_ROOT, 'experiments', 'smoke.py')
+
+
+def test_load_config_by_path_with_overrides():
+  config = experiment.load_config(SMOKE, {'model.conv_features': 8, 'num_train_steps': 7})
+  assert config.model.conv_features == 8 and config.num_train_steps == 7
+  assert config.dataset.source == 'synthetic'  # smoke.py's own override of its base
+  # A variant that imports its base as experiments.<name>.
+  assert experiment.load_config(os.path.join(REPO_ROOT, 'experiments',
+                                             'cifar10_jpeg_modern.py')).nesterov
+  with pytest.raises(UserError, match='Unknown config field'):
+    experiment.load_config(SMOKE, {'model.depth': 3})
+  with pytest.raises(UserError, match='No config file'):
+    experiment.load_config('experiments/nope.py')
+
+
+def test_augmented_batch_is_the_trainers_first_batch():
+  config = tiny_config()
+  split = experiment.load_data(config, 'train')
+  images, labels = experiment.augmented_batch(config, split, step=3, count=5)
+  schedule = input_pipeline.BatchSchedule(split.num_examples, config.per_device_batch_size, 1,
+                                          config.seed)
+  indices = schedule.indices(3)[0]
+  rng = train_state.create_train_state(config, *train_state.create_model_and_optimizer(
+      config, split.num_classes, split.num_examples, schedule.global_batch_size)[:2]).rng
+  expected = input_pipeline.train_batch(
+      input_pipeline.DeviceData(split.images, split.labels), indices,
+      jax.random.fold_in(rng, 3), **input_pipeline.augment_options(config))
+  np.testing.assert_allclose(images, expected['image'][:5], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(labels, expected['label'][:5])
+  assert experiment.load_data(config, 'eval').num_examples == 200
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('notebook_run'))
+  logged = []
+  state = experiment.train(tiny_config(eval_every_steps=10), workdir, num_steps=20,
+                           on_log=lambda step, metrics: logged.append((step, metrics)))
+  return workdir, state, logged
+
+
+def test_train_reports_every_log_line_and_writes_a_normal_run(tiny_run):
+  workdir, state, logged = tiny_run
+  assert int(state.step) == 20
+  assert [step for step, _ in logged] == [5, 10, 15, 20]
+  assert {'loss', 'cross_entropy', 'precision', 'learning_rate', 'examples_per_sec'} <= set(
+      logged[0][1])
+  metrics = experiment.read_metrics(workdir)
+  assert list(metrics.index) == [5, 10, 15, 20]
+  np.testing.assert_allclose(metrics['loss'], [m['loss'] for _, m in logged], rtol=1e-6)
+
+
+def test_load_checkpoint_latest_and_by_step(tiny_run):
+  workdir, state, _ = tiny_run
+  run = experiment.load_checkpoint(workdir)
+  assert run.step == 20 and run.config.num_train_steps == 20
+  assert len(run.class_names) == 10
+  expected = restore_latest(workdir)
+  jax.tree.map(np.testing.assert_array_equal, run.params('ema'), expected.ema_params)
+  jax.tree.map(np.testing.assert_array_equal, run.params('raw'), state.params)
+  assert experiment.load_checkpoint(workdir, step=10).step == 10
+  with pytest.raises(UserError, match='No checkpoint of step 7'):
+    experiment.load_checkpoint(workdir, step=7)
+  with pytest.raises(UserError, match='ema or raw'):
+    run.params('best')
+
+
+def test_load_checkpoint_without_checkpoints_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match='No checkpoints'):
+    experiment.load_checkpoint(str(tmp_path))
+
+
+def test_predict_agrees_with_the_evaluator(tiny_run):
+  workdir, _, _ = tiny_run
+  run = experiment.load_checkpoint(workdir)
+  split = datasets.load_split(run.config.dataset, run.config.dataset.eval_split)
+  probabilities = experiment.predict(run, split.images, which='raw', batch_size=64)
+  assert probabilities.shape == (200, 10)
+  np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
+  evaluator = evaluate.Evaluator(run.config, split, run.model, parallel.select_devices(1))
+  predictions, _ = evaluator.predict(run.params('raw'))
+  np.testing.assert_array_equal(probabilities.argmax(-1), predictions)
+
+
+def test_read_evaluations_and_plot_run(tiny_run):
+  workdir, _, _ = tiny_run
+  table = experiment.read_evaluations(workdir)
+  assert list(table.index) == [10, 20]
+  assert set(table['status']) == {'scored'}
+  assert ((table['precision'] >= 0) & (table['precision'] <= 1)).all()
+  figure = experiment.plot_run(workdir, title='tiny')
+  loss_axis, precision_axis = figure.axes
+  assert len(loss_axis.lines) == 2 and len(precision_axis.lines) == 2
+  np.testing.assert_allclose(precision_axis.lines[0].get_ydata(), table['precision'])
+  np.testing.assert_allclose(precision_axis.lines[1].get_ydata(), table['precision_raw'])
+
+
+def test_reading_an_empty_workdir_gives_empty_tables(tmp_path):
+  assert len(experiment.read_metrics(str(tmp_path))) == 0
+  assert len(experiment.read_evaluations(str(tmp_path))) == 0
+
+
