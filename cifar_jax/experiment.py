@@ -2,6 +2,7 @@
 
   from cifar_jax import experiment
   config = experiment.load_config('experiments/smoke.py', {'num_train_steps': 200})
+  model, state = experiment.create_train_state(config, experiment.load_data(config))
   state = experiment.train(config, '/tmp/run', on_log=lambda step, m: print(step, m['loss']))
   run = experiment.load_checkpoint('/tmp/run')               # latest step, saved config
   probabilities = experiment.predict(run, images_uint8)      # EMA parameters by default
@@ -80,13 +81,23 @@ def augmented_batch(config: ml_collections.ConfigDict, split: datasets.Split, st
   schedule = input_pipeline.BatchSchedule(split.num_examples, config.per_device_batch_size, 1,
                                           config.seed)
   indices = schedule.indices(step).reshape(-1)[:count]
-  rng = train_state.create_train_state(
-      config, *train_state.create_model_and_optimizer(
-          config, split.num_classes, split.num_examples, schedule.global_batch_size)[:2]).rng
+  rng = create_train_state(config, split)[1].rng
   images = jax.jit(functools.partial(input_pipeline.augment_batch,
                                      **input_pipeline.augment_options(config)))(
       split.images[indices], indices, jax.random.fold_in(rng, step))
   return np.asarray(images), split.labels[indices]
+
+
+def create_train_state(config: ml_collections.ConfigDict, split: datasets.Split
+                       ) -> tuple[Any, train_state.TrainState]:
+  """(model, fresh state on the host) for `split`, exactly as the trainer starts (config.seed).
+
+  model.apply({'params': state.params}, images) runs the network on a batch.
+  """
+  global_batch = config.per_device_batch_size  # the schedule only matters for decay steps
+  model, tx, _ = train_state.create_model_and_optimizer(config, split.num_classes,
+                                                        split.num_examples, global_batch)
+  return model, train_state.create_train_state(config, model, tx)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, num_steps: int | None = None,

@@ -43,6 +43,19 @@ def test_augmented_batch_is_the_trainers_first_batch():
   assert experiment.load_data(config, 'eval').num_examples == 200
 
 
+def test_create_train_state_is_the_trainers_initial_state():
+  config = tiny_config()
+  split = experiment.load_data(config)
+  model, state = experiment.create_train_state(config, split)
+  assert int(state.step) == 0
+  expected = train_state.create_train_state(config, *train_state.create_model_and_optimizer(
+      config, split.num_classes, split.num_examples, config.per_device_batch_size)[:2])
+  jax.tree.map(np.testing.assert_array_equal, state.params, expected.params)
+  jax.tree.map(np.testing.assert_array_equal, state.ema_params, expected.params)
+  logits = model.apply({'params': state.params}, np.zeros((2, 24, 24, 3), np.float32))
+  assert logits.shape == (2, 10)
+
+
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('notebook_run'))
