@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 import functools
-import json
 import math
 import os
 import time
@@ -167,18 +166,9 @@ def report(writer: summaries.Writer, step: int, result: dict[str, Any], split: d
 
 def handled_steps(eval_dir: str) -> dict[int, str]:
   """{step: status} of every checkpoint an evaluator already handled."""
-  handled = {}
-  path = os.path.join(eval_dir, summaries.METRICS_FILE)
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # a line cut short by a kill
-        if 'status' in record:
-          handled[int(record['step'])] = record['status']
-  return handled
+  return {int(record['step']): record['status']
+          for record in summaries.read_records(os.path.join(eval_dir, summaries.METRICS_FILE))
+          if 'status' in record}
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[int, dict[str, Any]]:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 import dataclasses
 import functools
 import importlib.util
-import json
 import os
 import sys
 from typing import Any
@@ -29,7 +28,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cifar_jax import checkpoints, datasets, input_pipeline, train_state
+from cifar_jax import checkpoints, datasets, input_pipeline, summaries, train_state
 from cifar_jax import train as train_lib
 from cifar_jax.errors import UserError
 
@@ -81,10 +80,9 @@ def augmented_batch(config: ml_collections.ConfigDict, split: datasets.Split, st
   schedule = input_pipeline.BatchSchedule(split.num_examples, config.per_device_batch_size, 1,
                                           config.seed)
   indices = schedule.indices(step).reshape(-1)[:count]
-  rng = create_train_state(config, split)[1].rng
-  images = jax.jit(functools.partial(input_pipeline.augment_batch,
-                                     **input_pipeline.augment_options(config)))(
-      split.images[indices], indices, jax.random.fold_in(rng, step))
+  _, train_key = train_state.seed_keys(config.seed)
+  images = input_pipeline.augmented_examples(split.images[indices], indices, train_key, step,
+                                             config)
   return np.asarray(images), split.labels[indices]
 
 
@@ -175,18 +173,16 @@ def predict(checkpoint: Checkpoint, images: np.ndarray, which: str = 'ema',
                          for i in range(0, len(images), batch_size)])
 
 
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+def _table(logdir: str):
+  """LOGDIR/metrics.jsonl as a DataFrame indexed by step (a resumed run's repeats: last kept)."""
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  table = pd.DataFrame(summaries.read_records(os.path.join(logdir, summaries.METRICS_FILE)))
+  return table.drop_duplicates('step', keep='last').set_index('step') if len(table) else table
 
 
 def read_metrics(workdir: str):
   """The training log (WORKDIR/metrics.jsonl) as a pandas DataFrame indexed by step."""
-  import pandas as pd  # pylint: disable=g-import-not-at-top
-  table = pd.DataFrame(_read_jsonl(os.path.join(workdir, 'metrics.jsonl')))
-  return table.drop_duplicates('step', keep='last').set_index('step') if len(table) else table
+  return _table(workdir)
 
 
 def read_evaluations(workdir: str):
@@ -195,9 +191,7 @@ def read_evaluations(workdir: str):
   Columns: precision (EMA), precision_raw, loss, loss_raw, count, status
   (scored / unreadable / deleted), ...
   """
-  import pandas as pd  # pylint: disable=g-import-not-at-top
-  table = pd.DataFrame(_read_jsonl(os.path.join(workdir, 'eval', 'metrics.jsonl')))
-  return table.drop_duplicates('step', keep='last').set_index('step') if len(table) else table
+  return _table(os.path.join(workdir, 'eval'))
 
 
 def plot_run(workdir: str, title: str | None = None):

@@ -143,6 +143,17 @@ def train_batch(data: DeviceData, indices: jax.Array, key: jax.Array, **augment)
   return {'image': images, 'label': data.labels[indices]}
 
 
+def augmented_examples(images: np.ndarray, indices: np.ndarray, train_key: jax.Array,
+                       step: int, config: ml_collections.ConfigDict) -> jax.Array:
+  """The augmented images of `indices` exactly as training step `step` sees them.
+
+  `images` are the uint8 images at `indices`; `train_key` is `TrainState.rng`.
+  For looking at the input (TensorBoard grid, notebooks), outside the train step.
+  """
+  return jax.jit(functools.partial(augment_batch, **augment_options(config)))(
+      images, indices, jax.random.fold_in(train_key, step))
+
+
 def eval_batch(data: DeviceData, indices: jax.Array, *, crop_size: int) -> dict:
   """Gathers `indices` and applies the evaluation preprocessing."""
   images = jax.vmap(functools.partial(preprocess_eval_image, crop_size=crop_size))(

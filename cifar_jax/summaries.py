@@ -25,6 +25,20 @@ import numpy as np
 from cifar_jax.errors import UserError
 
 METRICS_FILE = 'metrics.jsonl'
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+  """The records of a metrics.jsonl file ([] if absent), skipping a line cut short by a kill."""
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return records
 _warned_no_tensorboard = False
 
 

@@ -314,7 +314,6 @@ def _write_input_images(writer, step, train_split, schedule, p_state, config) ->
   """A grid of the augmented images of the first batch, once."""
   rng = parallel.unreplicate(p_state.rng)
   indices = schedule.indices(step - 1).reshape(-1)[:config.input_image_grid_size]
-  images = jax.jit(functools.partial(input_pipeline.augment_batch,
-                                     **input_pipeline.augment_options(config)))(
-      train_split.images[indices], indices, jax.random.fold_in(rng, step - 1))
+  images = input_pipeline.augmented_examples(train_split.images[indices], indices, rng, step - 1,
+                                             config)
   writer.write_images(step, {'augmented_inputs': summaries.image_grid_ready(images)})

@@ -98,13 +98,19 @@ def update_ema(ema_params: Any, params: Any, step: jax.Array, kind: str, decay: 
   return optax.tree.update_moment(params, ema_params, ema_decay(step, kind, decay), order=1)
 
 
+def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(parameter-initialisation key, training key) drawn from `config.seed`."""
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+  return init_rng, train_rng
+
+
 def create_train_state(
     config: ml_collections.ConfigDict,
     model: nn.Module,
     tx: optax.GradientTransformation,
 ) -> TrainState:
   """A fresh state; all randomness comes from `config.seed`."""
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  init_rng, train_rng = seed_keys(config.seed)
   dummy = jnp.zeros((1, config.crop_size, config.crop_size, 3), jnp.float32)
   params = jax.jit(model.init)(init_rng, dummy)['params']
   return TrainState(

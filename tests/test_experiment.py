@@ -126,3 +126,9 @@ def test_reading_an_empty_workdir_gives_empty_tables(tmp_path):
   assert len(experiment.read_evaluations(str(tmp_path))) == 0
 
 
+
+
+def test_tables_of_a_killed_run_skip_the_cut_line(tmp_path):
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 5, "loss": 2.0}\n{"step": 10, "lo')
+  table = experiment.read_metrics(str(tmp_path))
+  assert list(table.index) == [5] and table['loss'].tolist() == [2.0]
