@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 
-from cifar_jax import datasets, evaluate, input_pipeline, parallel, train
+from cifar_jax import cli, datasets, evaluate, input_pipeline, parallel, train
 from cifar_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -259,11 +259,11 @@ def main(argv):
                   synthetic_train_size=FLAGS.synthetic_train_size,
                   synthetic_eval_size=FLAGS.synthetic_eval_size)
   except UserError as e:
-    sys.exit(f'error: {e}')
+    cli.fail(str(e))
   print(format_figures(figures))
   pytorch = run_pytorch_reference(config, FLAGS.steps, FLAGS.repeats) if FLAGS.pytorch else None
   print(machine_line(figures, pytorch), flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

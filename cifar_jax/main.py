@@ -11,9 +11,10 @@ import logging as logging_lib
 import sys
 
 from absl import app, flags, logging
+import jax
 from ml_collections import config_flags
 
-from cifar_jax import datasets, evaluate, parallel, train
+from cifar_jax import cli, datasets, evaluate, lifecycle, parallel, summaries, train
 from cifar_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -48,8 +49,7 @@ def describe_data(config) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  del argv  # cli.parse_flags refuses positional arguments
   logging.get_absl_handler().addFilter(_QuietLibraries())
   logging.info('Config:\n%s', FLAGS.config)
   try:
@@ -66,21 +66,12 @@ def main(argv):
     else:
       evaluate.evaluate(FLAGS.config, FLAGS.workdir)
   except UserError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with a one-line answer to a bad --config.field override."""
-  try:
-    return FLAGS(argv)
-  except flags.Error:
-    raise  # absl prints these with the usage.
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    print(f'error: a --config.* override was rejected ({e}); check that the field exists '
-          'in the config file and that the value has its type.', file=sys.stderr)
-    sys.exit(1)
+    cli.fail(str(e))
+  except lifecycle.Preempted as e:
+    if jax.process_index() == 0:
+      summaries.print_line(str(e))
+    sys.exit(e.exit_status)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -9,6 +9,7 @@ leading device axis of length `len(devices)`.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Sequence
 import os
 from typing import Any
@@ -118,6 +119,42 @@ class _CompiledPerSignature:
     return executable(*args)
 
 
+# How many calls of one mapped function may be dispatched and not yet finished.
+# JAX dispatches asynchronously, so a loop that never reads a result can queue
+# any number of steps. XLA's CPU runtime admits 32 computations per device
+# (`max_inflight_computations`) and blocks the launch of the 33rd on one of the
+# threads that also start the queued computations; in a multi-process run
+# (gloo collectives) that deadlocks as soon as a process gets ~35 steps ahead:
+# both processes sit idle in the step call forever (benchmarks/
+# multiprocess_stress.py; README, "Multiple GPUs and multiple hosts"). Eight
+# queued steps keep any device busy; more only postpone the host's next look.
+MAX_CALLS_IN_FLIGHT = 8
+
+
+class _BoundedDispatch:
+  """A mapped function that waits for call t - MAX_CALLS_IN_FLIGHT before returning call t.
+
+  Results are identical; only how far the host may run ahead changes. Waits on
+  the oldest call's outputs that were not donated to a later call (a donated
+  output is consumed by a call that finishes after it).
+  """
+
+  def __init__(self, mapped: Callable[..., Any], max_in_flight: int = MAX_CALLS_IN_FLIGHT):
+    self._mapped = mapped
+    self._max_in_flight = max_in_flight
+    self._in_flight: collections.deque[list[jax.Array]] = collections.deque()
+
+  def __call__(self, *args):
+    outputs = self._mapped(*args)
+    self._in_flight.append([x for x in jax.tree.leaves(outputs) if isinstance(x, jax.Array)])
+    while len(self._in_flight) > self._max_in_flight:
+      jax.block_until_ready([x for x in self._in_flight.popleft() if not x.is_deleted()])
+    return outputs
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self._mapped, name)
+
+
 def pmap(fn: Callable[..., Any], devices: Sequence[jax.Device],
          donate_argnums: tuple[int, ...] = ()) -> Callable[..., Any]:
   """`fn` mapped over `devices` with the collective axis `AXIS_NAME`.
@@ -126,17 +163,19 @@ def pmap(fn: Callable[..., Any], devices: Sequence[jax.Device],
   process, which pmap does only when given no `devices`; each process must then
   use all its local devices. On CPUs it compiles with `CPU_COMPILER_OPTIONS`
   (in one process; pmap's ahead-of-time path wants global arrays across
-  processes, so a multi-process CPU run compiles with XLA's defaults).
+  processes, so a multi-process CPU run compiles with XLA's defaults). At most
+  `MAX_CALLS_IN_FLIGHT` calls are queued on the devices at any time.
   """
   if jax.process_count() > 1:
     if len(devices) != jax.local_device_count():
       raise UserError(
           f'A multi-process run uses every local device ({jax.local_device_count()}), not '
           f'{len(devices)}; set config.num_devices=-1.')
-    return jax.pmap(fn, axis_name=AXIS_NAME, devices=None, donate_argnums=donate_argnums)
+    return _BoundedDispatch(
+        jax.pmap(fn, axis_name=AXIS_NAME, devices=None, donate_argnums=donate_argnums))
   mapped = jax.pmap(fn, axis_name=AXIS_NAME, devices=devices, donate_argnums=donate_argnums)
   options = compiler_options(devices[0].platform)
-  return _CompiledPerSignature(mapped, options) if options else mapped
+  return _BoundedDispatch(_CompiledPerSignature(mapped, options) if options else mapped)
 
 
 def _device_axis_sharding(devices: Sequence[jax.Device]) -> NamedSharding:

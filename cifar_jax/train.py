@@ -26,7 +26,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from cifar_jax import checkpoints, datasets, evaluate, input_pipeline, parallel, summaries
+from cifar_jax import (
+  checkpoints,
+  datasets,
+  evaluate,
+  input_pipeline,
+  lifecycle,
+  parallel,
+  summaries,
+)
 from cifar_jax import train_state as train_state_lib
 from cifar_jax.errors import UserError
 from cifar_jax.train_state import TrainState
@@ -112,6 +120,9 @@ def make_parallel_train_step(config: ml_collections.ConfigDict, model: nn.Module
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
+  if config.collective_timeout_secs < 0:
+    raise UserError(f'config.collective_timeout_secs is {config.collective_timeout_secs}; use 0 '
+                    '(never) or a positive number of seconds.')
   for field in ('per_device_batch_size', 'num_train_steps', 'log_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints', 'histogram_every_steps'):
     if config[field] < 1:
@@ -249,56 +260,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   pending_first_step = start_step
   last_good_checkpoint = latest
   window_start, window_steps = None, 0
+  preemption = lifecycle.Preemption(manager.reached_preemption)
+  # Multi-process runs only: a single process has no peers to wait for.
+  watchdog = lifecycle.Watchdog(
+      config.collective_timeout_secs if jax.process_count() > 1 else 0,
+      lambda: (f'the checkpoint of step {last_good_checkpoint} in {manager.directory} is intact'
+               if last_good_checkpoint is not None else 'no checkpoint was written yet'))
   try:
-    for step in range(start_step, config.num_train_steps):
-      indices = schedule.indices(step)
-      step_started = time.time()
-      p_state, metrics = p_train_step(p_state, data, indices)
-      pending.append(metrics)
-      done = step + 1
-      if step == start_step:
-        # The first step compiles: timed on its own and left out of examples/sec.
-        jax.block_until_ready(metrics)
-        if is_main:
-          logging.info('First step (compilation included) took %.1f s.',
-                       time.time() - step_started)
-          _write_input_images(writer, done, train_split, schedule, p_state, config)
-        window_start, window_steps = time.time(), 0
-      else:
-        window_steps += 1
-      last = done == config.num_train_steps
-      log_now = done % config.log_every_steps == 0 or last
-      checkpoint_now = done % config.checkpoint_every_steps == 0 or last
-      if log_now or checkpoint_now:
-        means = _fetch_metrics(pending, last_good_checkpoint, pending_first_step, workdir)
-        pending, pending_first_step = [], done
-        if log_now and is_main:
-          duration = time.time() - window_start
-          sec_per_batch = duration / window_steps if window_steps else float('nan')
-          examples_per_sec = schedule.global_batch_size / sec_per_batch
-          summaries.print_line(
-              f'step {done}, loss = {means["loss"]:.2f} ({examples_per_sec:.1f} '
-              f'examples/sec; {sec_per_batch:.3f} sec/batch)')
-          writer.write_scalars(done, {**means, 'examples_per_sec': examples_per_sec})
-          if on_log is not None:
-            on_log(done, {**means, 'examples_per_sec': examples_per_sec})
-      histograms_now = done % config.histogram_every_steps == 0 or last
-      if is_main and histograms_now:
-        _write_histograms(writer, done, parallel.unreplicate(p_state), model, sample_images)
-      if checkpoint_now:
-        checkpoints.save(manager, parallel.unreplicate(p_state), config, dataset_info)
-        last_good_checkpoint = done
-      evaluate_now = evaluator is not None and (
-          last or (config.eval_every_steps and done % config.eval_every_steps == 0))
-      if evaluate_now:
-        started = time.time()
-        result = evaluator.score_state(parallel.unreplicate(p_state))
-        if is_main:
-          evaluate.report(eval_writer, done, result, evaluator.split, config,
-                          {'eval_seconds': time.time() - started})
-      if log_now or checkpoint_now or histograms_now or evaluate_now:
-        # The device is idle after these syncs; time the next window from here.
-        window_start, window_steps = time.time(), 0
+    with preemption, watchdog:
+      for step in range(start_step, config.num_train_steps):
+        indices = schedule.indices(step)
+        step_started = time.time()
+        p_state, metrics = p_train_step(p_state, data, indices)
+        pending.append(metrics)
+        done = step + 1
+        watchdog.progress(done)
+        if step == start_step:
+          # The first step compiles: timed on its own and left out of examples/sec.
+          jax.block_until_ready(metrics)
+          if is_main:
+            logging.info('First step (compilation included) took %.1f s.',
+                         time.time() - step_started)
+            _write_input_images(writer, done, train_split, schedule, p_state, config)
+          window_start, window_steps = time.time(), 0
+        else:
+          window_steps += 1
+        preempted = preemption.reached(done)
+        last = done == config.num_train_steps
+        log_now = done % config.log_every_steps == 0 or last
+        checkpoint_now = done % config.checkpoint_every_steps == 0 or last or preempted
+        if log_now or checkpoint_now:
+          means = _fetch_metrics(pending, last_good_checkpoint, pending_first_step, workdir)
+          pending, pending_first_step = [], done
+          if log_now and is_main:
+            duration = time.time() - window_start
+            sec_per_batch = duration / window_steps if window_steps else float('nan')
+            examples_per_sec = schedule.global_batch_size / sec_per_batch
+            summaries.print_line(
+                f'step {done}, loss = {means["loss"]:.2f} ({examples_per_sec:.1f} '
+                f'examples/sec; {sec_per_batch:.3f} sec/batch)')
+            writer.write_scalars(done, {**means, 'examples_per_sec': examples_per_sec})
+            if on_log is not None:
+              on_log(done, {**means, 'examples_per_sec': examples_per_sec})
+        histograms_now = done % config.histogram_every_steps == 0 or last
+        if is_main and histograms_now:
+          _write_histograms(writer, done, parallel.unreplicate(p_state), model, sample_images)
+        if checkpoint_now:
+          checkpoints.save(manager, parallel.unreplicate(p_state), config, dataset_info)
+          last_good_checkpoint = done
+        if preempted:
+          manager.wait_until_finished()
+          raise lifecycle.Preempted(done, os.path.join(str(manager.directory), str(done)),
+                                    preemption.signal_number)
+        evaluate_now = evaluator is not None and (
+            last or (config.eval_every_steps and done % config.eval_every_steps == 0))
+        if evaluate_now:
+          started = time.time()
+          result = evaluator.score_state(parallel.unreplicate(p_state))
+          if is_main:
+            evaluate.report(eval_writer, done, result, evaluator.split, config,
+                            {'eval_seconds': time.time() - started})
+        if log_now or checkpoint_now or histograms_now or evaluate_now:
+          # The device is idle after these syncs; time the next window from here.
+          window_start, window_steps = time.time(), 0
+          watchdog.progress(done)
   finally:
     manager.wait_until_finished()
     manager.close()

@@ -63,6 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.ema.kind = 'tensorflow'  # tensorflow | optax_debiased
   config.ema.decay = 0.9999
 
+  # Multi-process runs: a process whose step (or save) does not finish for this
+  # long -- a peer died or stopped answering -- ends with an error (0: never).
+  config.collective_timeout_secs = 600.0
+
   config.log_every_steps = 10
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 5

@@ -1,8 +1,8 @@
 """The command line as a user runs it, in real OS processes."""
 
-import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,9 +10,11 @@ import time
 
 import jax
 import numpy as np
+from PIL import Image
+import pytest
 
-from cifar_jax import checkpoints
-from tests.conftest import REPO_ROOT, restore_latest
+from cifar_jax import checkpoints, summaries, train
+from tests.conftest import REPO_ROOT, restore_latest, tiny_config
 
 TINY_FLAGS = [
     '--config=experiments/smoke.py',
@@ -76,38 +78,14 @@ def test_killed_trainer_resumes_with_identical_state(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, restore_latest(killed), restore_latest(straight))
 
 
-def test_unknown_config_field_is_one_line(tmp_path):
-  result = _main(str(tmp_path), '--config.no_such_field=3')
-  assert result.returncode == 1
-  assert 'Traceback' not in result.stderr
-  assert re.search(r'^error: a --config.\* override was rejected .*no_such_field', result.stderr,
-                   re.M)
-
-
-def test_unwritable_workdir_is_one_line(tmp_path):
-  a_file = tmp_path / 'file'
-  a_file.write_text('')
-  result = _main(str(a_file / 'sub'))
-  assert result.returncode == 1
-  assert 'Traceback' not in result.stderr
-  assert 'error: Cannot write to workdir' in result.stderr
-
-
-def test_missing_workdir_flag_is_reported(tmp_path):
-  result = subprocess.run([sys.executable, '-m', 'cifar_jax.main', *TINY_FLAGS], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
-  assert result.returncode != 0
-  assert '--workdir' in result.stderr
-
-
 def test_trains_and_evaluates_without_tensorflow(tmp_path):
   # As on a machine with JAX only: importing tensorflow or tensorboard fails.
   workdir = str(tmp_path / 'run')
   script = (
       'import sys; sys.modules["tensorflow"] = None; sys.modules["tensorboard"] = None\n'
       'from absl import app\n'
-      'from cifar_jax import main\n'
-      'app.run(main.main, flags_parser=main.parse_flags)\n')
+      'from cifar_jax import cli, main\n'
+      'app.run(main.main, flags_parser=cli.parse_flags)\n')
   flags = [f'--workdir={workdir}', '--mode=train_and_eval', *TINY_FLAGS,
            '--config.num_train_steps=20',
            '--config.checkpoint_every_steps=10']
@@ -122,11 +100,7 @@ def test_trains_and_evaluates_without_tensorflow(tmp_path):
 
 
 def _eval_records(workdir):
-  path = os.path.join(workdir, 'eval', 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return summaries.read_records(os.path.join(workdir, 'eval', summaries.METRICS_FILE))
 
 
 EVALUATOR_FLAGS = ['--mode=eval', '--config.eval.poll_secs=0.3', '--config.eval.timeout_secs=120',
@@ -179,3 +153,170 @@ def test_killed_evaluator_restarts_without_rescoring_or_missing(tmp_path):
   assert steps == list(range(20, 301, 20))  # each once, in order, none missed
   for step in scored_before_kill:
     assert f'step {step}, precision' not in restarted.stdout  # not rescored
+
+
+def test_sigterm_saves_the_step_in_flight_and_a_rerun_resumes_identically(tmp_path):
+  stopped = str(tmp_path / 'stopped')
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'cifar_jax.main', f'--workdir={stopped}', *TINY_FLAGS,
+       '--config.num_train_steps=100000', '--config.checkpoint_every_steps=1000'],
+      cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    for line in process.stdout:
+      if 'step 30, loss' in line:
+        break
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGTERM)  # a second signal while it saves changes nothing
+    out, err = process.communicate(timeout=120)
+  finally:
+    process.kill()
+  assert process.returncode == 143, err[-2000:]
+  saved = int(re.search(r'preempted at step (\d+); checkpoint saved in ', out).group(1))
+  assert checkpoints.create_manager(stopped, read_only=True).all_steps() == [saved]
+  resumed = _main(stopped, f'--config.num_train_steps={saved + 7}')
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f'resuming from step {saved}' in resumed.stdout
+  straight = str(tmp_path / 'straight')
+  run = _main(straight, f'--config.num_train_steps={saved + 7}')
+  assert run.returncode == 0, run.stderr[-2000:]
+  jax.tree.map(np.testing.assert_array_equal, restore_latest(stopped), restore_latest(straight))
+
+
+# ----------------------------------------------------------------------------
+# Every mistake a user can make on the command line: one `error:` line, exit 1.
+
+
+@pytest.fixture(scope='module')
+def trained_workdir(tmp_path_factory):
+  """A WORKDIR of 10 TINY_FLAGS steps with a checkpoint at step 10."""
+  workdir = str(tmp_path_factory.mktemp('trained') / 'run')
+  train.train_and_evaluate(tiny_config(num_train_steps=10), workdir, evaluate_in_process=False)
+  return workdir
+
+
+def _copy_of(trained_workdir, tmp_path):
+  copy = str(tmp_path / 'run')
+  shutil.copytree(trained_workdir, copy)
+  return copy
+
+
+def _corrupt_latest(tmp_path, trained_workdir):
+  copy = _copy_of(trained_workdir, tmp_path)
+  for root, _, files in os.walk(os.path.join(copy, 'checkpoints', '10', 'state')):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'\0garbage')
+  return [f'--workdir={copy}']
+
+
+def _image_folder(tmp_path, fault):
+  """ROOT/train/<class>/NNNN.png with one `fault`; the flags that read it with --mode=data."""
+  for name in ('cat', 'dog'):
+    os.makedirs(tmp_path / 'images' / 'train' / name)
+    for i in range(3):
+      Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(
+          tmp_path / 'images' / 'train' / name / f'{i:04d}.png')
+  if fault == 'corrupt':
+    (tmp_path / 'images' / 'train' / 'dog' / '0001.png').write_bytes(b'not an image')
+  elif fault == 'size':
+    Image.fromarray(np.zeros((9, 8, 3), np.uint8)).save(
+        tmp_path / 'images' / 'train' / 'dog' / '0001.png')
+  elif fault == 'empty':
+    shutil.rmtree(tmp_path / 'images' / 'train')
+    os.makedirs(tmp_path / 'images' / 'train')
+  return ['--mode=data', '--config.dataset.source=image_folder',
+          f'--config.dataset.path={tmp_path / "images"}', '--config.dataset.train_split=train',
+          '--config.dataset.eval_split=train']
+
+
+def _unwritable(tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  return [f'--workdir={tmp_path / "a_file" / "sub"}']
+
+
+# (id, module, arguments after TINY_FLAGS (a callable gets tmp_path and the
+# trained WORKDIR), what the error line must say). `--config=` in the
+# arguments replaces the tiny config file; NO_CONFIG drops it.
+NO_CONFIG = object()
+MAIN, BENCHMARK = 'cifar_jax.main', 'cifar_jax.benchmark'
+COMMAND_LINE_MISTAKES = [
+    ('float field given text', MAIN, ['--config.learning_rate=abc'],
+     r'--config.learning_rate=abc: could not convert string to float'),
+    ('int field given a float', MAIN, ['--config.num_train_steps=1.5'],
+     r'--config.num_train_steps=1.5: invalid literal for int'),
+    ('a config group given a number', MAIN, ['--config.augment=3'],
+     r'--config.augment=3: .*dict'),
+    ('unknown config field', MAIN, ['--config.no_such_field=3'],
+     r'override was rejected .*no_such_field'),
+    ('config value out of range', MAIN, ['--config.num_train_steps=-5'],
+     r'config.num_train_steps is -5; it must be at least 1'),
+    ('config file missing', MAIN, ['--config=experiments/nope.py'],
+     r'--config=experiments/nope.py: no such file'),
+    ('config file is a folder', MAIN, ['--config=experiments'], r'is a directory'),
+    ('config file not Python', MAIN, ['--config=README.md'], r'is not a Python config file'),
+    ('config file without get_config', MAIN, ['--config=experiments/__init__.py'],
+     r'defines no get_config\(\)'),
+    ('no --config', MAIN, [NO_CONFIG], r'--config=\.\.\. is required'),
+    ('unknown mode', MAIN, ['--mode=bogus'],
+     r'--mode=bogus: value should be one of <train\|train_and_eval\|eval\|data>'),
+    ('unknown flag', MAIN, ['--bogus_flag=1'], r"Unknown command line flag 'bogus_flag'"),
+    ('positional argument', MAIN, ['extra'], r'unexpected argument\(s\) extra'),
+    ('int flag given text', MAIN, ['--num_processes=abc'], r'--num_processes=abc'),
+    ('half a multi-process setup', MAIN, ['--num_processes=2'],
+     r'--coordinator_address=HOST:PORT, --num_processes=N and --process_id=I'),
+    ('no --workdir', MAIN, ['--workdir='], r'--mode=train needs --workdir=DIR'),
+    ('unwritable workdir', MAIN, lambda tmp_path, _: _unwritable(tmp_path),
+     r'Cannot write to workdir'),
+    ('evaluator on a workdir that does not exist', MAIN,
+     lambda tmp_path, _: ['--mode=eval', f'--workdir={tmp_path / "never"}'],
+     r'does not exist; start the trainer first'),
+    ('missing data path', MAIN,
+     ['--mode=data', '--config.dataset.source=image_folder', '--config.dataset.path=/no/such'],
+     r'/no/such'),
+    ('corrupt image', MAIN, lambda tmp_path, _: _image_folder(tmp_path, 'corrupt'), r'0001.png'),
+    ('image of another size', MAIN, lambda tmp_path, _: _image_folder(tmp_path, 'size'),
+     r'0001.png'),
+    ('empty split folder', MAIN, lambda tmp_path, _: _image_folder(tmp_path, 'empty'),
+     r'train'),
+    ('another model on resume', MAIN,
+     lambda tmp_path, trained: [f'--workdir={_copy_of(trained, tmp_path)}',
+                                '--config.model.local3_features=32'],
+     r'other parameter shapes .*model.local3_features: 16 -> 32'),
+    ('corrupt latest checkpoint', MAIN, _corrupt_latest,
+     r'checkpoints/10 cannot be .*delete that step folder'),
+    ('diverging loss', MAIN, ['--config.learning_rate=1e30'], r'Training diverged'),
+    ('benchmark: config file missing', BENCHMARK, ['--config=experiments/nope.py'],
+     r'no such file'),
+    ('benchmark: bad value', BENCHMARK, ['--steps=abc'], r'--steps=abc'),
+    ('benchmark: out of range', BENCHMARK, ['--steps=0', '--synthetic'],
+     r'--steps and --repeats must be at least 1'),
+    ('benchmark: unknown flag', BENCHMARK, ['--bogus=1'], r"Unknown command line flag 'bogus'"),
+]
+
+
+@pytest.mark.parametrize('module, arguments, expected',
+                         [case[1:] for case in COMMAND_LINE_MISTAKES],
+                         ids=[case[0] for case in COMMAND_LINE_MISTAKES])
+def test_a_command_line_mistake_is_one_error_line(module, arguments, expected, tmp_path,
+                                                  trained_workdir):
+  if callable(arguments):
+    arguments = arguments(tmp_path, trained_workdir)
+  flags = list(TINY_FLAGS)
+  if module == MAIN:
+    flags.insert(0, f'--workdir={tmp_path / "workdir"}')
+  for argument in arguments:
+    if argument is NO_CONFIG:
+      flags = [f for f in flags if not f.startswith('--config')]
+    elif argument.startswith('--config='):
+      flags[flags.index(TINY_FLAGS[0])] = argument
+    else:
+      flags.append(argument)
+  started = time.time()
+  result = subprocess.run([sys.executable, '-m', module, *flags], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert time.time() - started < 60
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr + result.stdout, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert len(errors) == 1, result.stderr[-3000:]
+  assert re.search(expected, errors[0]), errors[0]

@@ -1,13 +1,12 @@
 """The pure train step, data parallelism, and the training loop end to end."""
 
-import json
 import os
 
 import jax
 import numpy as np
 import pytest
 
-from cifar_jax import checkpoints, train
+from cifar_jax import checkpoints, summaries, train
 from cifar_jax.errors import UserError
 from tests.conftest import run_steps, tiny_config
 
@@ -40,11 +39,6 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss():
   assert np.mean(losses[-5:]) < np.mean(losses[:5])
 
 
-def _read_jsonl(path):
-  with open(path) as f:
-    return [json.loads(line) for line in f]
-
-
 def test_train_and_evaluate_writes_everything(tmp_path, capsys):
   workdir = str(tmp_path / 'run')
   state = train.train_and_evaluate(tiny_config(), workdir)
@@ -52,10 +46,10 @@ def test_train_and_evaluate_writes_everything(tmp_path, capsys):
   manager = checkpoints.create_manager(workdir, read_only=True)
   assert manager.all_steps() == [10, 20]
   assert checkpoints.final_step(workdir) == 20
-  train_metrics = _read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  train_metrics = summaries.read_records(os.path.join(workdir, 'metrics.jsonl'))
   assert [m['step'] for m in train_metrics] == [5, 10, 15, 20]
   assert {'loss', 'learning_rate', 'examples_per_sec', 'precision'} <= set(train_metrics[0])
-  eval_metrics = _read_jsonl(os.path.join(workdir, 'eval', 'metrics.jsonl'))
+  eval_metrics = summaries.read_records(os.path.join(workdir, 'eval', 'metrics.jsonl'))
   assert eval_metrics[0]['step'] == 20 and eval_metrics[0]['count'] == 200
   output = capsys.readouterr().out
   assert 'step 10, loss = ' in output and 'examples/sec; ' in output

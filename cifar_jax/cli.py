@@ -1,0 +1,83 @@
+"""Command-line parsing for `cifar_jax.main` and `cifar_jax.benchmark`: a mistake is one line.
+
+absl and ml_collections report a bad flag value, an unknown flag, a missing or
+broken config file with a traceback (or load the config file only when it is
+first used). `parse_flags` checks the config file, parses, and turns every
+such mistake into one `error: ...` line on stderr and exit status 1. `--help`
+and `--helpfull` are absl's, unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from typing import NoReturn
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+CONFIG_HINT = 'a file such as experiments/cifar10.py (paths are relative to where you run)'
+
+
+def fail(message: str) -> NoReturn:
+  """Prints `error: message` on stderr and exits with status 1."""
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(1)
+
+
+def _config_path(argv: list[str]) -> str | None:
+  """The file part of the last --config=PATH[:ARG] in `argv`."""
+  for arg in reversed(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1].split(':', 1)[0]
+  return None
+
+
+def check_config_file(path: str) -> None:
+  """Fails with one line unless `path` is a Python file that defines get_config()."""
+  if not os.path.exists(path):
+    fail(f'--config={path}: no such file; give {CONFIG_HINT}.')
+  if not os.path.isfile(path):
+    fail(f'--config={path} is a directory, not a file; give {CONFIG_HINT}.')
+  try:
+    namespace = runpy.run_path(path)
+  except SyntaxError as e:
+    fail(f'--config={path} is not a Python config file ({e.msg}, line {e.lineno}); '
+         f'give {CONFIG_HINT}.')
+  except Exception as e:  # pylint: disable=broad-except
+    fail(f'--config={path} raised {type(e).__name__} when loaded ({e}); fix the file or give '
+         f'{CONFIG_HINT}.')
+  if not callable(namespace.get('get_config')):
+    fail(f'--config={path} defines no get_config(); give {CONFIG_HINT}.')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing of `argv` (for `app.run(flags_parser=...)`), with one-line errors."""
+  path = _config_path(argv)
+  if path is not None:
+    check_config_file(path)  # before ml_collections loads it with a traceback for any fault
+  try:
+    remaining = FLAGS(argv)
+    if 'config' in FLAGS:
+      FLAGS.config  # noqa: B018 (ml_collections builds the config on first use)
+  except flags.UnrecognizedFlagError as e:
+    fail(f'{e}; run with --help to see the flags.')
+  except flags.IllegalFlagValueError as e:
+    message = str(e).strip()
+    if 'must have a value other than None' in message:
+      name = message.split('=', 1)[0].removeprefix('flag ')
+      fail(f'{name}=... is required (for --config: {CONFIG_HINT}).')
+    fail(f'{message.rstrip(".")}; run with --help to see the flags.')
+  except flags.Error as e:
+    fail(f'{str(e).strip().rstrip(".")}; run with --help to see the flags.')
+  except KeyError as e:
+    fail(f'a --config.* override names a field the config does not have ({e}); run with '
+         '--helpfull to see the config fields.')
+  except Exception as e:  # pylint: disable=broad-except
+    fail(f'a --config.* override was rejected ({type(e).__name__}: {e}); check that the field '
+         'exists in the config file and that the value has its type.')
+  if len(remaining) > 1:
+    fail(f'unexpected argument(s) {" ".join(remaining[1:])}; options are --flag=value '
+         '(run with --help to see them).')
+  return remaining
