@@ -111,7 +111,8 @@ class _CompiledPerSignature:
 
   def __call__(self, *args):
     leaves, treedef = jax.tree.flatten(args)
-    signature = (treedef, tuple((np.shape(x), np.result_type(x)) for x in leaves))
+    signature = (treedef, tuple((np.shape(x), np.asarray(x).dtype if np.isscalar(x) else x.dtype)
+                                for x in leaves))
     executable = self._executables.get(signature)
     if executable is None:
       executable = self._mapped.lower(*args).compile(compiler_options=self._options)
