@@ -54,7 +54,8 @@ def main(argv):
   logging.info('Config:\n%s', FLAGS.config)
   try:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id, FLAGS.distributed_timeout_secs)
+                                    FLAGS.process_id, FLAGS.distributed_timeout_secs,
+                                    FLAGS.config.get('collective_timeout_secs', 0.0))
     if FLAGS.mode == 'data':
       describe_data(FLAGS.config)
       return

@@ -33,12 +33,18 @@ def _cluster_detected() -> bool:
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
                            process_id: int | None = None,
-                           timeout_secs: int = 300) -> None:
+                           timeout_secs: int = 300,
+                           collective_timeout_secs: float = 0.0) -> None:
   """Joins a multi-process job through `jax.distributed`; a no-op for one process.
 
   Explicit arguments win; without them, JAX's cluster detection (SLURM, Open
   MPI, ...) is used when such a job is detected. On CPUs the collectives go
   through gloo. Must run before anything touches a JAX device.
+
+  JAX aborts every process some time after a peer stops sending heartbeats
+  (a fatal log, no checkpoint named). That time is set past
+  `collective_timeout_secs` so that the trainer's watchdog (`lifecycle`) ends
+  a process first, with one line that says what is intact and what to do.
   """
   explicit = bool(coordinator_address) or (num_processes or 1) > 1
   if not explicit and not _cluster_detected():
@@ -51,7 +57,8 @@ def initialize_distributed(coordinator_address: str | None = None,
   jax.distributed.initialize(coordinator_address=coordinator_address or None,
                              num_processes=num_processes if explicit else None,
                              process_id=process_id if explicit else None,
-                             initialization_timeout=timeout_secs)
+                             initialization_timeout=timeout_secs,
+                             heartbeat_timeout_seconds=int(max(100, collective_timeout_secs + 60)))
   logging.info('Process %d of %d; %d local and %d global devices.', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
 

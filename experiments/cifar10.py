@@ -65,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Multi-process runs: a process whose step (or save) does not finish for this
   # long -- a peer died or stopped answering -- ends with an error (0: never).
-  config.collective_timeout_secs = 600.0
+  config.collective_timeout_secs = 300.0
 
   config.log_every_steps = 10
   config.checkpoint_every_steps = 1000
