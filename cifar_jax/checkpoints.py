@@ -47,9 +47,6 @@ def create_manager(workdir: str, keep: int | None = None, read_only: bool = Fals
       create=not read_only,
       read_only=read_only,
       enable_async_checkpointing=not read_only and jax.process_count() == 1,
-      # A save cut short (kill, preemption, a hung peer) leaves a temporary
-      # folder, never a step folder; the next trainer removes it.
-      cleanup_tmp_directories=not read_only,
   )
   handlers = {
       'state': ocp.StandardCheckpointHandler(),

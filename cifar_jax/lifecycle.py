@@ -16,7 +16,7 @@
   `config.collective_timeout_secs` without progress, with one `error:` line
   naming the process and the step. Checkpoints are written to a temporary
   folder and renamed when complete, so an interrupted save leaves the previous
-  checkpoint as the latest; the next start removes the unfinished folder.
+  checkpoint as the latest.
 """
 
 from __future__ import annotations
