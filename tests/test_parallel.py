@@ -208,8 +208,9 @@ def test_a_peer_that_stops_answering_ends_the_run_with_one_error_line(tmp_path):
   assert processes[0].returncode == 1
   errors = [line for line in err.splitlines() if line.startswith('error:')]
   assert len(errors) == 1 and 'Traceback' not in err, err[-2000:]
-  assert re.match(r'error: process 0 of 2 made no progress for \d+ s after step \d+ ', errors[0])
-  assert 10 <= waited < 40
+  idle = re.match(r'error: process 0 of 2 made no progress for (\d+) s after step \d+ ', errors[0])
+  assert idle and int(idle.group(1)) >= 10, errors[0]
+  assert waited < 40  # counted from the last step before the stop, so it can be under 10 s
   # What was saved before is intact and is what a restart resumes from.
   assert int(restore_latest(workdir).step) % 20 == 0
 
