@@ -41,15 +41,16 @@ def main() -> None:
                 rng.integers(0, 10, args.num_examples).astype(np.int32), tuple('0123456789'))
   data = input_pipeline.put_on_devices(split, devices)
   schedule = input_pipeline.BatchSchedule(args.num_examples, args.batch_size, len(devices), 0)
-  augment = input_pipeline.augment_options(config)
+  augment = input_pipeline.augment_options(config, schedule.steps_per_epoch)
 
   def train_images(data, indices, step):
-    key = jax.random.fold_in(jax.random.PRNGKey(0), step)
-    return input_pipeline.train_batch(data, indices, key, **augment)['image'].sum()
+    return input_pipeline.train_batch(data, indices, jax.random.PRNGKey(0), step,
+                                      **augment)['image'].sum()
 
   def eval_images(data, indices, step):
     del step
-    return input_pipeline.eval_batch(data, indices, crop_size=config.crop_size)['image'].sum()
+    return input_pipeline.eval_batch(data, indices,
+                                     **input_pipeline.eval_options(config))['image'].sum()
 
   print(f'{len(devices)} {devices[0].platform} device(s), {args.batch_size} images per device '
         'per batch')

@@ -12,15 +12,18 @@ After warm-up it times, over `--repeats` windows of `--steps` steps each
                `BatchSchedule` go to the device, examples are gathered and
                augmented there, metrics are fetched every
                `config.log_every_steps` like the training log does;
-  eval         `evaluate.Evaluator.predict` over the whole eval split.
+  eval         `evaluate.Evaluator.predict` over the whole eval split (with the
+               config's test-time augmentation, `config.eval.tta`).
 
 It also reports compile seconds, peak host memory, and the achieved GFLOP/s of
 the train step (XLA's FLOP count of the step) next to a 2048x2048 float32
 matmul measured in the same run. `--synthetic` swaps the dataset for random
 images of the same shape (no data needed; TensorFlow not needed). With
-`--pytorch`, `benchmarks/pytorch_reference.py` (the same network in PyTorch)
-runs afterwards in its own process when torch is installed. The last line is
-machine-readable.
+`--pytorch`, the same network's training step in PyTorch runs afterwards in
+its own process (`benchmarks/pytorch_reference.py` for the tutorial net,
+`benchmarks/airbench_reference.py --speed` for airbench94, with the config's
+optimizer recipe) with `--pytorch_python` (default: this Python), when torch
+is installed there. The last line is machine-readable.
 """
 
 from __future__ import annotations
@@ -54,12 +57,15 @@ flags.DEFINE_bool('synthetic', False,
                   'Random images of the config\'s shape instead of its dataset.')
 flags.DEFINE_integer('synthetic_train_size', 50_000, 'Training examples with --synthetic.')
 flags.DEFINE_integer('synthetic_eval_size', 10_000, 'Eval examples with --synthetic.')
-flags.DEFINE_bool('pytorch', False, 'Also run benchmarks/pytorch_reference.py (needs torch).')
+flags.DEFINE_bool('pytorch', False, 'Also time the network in PyTorch (needs torch).')
+flags.DEFINE_string('pytorch_python', sys.executable, 'The Python that runs the PyTorch half.')
 flags.mark_flags_as_required(['config'])
 
 MATMUL_SIZE = 2048
-PYTORCH_REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 'benchmarks', 'pytorch_reference.py')
+_BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           'benchmarks')
+PYTORCH_REFERENCE = os.path.join(_BENCHMARKS, 'pytorch_reference.py')
+AIRBENCH_REFERENCE = os.path.join(_BENCHMARKS, 'airbench_reference.py')
 
 
 def _timed_windows(run_steps: Callable[[int], Any], steps: int, repeats: int) -> list[float]:
@@ -106,9 +112,12 @@ def _load_splits(config: ml_collections.ConfigDict, synthetic: bool, train_size:
 
 def _step_flops_per_example(setup: train.TrainingSetup, config: ml_collections.ConfigDict,
                             batch: dict[str, jax.Array]) -> float:
-  """XLA's FLOP count of one device's loss gradient, per example."""
+  """XLA's FLOP count of one device's loss gradient (training mode), per example."""
+  model = setup.model.clone(axis_name=None) if hasattr(setup.model, 'axis_name') else setup.model
+
   def loss(params):
-    logits = setup.model.apply({'params': params}, batch['image'])
+    logits, _ = model.apply({'params': params, 'batch_stats': setup.state.batch_stats},
+                            batch['image'], train=True, mutable=['batch_stats'])
     return train.cross_entropy_loss(logits, batch['label'], config.label_smoothing)
   try:
     cost = jax.jit(jax.grad(loss)).lower(setup.state.params).cost_analysis()
@@ -161,8 +170,8 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 30, repeats: int = 5,
 
   # The pure train step on a fixed, already augmented batch on the device(s).
   make_batch = parallel.pmap(functools.partial(
-      input_pipeline.train_batch, key=jax.random.PRNGKey(0),
-      **input_pipeline.augment_options(config)), devices)
+      input_pipeline.train_batch, rng=jax.random.PRNGKey(0), step=0,
+      **input_pipeline.augment_options(config, schedule.steps_per_epoch)), devices)
   batch = make_batch(data, schedule.indices(0))
   pure_step = parallel.pmap(
       functools.partial(train.train_step, apply_fn=setup.model.apply, tx=setup.tx,
@@ -186,25 +195,37 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 30, repeats: int = 5,
   figures['achieved_gflops'] = flops * figures['train_step']['median'] / 1e9
 
   evaluator = evaluate.Evaluator(config, eval_split, setup.model, devices)
-  evaluator.predict(setup.state.params)  # compiles
-  eval_seconds = _timed_windows(lambda n: [evaluator.predict(setup.state.params)
-                                           for _ in range(n)], 1, max(2, repeats // 2))
+  evaluator.predict(setup.state.params, setup.state.batch_stats)  # compiles
+  eval_seconds = _timed_windows(
+      lambda n: [evaluator.predict(setup.state.params, setup.state.batch_stats)
+                 for _ in range(n)], 1, max(2, repeats // 2))
   figures['eval'] = _rate(eval_split.num_examples, eval_seconds)
   figures['epoch_s'] = train_split.num_examples / figures['end_to_end']['median']
   figures['peak_host_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   return figures
 
 
-def run_pytorch_reference(config: ml_collections.ConfigDict, steps: int,
-                          repeats: int) -> dict[str, float] | None:
-  """benchmarks/pytorch_reference.py in its own process; None when torch is missing."""
-  if not os.path.exists(PYTORCH_REFERENCE):
-    logging.warning('No %s in this installation; skipping PyTorch.', PYTORCH_REFERENCE)
+def _pytorch_command(config: ml_collections.ConfigDict, steps: int, repeats: int
+                     ) -> list[str]:
+  """The reference script's arguments for this config's network and batch."""
+  common = [f'--batch={config.per_device_batch_size}', f'--steps={steps}',
+            f'--repeats={repeats}']
+  if config.model.name == 'airbench94':
+    recipe = ('airbench94_muon' if any(g.get('optimizer') == 'muon'
+                                       for g in dict(config.optimizer_groups).values())
+              else 'airbench94')
+    return [AIRBENCH_REFERENCE, '--speed', f'--recipe={recipe}', *common]
+  return [PYTORCH_REFERENCE, f'--crop={config.crop_size}', *common]
+
+
+def run_pytorch_reference(config: ml_collections.ConfigDict, steps: int, repeats: int,
+                          python: str = sys.executable) -> dict[str, float] | None:
+  """The PyTorch reference in its own process; None when torch is missing."""
+  command = _pytorch_command(config, steps, repeats)
+  if not os.path.exists(command[0]):
+    logging.warning('No %s in this installation; skipping PyTorch.', command[0])
     return None
-  result = subprocess.run(
-      [sys.executable, PYTORCH_REFERENCE, f'--batch={config.per_device_batch_size}',
-       f'--crop={config.crop_size}', f'--steps={steps}', f'--repeats={repeats}'],
-      capture_output=True, text=True, check=False)
+  result = subprocess.run([python, *command], capture_output=True, text=True, check=False)
   if result.returncode:
     logging.warning('PyTorch reference failed or torch is not installed:\n%s',
                     result.stderr[-2000:])
@@ -261,7 +282,8 @@ def main(argv):
   except UserError as e:
     cli.fail(str(e))
   print(format_figures(figures))
-  pytorch = run_pytorch_reference(config, FLAGS.steps, FLAGS.repeats) if FLAGS.pytorch else None
+  pytorch = (run_pytorch_reference(config, FLAGS.steps, FLAGS.repeats, FLAGS.pytorch_python)
+             if FLAGS.pytorch else None)
   print(machine_line(figures, pytorch), flush=True)
 
 

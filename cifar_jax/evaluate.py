@@ -36,20 +36,46 @@ import optax
 from cifar_jax import checkpoints, datasets, input_pipeline, parallel, summaries, train_state
 from cifar_jax.errors import UserError
 
+TTA = ('none', 'mirror', 'mirror_translate')
 
-def eval_step(params: Any, batch: dict, *, apply_fn: Callable[..., jax.Array]
-              ) -> dict[str, jax.Array]:
+
+def tta_logits(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array, tta: str
+               ) -> jax.Array:
+  """Test-time augmentation of preprocessed NHWC images: airbench's tta_level 0 / 1 / 2.
+
+  ``none``: logits(x). ``mirror``: the mean of x and its left-right mirror.
+  ``mirror_translate``: 1/2 mirror(x) + 1/4 mirror(x shifted one pixel up-left)
+  + 1/4 mirror(x shifted down-right), shifts with reflect padding; logits
+  are averaged, as in the original.
+  """
+  if tta not in TTA:
+    raise UserError(f'Unknown config.eval.tta {tta!r}; use one of {list(TTA)}.')
+  if tta == 'none':
+    return logits_fn(images)
+  mirror = lambda x: 0.5 * logits_fn(x) + 0.5 * logits_fn(x[:, :, ::-1])  # noqa: E731
+  if tta == 'mirror':
+    return mirror(images)
+  height, width = images.shape[1:3]
+  padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
+  shifted = [padded[:, :height, :width], padded[:, 2:height + 2, 2:width + 2]]
+  return 0.5 * mirror(images) + 0.25 * (mirror(shifted[0]) + mirror(shifted[1]))
+
+
+def eval_step(params: Any, batch_stats: Any, batch: dict, *,
+              apply_fn: Callable[..., jax.Array], tta: str = 'none') -> dict[str, jax.Array]:
   """Per-example predicted class and cross-entropy for one device's batch."""
-  logits = apply_fn({'params': params}, batch['image'])
+  logits = tta_logits(
+      lambda x: apply_fn({'params': params, 'batch_stats': batch_stats}, x, train=False),
+      batch['image'], tta)
   return {
       'prediction': jnp.argmax(logits, axis=-1).astype(jnp.int32),
       'loss': optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']),
   }
 
 
-def _device_eval_step(params, data, indices, *, apply_fn, crop_size):
-  batch = input_pipeline.eval_batch(data, indices, crop_size=crop_size)
-  return eval_step(params, batch, apply_fn=apply_fn)
+def _device_eval_step(params, batch_stats, data, indices, *, apply_fn, tta, eval_options):
+  batch = input_pipeline.eval_batch(data, indices, **eval_options)
+  return eval_step(params, batch_stats, batch, apply_fn=apply_fn, tta=tta)
 
 
 def padded_batches(num_examples: int, batch_size: int, num_devices: int
@@ -79,26 +105,32 @@ class Evaluator:
     self.headline = config.eval.headline
     if self.headline not in ('ema', 'raw'):
       raise UserError(f'config.eval.headline is {self.headline!r}; use ema or raw.')
+    self.tta = config.eval.tta
+    if self.tta not in TTA:
+      raise UserError(f'Unknown config.eval.tta {self.tta!r}; use one of {list(TTA)}.')
+    # Without an EMA the EMA parameters are the parameters: scored once.
+    self.has_ema = config.ema.kind != 'none'
     self._data = input_pipeline.put_on_devices(split, devices)
     self._indices, self._masks = padded_batches(split.num_examples, config.eval.batch_size,
                                                 len(devices))
     self._step = parallel.pmap(
-        functools.partial(_device_eval_step, apply_fn=model.apply, crop_size=config.crop_size),
+        functools.partial(_device_eval_step, apply_fn=model.apply, tta=self.tta,
+                          eval_options=input_pipeline.eval_options(config)),
         self.devices)
 
-  def predict(self, params: Any) -> tuple[np.ndarray, np.ndarray]:
+  def predict(self, params: Any, batch_stats: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Predicted class and loss of every example, in split order."""
-    replicated = parallel.replicate(params, self.devices)
-    outputs = [self._step(replicated, self._data, indices) for indices in self._indices]
+    replicated = parallel.replicate((params, batch_stats or {}), self.devices)
+    outputs = [self._step(*replicated, self._data, indices) for indices in self._indices]
     outputs = jax.device_get(outputs)
     mask = self._masks.reshape(-1)
     predictions = np.concatenate([o['prediction'].reshape(-1) for o in outputs])[mask]
     losses = np.concatenate([o['loss'].reshape(-1) for o in outputs])[mask]
     return predictions, losses
 
-  def score(self, params: Any) -> dict[str, Any]:
+  def score(self, params: Any, batch_stats: Any = None) -> dict[str, Any]:
     """precision (top-1), mean loss, count, confusion matrix and predictions."""
-    predictions, losses = self.predict(params)
+    predictions, losses = self.predict(params, batch_stats)
     labels = self.split.labels
     confusion = np.zeros((self.split.num_classes,) * 2, np.int64)
     np.add.at(confusion, (labels, predictions), 1)
@@ -111,11 +143,17 @@ class Evaluator:
     }
 
   def score_state(self, state: train_state.TrainState) -> dict[str, Any]:
-    """EMA and raw parameters side by side; details (confusion...) of the headline."""
-    ema = self.score(state.ema_params)
-    raw = self.score(state.params)
+    """EMA and raw parameters side by side; details (confusion...) of the headline.
+
+    Both use the state's BatchNorm statistics. Without an EMA
+    (config.ema.kind 'none') the parameters are scored once and both columns
+    hold that result.
+    """
+    raw = self.score(state.params, state.batch_stats)
+    ema = self.score(state.ema_params, state.batch_stats) if self.has_ema else raw
     headline = ema if self.headline == 'ema' else raw
     return {
+        'tta': self.tta,
         'precision': ema['precision'],
         'precision_raw': raw['precision'],
         'loss': ema['loss'],
@@ -126,19 +164,26 @@ class Evaluator:
     }
 
 
-def format_result(step: int, result: dict[str, Any], headline: str = 'ema') -> str:
-  """'step 2000, precision @ 1 = 0.860 (raw parameters: 0.842)'."""
+def format_result(step: int, result: dict[str, Any], headline: str = 'ema',
+                  has_ema: bool = True) -> str:
+  """'step 2000, precision @ 1 = 0.860 (raw parameters: 0.842)', with the TTA if any."""
+  tta = result.get('tta', 'none')
+  suffix = f'; TTA {tta}' if tta != 'none' else ''
+  if not has_ema:
+    return (f'step {step}, precision @ 1 = {result["precision_raw"]:.4f} '
+            f'(no EMA{suffix})')
   if headline == 'raw':
     return (f'step {step}, precision @ 1 = {result["precision_raw"]:.3f} '
-            f'(EMA parameters: {result["precision"]:.3f})')
+            f'(EMA parameters: {result["precision"]:.3f}{suffix})')
   return (f'step {step}, precision @ 1 = {result["precision"]:.3f} '
-          f'(raw parameters: {result["precision_raw"]:.3f})')
+          f'(raw parameters: {result["precision_raw"]:.3f}{suffix})')
 
 
 def report(writer: summaries.Writer, step: int, result: dict[str, Any], split: datasets.Split,
            config: ml_collections.ConfigDict, extra: dict[str, float] | None = None) -> None:
   """The log line, metrics.jsonl record, and TensorBoard scalars and images of one result."""
-  summaries.print_line(format_result(step, result, config.eval.headline))
+  summaries.print_line(format_result(step, result, config.eval.headline,
+                                    config.ema.kind != 'none'))
   confusion = result['confusion']
   per_class = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
   scalars = {k: result[k] for k in ('precision', 'precision_raw', 'loss', 'loss_raw', 'count')}
@@ -147,7 +192,7 @@ def report(writer: summaries.Writer, step: int, result: dict[str, Any], split: d
       **scalars,
       **{f'per_class_precision/{name}': p
          for name, p in zip(split.class_names, per_class, strict=True)},
-  }, record={'status': 'scored', 'wall_time': time.time()})
+  }, record={'status': 'scored', 'tta': result.get('tta', 'none'), 'wall_time': time.time()})
   wrong = np.flatnonzero(result['predictions'] != split.labels)
   wrong = wrong[:config.eval.num_misclassified_images]
   names = split.class_names

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cifar_jax import checkpoints, datasets, input_pipeline, summaries, train_state
+from cifar_jax import checkpoints, datasets, evaluate, input_pipeline, summaries, train_state
 from cifar_jax import train as train_lib
 from cifar_jax.errors import UserError
 
@@ -82,7 +82,7 @@ def augmented_batch(config: ml_collections.ConfigDict, split: datasets.Split, st
   indices = schedule.indices(step).reshape(-1)[:count]
   _, train_key = train_state.seed_keys(config.seed)
   images = input_pipeline.augmented_examples(split.images[indices], indices, train_key, step,
-                                             config)
+                                             config, schedule.steps_per_epoch)
   return np.asarray(images), split.labels[indices]
 
 
@@ -90,12 +90,16 @@ def create_train_state(config: ml_collections.ConfigDict, split: datasets.Split
                        ) -> tuple[Any, train_state.TrainState]:
   """(model, fresh state on the host) for `split`, exactly as the trainer starts (config.seed).
 
-  model.apply({'params': state.params}, images) runs the network on a batch.
+  model.apply({'params': state.params, 'batch_stats': state.batch_stats}, images) runs the
+  network on a batch (inference mode). A model with a data-dependent initialisation
+  (airbench's whitening) gets it from `split`, as the trainer does.
   """
   global_batch = config.per_device_batch_size  # the schedule only matters for decay steps
   model, tx, _ = train_state.create_model_and_optimizer(config, split.num_classes,
                                                         split.num_examples, global_batch)
-  return model, train_state.create_train_state(config, model, tx)
+  init_images = (input_pipeline.init_images(split, config)
+                 if hasattr(model, 'data_init') else None)
+  return model, train_state.create_train_state(config, model, tx, init_images)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, num_steps: int | None = None,
@@ -158,15 +162,23 @@ def load_checkpoint(workdir: str, step: int | None = None) -> Checkpoint:
 
 
 def predict(checkpoint: Checkpoint, images: np.ndarray, which: str = 'ema',
-            batch_size: int = 1000) -> np.ndarray:
-  """Class probabilities [N, classes] of uint8 images [N, H, W, 3] (eval preprocessing)."""
+            batch_size: int = 1000, tta: str | None = None) -> np.ndarray:
+  """Class probabilities [N, classes] of uint8 images [N, H, W, 3] (eval preprocessing).
+
+  `tta` (default: the checkpoint config's `eval.tta`): none, mirror or
+  mirror_translate, as the evaluator (softmax of the averaged logits).
+  """
   params = checkpoint.params(which)
+  variables = {'params': params, 'batch_stats': checkpoint.state.batch_stats}
+  tta = checkpoint.config.eval.tta if tta is None else tta
   preprocess = jax.vmap(functools.partial(input_pipeline.preprocess_eval_image,
-                                          crop_size=checkpoint.config.crop_size))
+                                          **input_pipeline.eval_options(checkpoint.config)))
 
   @jax.jit
   def probabilities(batch):
-    return jax.nn.softmax(checkpoint.model.apply({'params': params}, preprocess(batch)))
+    logits = evaluate.tta_logits(
+        lambda x: checkpoint.model.apply(variables, x, train=False), preprocess(batch), tta)
+    return jax.nn.softmax(logits)
 
   images = np.asarray(images)
   return np.concatenate([np.asarray(probabilities(images[i:i + batch_size]))

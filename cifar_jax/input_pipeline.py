@@ -10,6 +10,14 @@ Training preprocessing, as `cifar10_input.distorted_inputs`: random 24x24
 crop, random left-right flip, random brightness (max delta 63 on the 0-255
 scale), random contrast in [0.2, 1.8], per-image standardisation. Evaluation,
 as `cifar10_input.inputs`: central 24x24 crop and standardisation.
+
+airbench's options (`config.augment`, `config.preprocess`): random
+translation by up to `translate` pixels with reflect padding (pad, then a
+random crop of the original size), per-channel normalisation with fixed
+mean/std (`channel_normalization`), and the alternating flip: each example
+gets a random flip in epoch 0 (fixed for the run, keyed by the example) and
+is flipped the other way in every odd epoch, so that it is seen both ways in
+every two consecutive epochs.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import numpy as np
 
 from cifar_jax import parallel
 from cifar_jax.datasets import Split
+from cifar_jax.errors import UserError
 
 # ----------------------------------------------------------------------------
 # Single-image ops ([H, W, C] float32 on the 0-255 scale unless noted).
@@ -67,6 +76,31 @@ def adjust_contrast(image: jax.Array, factor: jax.Array) -> jax.Array:
   return (image - mean) * factor + mean
 
 
+PREPROCESSING = ('per_image_standardization', 'channel_normalization')
+
+
+def normalize(image: jax.Array, preprocess: str, channel_mean: tuple[float, ...] = (),
+              channel_std: tuple[float, ...] = ()) -> jax.Array:
+  """The last preprocessing step of training and evaluation images (0-255 in).
+
+  ``per_image_standardization`` (the tutorial) or ``channel_normalization``:
+  (x / 255 - mean) / std per channel, mean and std on the 0-1 scale
+  (airbench's CIFAR-10 training-split constants).
+  """
+  if preprocess == 'per_image_standardization':
+    return per_image_standardization(image)
+  if preprocess == 'channel_normalization':
+    mean = jnp.asarray(channel_mean, jnp.float32)
+    std = jnp.asarray(channel_std, jnp.float32)
+    return (image.astype(jnp.float32) / 255.0 - mean) / std
+  raise UserError(f'Unknown config.preprocess {preprocess!r}; use one of {list(PREPROCESSING)}.')
+
+
+def reflect_pad(image: jax.Array, pixels: int) -> jax.Array:
+  """`F.pad(..., 'reflect')` of an [H, W, C] image (the edge is not repeated)."""
+  return jnp.pad(image, ((pixels, pixels), (pixels, pixels), (0, 0)), mode='reflect')
+
+
 def augment_train_image(
     key: jax.Array,
     image: jax.Array,
@@ -75,12 +109,24 @@ def augment_train_image(
     flip: bool,
     max_brightness_delta: float,
     contrast_range: tuple[float, float],
+    translate: int = 0,
+    flipped: jax.Array | None = None,
+    normalization: dict | None = None,
 ) -> jax.Array:
-  """The tutorial's training distortions, then standardisation."""
+  """The training distortions, then normalisation.
+
+  `translate` pads by that many pixels (reflect) before the random crop.
+  `flipped` (a bool) decides the flip instead of `key` (the alternating flip).
+  """
   crop_key, flip_key, brightness_key, contrast_key = jax.random.split(key, 4)
-  image = random_crop(crop_key, image.astype(jnp.float32), crop_size)
+  image = image.astype(jnp.float32)
+  if translate:
+    image = reflect_pad(image, translate)
+  image = random_crop(crop_key, image, crop_size)
   if flip:
-    image = jnp.where(jax.random.uniform(flip_key) < 0.5, image[:, ::-1], image)
+    if flipped is None:
+      flipped = jax.random.uniform(flip_key) < 0.5
+    image = jnp.where(flipped, image[:, ::-1], image)
   if max_brightness_delta:
     delta = jax.random.uniform(brightness_key, (), minval=-max_brightness_delta,
                                maxval=max_brightness_delta)
@@ -89,12 +135,28 @@ def augment_train_image(
     factor = jax.random.uniform(contrast_key, (), minval=contrast_range[0],
                                 maxval=contrast_range[1])
     image = adjust_contrast(image, factor)
-  return per_image_standardization(image)
+  return normalize(image, **(normalization or {'preprocess': 'per_image_standardization'}))
 
 
-def preprocess_eval_image(image: jax.Array, *, crop_size: int) -> jax.Array:
-  """Central crop and standardisation."""
-  return per_image_standardization(central_crop(image.astype(jnp.float32), crop_size))
+def preprocess_eval_image(image: jax.Array, *, crop_size: int,
+                          normalization: dict | None = None) -> jax.Array:
+  """Central crop and normalisation (`normalization_options`)."""
+  return normalize(central_crop(image.astype(jnp.float32), crop_size),
+                   **(normalization or {'preprocess': 'per_image_standardization'}))
+
+
+def normalization_options(config: ml_collections.ConfigDict) -> dict:
+  """Keyword arguments of `normalize` from the config."""
+  if config.preprocess not in PREPROCESSING:
+    raise UserError(f'Unknown config.preprocess {config.preprocess!r}; use one of '
+                    f'{list(PREPROCESSING)}.')
+  return {'preprocess': config.preprocess, 'channel_mean': tuple(config.channel_mean),
+          'channel_std': tuple(config.channel_std)}
+
+
+def eval_options(config: ml_collections.ConfigDict) -> dict:
+  """Keyword arguments of `preprocess_eval_image` from the config."""
+  return {'crop_size': config.crop_size, 'normalization': normalization_options(config)}
 
 
 # ----------------------------------------------------------------------------
@@ -114,51 +176,96 @@ def put_on_devices(split: Split, devices: Sequence[jax.Device]) -> DeviceData:
   return parallel.replicate(DeviceData(images=split.images, labels=split.labels), devices)
 
 
-def augment_options(config: ml_collections.ConfigDict) -> dict:
-  """Keyword arguments of `augment_train_image` from the config."""
+# fold_in data of the run-wide key of the alternating flip; steps never reach it.
+_FLIP_STREAM = 2**31 - 1
+
+
+def augment_options(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict:
+  """Keyword arguments of `augment_batch` from the config."""
   augment = config.augment
   contrast = (augment.contrast_lower, augment.contrast_upper) if augment.random_contrast else ()
+  if augment.translate < 0:
+    raise UserError(f'config.augment.translate is {augment.translate}; use 0 or a number of '
+                    'pixels.')
+  if augment.alternating_flip and not augment.flip_left_right:
+    raise UserError('config.augment.alternating_flip needs config.augment.flip_left_right.')
   return dict(
       crop_size=config.crop_size,
       flip=augment.flip_left_right,
       max_brightness_delta=augment.max_brightness_delta,
       contrast_range=contrast,
+      translate=augment.translate,
+      normalization=normalization_options(config),
+      alternating_flip=augment.alternating_flip,
+      steps_per_epoch=steps_per_epoch,
   )
 
 
-def augment_batch(images: jax.Array, example_ids: jax.Array, key: jax.Array, **augment
+def alternating_flips(example_ids: jax.Array, rng: jax.Array, epoch: jax.Array) -> jax.Array:
+  """Whether each example is flipped in `epoch`: a fixed coin in epoch 0, opposite in odd epochs."""
+  key = jax.random.fold_in(rng, _FLIP_STREAM)
+  first = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)) < 0.5)(example_ids)
+  return first ^ (epoch % 2 == 1)
+
+
+def augment_batch(images: jax.Array, example_ids: jax.Array, rng: jax.Array, step: jax.Array,
+                  *, alternating_flip: bool = False, steps_per_epoch: int = 1, **augment
                   ) -> jax.Array:
-  """Augments uint8 images [B, H, W, C]; image i uses fold_in(key, example_ids[i]).
+  """Augments uint8 images [B, H, W, C] for training step `step`.
 
-  Keying by the example (not by its position or device) makes the augmented
-  global batch the same whatever the number of devices or processes.
+  Image i uses fold_in(fold_in(rng, step), example_ids[i]): keying by the
+  example (not by its position or device) makes the augmented global batch the
+  same whatever the number of devices or processes.
   """
+  key = jax.random.fold_in(rng, step)
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(example_ids)
-  return jax.vmap(functools.partial(augment_train_image, **augment))(keys, images)
+  augment_one = functools.partial(augment_train_image, **augment)
+  if alternating_flip:
+    flipped = alternating_flips(example_ids, rng, step // steps_per_epoch)
+    return jax.vmap(lambda k, x, f: augment_one(k, x, flipped=f))(keys, images, flipped)
+  return jax.vmap(augment_one)(keys, images)
 
 
-def train_batch(data: DeviceData, indices: jax.Array, key: jax.Array, **augment) -> dict:
+def train_batch(data: DeviceData, indices: jax.Array, rng: jax.Array, step: jax.Array,
+                **augment) -> dict:
   """Gathers `indices` from one device's data and augments every image."""
-  images = augment_batch(data.images[indices], indices, key, **augment)
+  images = augment_batch(data.images[indices], indices, rng, step, **augment)
   return {'image': images, 'label': data.labels[indices]}
 
 
 def augmented_examples(images: np.ndarray, indices: np.ndarray, train_key: jax.Array,
-                       step: int, config: ml_collections.ConfigDict) -> jax.Array:
+                       step: int, config: ml_collections.ConfigDict, steps_per_epoch: int
+                       ) -> jax.Array:
   """The augmented images of `indices` exactly as training step `step` sees them.
 
   `images` are the uint8 images at `indices`; `train_key` is `TrainState.rng`.
   For looking at the input (TensorBoard grid, notebooks), outside the train step.
   """
-  return jax.jit(functools.partial(augment_batch, **augment_options(config)))(
-      images, indices, jax.random.fold_in(train_key, step))
+  return jax.jit(functools.partial(augment_batch, **augment_options(config, steps_per_epoch)))(
+      images, indices, train_key, step)
 
 
-def eval_batch(data: DeviceData, indices: jax.Array, *, crop_size: int) -> dict:
-  """Gathers `indices` and applies the evaluation preprocessing."""
-  images = jax.vmap(functools.partial(preprocess_eval_image, crop_size=crop_size))(
+def eval_batch(data: DeviceData, indices: jax.Array, **eval_options) -> dict:
+  """Gathers `indices` and applies the evaluation preprocessing (`eval_options`)."""
+  images = jax.vmap(functools.partial(preprocess_eval_image, **eval_options))(
       data.images[indices])
   return {'image': images, 'label': data.labels[indices]}
+
+
+def init_images(split: Split, config: ml_collections.ConfigDict) -> np.ndarray:
+  """Preprocessed training images for a model's data-dependent initialisation.
+
+  `config.model_init_examples` examples drawn without replacement from
+  (config.seed) -- the original takes the first 5,000 of a shuffled
+  CIFAR-10, while image folders are ordered by class -- in evaluation
+  preprocessing (no augmentation).
+  """
+  count = min(config.model_init_examples, split.num_examples)
+  rng = np.random.default_rng([config.seed, 1])
+  chosen = np.sort(rng.choice(split.num_examples, count, replace=False))
+  preprocess = jax.jit(jax.vmap(functools.partial(preprocess_eval_image, **eval_options(config))))
+  return np.concatenate([np.asarray(preprocess(split.images[chosen[i:i + 1000]]))
+                         for i in range(0, count, 1000)])
 
 
 @dataclasses.dataclass

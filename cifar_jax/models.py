@@ -9,6 +9,11 @@
 
 On 24x24x3 inputs with the default widths it has 1,068,298 parameters.
 
+`Airbench94` is the network of airbench94 (Keller Jordan's
+`cifar10-airbench`, `legacy/airbench94.py` and `airbench94_muon.py`): a frozen
+2x2 patch-whitening convolution, three conv groups and a scaled linear head,
+with BatchNorm whose statistics live in the `batch_stats` collection.
+
 Two formulations compute the same function and the same gradients:
 `'reference'` uses `nn.max_pool` (XLA reduce-window, whose gradient XLA's CPU
 backend runs as a slow select-and-scatter) and `jnp.power` in the LRN;
@@ -28,8 +33,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from cifar_jax.errors import UserError
+from cifar_jax.parallel import AXIS_NAME
 
 
 def local_response_normalization(
@@ -160,10 +167,11 @@ class TutorialCNN(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images: jax.Array) -> jax.Array:
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     if self.formulation not in FORMULATIONS:
       raise UserError(f'Unknown config.model.formulation {self.formulation!r}; choose one of '
                       f'{FORMULATIONS}.')
+    del train  # no layer behaves differently in training
     fast = self.formulation == 'fast'
     pool = max_pool if fast else _reference_max_pool
     norm = functools.partial(local_response_normalization, rsqrt_for_three_quarters=fast)
@@ -199,8 +207,204 @@ class TutorialCNN(nn.Module):
     return logits.astype(jnp.float32)
 
 
+# ----------------------------------------------------------------------------
+# airbench94.
+
+
+class BatchNorm(nn.Module):
+  """PyTorch's `BatchNorm2d` as airbench uses it, over the global batch.
+
+  In training, the mean and (biased) variance normalise over every example of
+  the global batch: with several devices they are averaged over `axis_name`
+  (mean first, then the mean squared deviation from it), so the result does
+  not depend on how the batch is split. The running statistics follow
+  PyTorch: running = momentum * running + (1 - momentum) * batch, with the
+  unbiased variance n / (n - 1). `momentum` is the weight of the old value
+  (flax's convention; PyTorch's `momentum` is 1 - this). Without `use_scale`
+  the scale is the constant 1 (airbench freezes it there).
+  """
+
+  momentum: float = 0.6
+  epsilon: float = 1e-12
+  use_scale: bool = False
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    features = x.shape[-1]
+    running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
+    running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      count = x.size // features
+      mean = jnp.mean(x32, axes)
+      collective = self.axis_name is not None and not self.is_initializing()
+      if collective:
+        mean = jax.lax.pmean(mean, self.axis_name)
+        count = count * jax.lax.psum(1, self.axis_name)
+      var = jnp.mean(jnp.square(x32 - mean), axes)
+      if collective:
+        var = jax.lax.pmean(var, self.axis_name)
+      if not self.is_initializing():
+        m = self.momentum
+        running_mean.value = m * running_mean.value + (1 - m) * mean
+        running_var.value = m * running_var.value + (1 - m) * var * (count / (count - 1))
+    else:
+      mean, var = running_mean.value, running_var.value
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+    if self.use_scale:
+      y = y * self.param('scale', nn.initializers.ones, (features,), jnp.float32)
+    return (y + bias).astype(x.dtype)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """`nn.MaxPool2d(2)` (floor mode) on NHWC, as a reshape and max.
+
+  Same values as reduce-window; its gradient is a cheap comparison instead of
+  XLA's select-and-scatter (ties, which have measure zero after a
+  convolution, share the gradient).
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2, :]
+  return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+def pytorch_default_uniform() -> nn.initializers.Initializer:
+  """PyTorch's default Conv2d/Linear weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  return nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def _pytorch_default_bias(fan_in: int) -> nn.initializers.Initializer:
+  """PyTorch's default Conv2d bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / np.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                  bound)
+
+
+def dirac_init(base: nn.initializers.Initializer) -> nn.initializers.Initializer:
+  """`base`, then `torch.nn.init.dirac_` on the first in_channels outputs (HWIO kernels).
+
+  Output channel i < in_channels becomes the identity on input channel i
+  (1 at the kernel's centre); the other outputs keep `base`'s values.
+  """
+  def init(key, shape, dtype=jnp.float32):
+    kernel = base(key, shape, dtype)
+    height, width, in_channels, out_channels = shape
+    identity = min(in_channels, out_channels)
+    dirac = jnp.zeros((height, width, in_channels, identity), dtype)
+    dirac = dirac.at[height // 2, width // 2, jnp.arange(identity), jnp.arange(identity)].set(1)
+    return kernel.at[..., :identity].set(dirac)
+  return init
+
+
+def unit_std_init(base: nn.initializers.Initializer) -> nn.initializers.Initializer:
+  """`base`, divided by its sample standard deviation (airbench94_muon's head)."""
+  def init(key, shape, dtype=jnp.float32):
+    kernel = base(key, shape, dtype)
+    return kernel / jnp.std(kernel, ddof=1)
+  return init
+
+
+def image_patches(images: np.ndarray, size: int) -> np.ndarray:
+  """Every size x size patch (stride 1) of NHWC images, flattened (h, w, c): [P, size*size*C]."""
+  n, h, w, c = images.shape
+  views = np.lib.stride_tricks.sliding_window_view(images, (size, size), axis=(1, 2))
+  # views: [N, H-size+1, W-size+1, C, size, size] -> patches ordered (h, w, c).
+  return views.transpose(0, 1, 2, 4, 5, 3).reshape(-1, size * size * c)
+
+
+def whitening_kernel(images: np.ndarray, size: int = 2, eps: float = 5e-4) -> np.ndarray:
+  """airbench's patch-whitening filters (HWIO, float32) from preprocessed NHWC images.
+
+  The covariance of all size x size patches (uncentred, as the original) is
+  eigen-decomposed; filter k < D is eigenvector k (eigenvalues descending)
+  scaled by 1 / sqrt(eigenvalue + eps), filter D + k its negative. Computed in
+  float64 on the host.
+  """
+  covariance, count = 0.0, 0
+  for start in range(0, len(images), 256):  # bounded memory: patches are 4x the images
+    patches = image_patches(np.asarray(images[start:start + 256], np.float64), size)
+    covariance = covariance + patches.T @ patches
+    count += len(patches)
+  covariance = covariance / count
+  eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+  eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
+  scaled = eigenvectors / np.sqrt(eigenvalues + eps)  # columns: filters, rows: (h, w, c)
+  filters = np.concatenate([scaled, -scaled], axis=1)
+  channels = images.shape[-1]
+  return filters.reshape(size, size, channels, 2 * size * size * channels).astype(np.float32)
+
+
+class Airbench94(nn.Module):
+  """airbench94's network (NHWC; widths configurable for tiny test models).
+
+    whiten: conv 2x2 'VALID', 2 * 3 * 2 * 2 = 24 filters (frozen, set by
+      `data_init`), bias -> GELU
+    3 x conv group: conv 3x3 -> max-pool 2 -> BatchNorm -> GELU
+                    -> conv 3x3 -> BatchNorm -> GELU   (widths 64, 256, 256)
+    max-pool 3 -> linear (no bias) -> x head_multiplier
+
+  Convolutions have no bias and start as the identity on their first
+  in_channels outputs (`dirac_init`); GELU is the exact (erf) one, as
+  PyTorch's `nn.GELU()`.
+  """
+
+  num_classes: int = 10
+  widths: tuple[int, ...] = (64, 256, 256)
+  whiten_patch_size: int = 2
+  whiten_eps: float = 5e-4
+  whiten_bias_init: str = 'zeros'  # zeros (airbench94) | pytorch_default (airbench94_muon)
+  batch_norm_momentum: float = 0.6
+  batch_norm_epsilon: float = 1e-12
+  head_multiplier: float = 1.0 / 9.0  # airbench94: 1/9; airbench94_muon: 1/256
+  head_init: str = 'pytorch_default'  # pytorch_default | unit_std (airbench94_muon)
+  axis_name: str | None = AXIS_NAME
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    bias_inits = {'zeros': nn.initializers.zeros,
+                  'pytorch_default': _pytorch_default_bias(3 * self.whiten_patch_size**2)}
+    head_inits = {'pytorch_default': pytorch_default_uniform(),
+                  'unit_std': unit_std_init(pytorch_default_uniform())}
+    if self.whiten_bias_init not in bias_inits or self.head_init not in head_inits:
+      raise UserError(
+          f'config.model.whiten_bias_init is {self.whiten_bias_init!r} and head_init '
+          f'{self.head_init!r}; use one of {sorted(bias_inits)} and one of {sorted(head_inits)}.')
+    gelu = functools.partial(nn.gelu, approximate=False)
+    size = self.whiten_patch_size
+    x = nn.Conv(2 * 3 * size * size, (size, size), padding='VALID', use_bias=True,
+                bias_init=bias_inits[self.whiten_bias_init], dtype=self.dtype,
+                name='whiten')(images.astype(self.dtype))
+    x = gelu(x)
+    norm = functools.partial(BatchNorm, momentum=self.batch_norm_momentum,
+                             epsilon=self.batch_norm_epsilon, axis_name=self.axis_name)
+    for i, width in enumerate(self.widths):
+      conv = functools.partial(nn.Conv, width, (3, 3), padding='SAME', use_bias=False,
+                               kernel_init=dirac_init(pytorch_default_uniform()),
+                               dtype=self.dtype)
+      x = conv(name=f'group{i + 1}_conv1')(x)
+      x = max_pool_2x2(x)
+      x = gelu(norm(name=f'group{i + 1}_norm1')(x, train))
+      x = conv(name=f'group{i + 1}_conv2')(x)
+      x = gelu(norm(name=f'group{i + 1}_norm2')(x, train))
+    x = nn.max_pool(x, (3, 3), strides=(3, 3))
+    x = x.reshape((x.shape[0], -1))
+    logits = nn.Dense(self.num_classes, use_bias=False, kernel_init=head_inits[self.head_init],
+                      dtype=self.dtype, name='head')(x)
+    return logits.astype(jnp.float32) * self.head_multiplier
+
+  def data_init(self, params: Any, images: np.ndarray) -> Any:
+    """`params` with the whitening filters computed from preprocessed training images."""
+    kernel = whitening_kernel(images, self.whiten_patch_size, self.whiten_eps)
+    return {**params, 'whiten': {**params['whiten'], 'kernel': jnp.asarray(kernel)}}
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     'tutorial_cnn': TutorialCNN,
+    'airbench94': Airbench94,
 }
 
 
@@ -212,6 +416,9 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
     raise UserError(
         f'Unknown model {name!r} in config.model.name; choose one of {sorted(MODELS)}.'
     )
+  for key, value in options.items():
+    if isinstance(value, list):  # tuples come back from JSON (saved configs) as lists
+      options[key] = tuple(value)
   try:
     return MODELS[name](num_classes=num_classes, **options)
   except TypeError as e:

@@ -1,9 +1,12 @@
 """The pure training step and the training loop (the tutorial's cifar10_train.py).
 
 `train_step` is a pure function of (state, batch) -> (state, metrics): softmax
-cross-entropy plus the tutorial's weight decay (0.004 * l2_loss on the local3
-and local4 kernels), gradients averaged over all devices with `lax.pmean`, an
-optax update, and the EMA of the parameters. `_device_step` puts the
+cross-entropy (mean over the batch, or summed as airbench does) plus the
+tutorial's weight decay (0.004 * l2_loss on the local3 and local4 kernels),
+gradients combined over all devices (`lax.pmean` of means, `lax.psum` of
+sums: the gradient of the global batch's loss either way), an optax update,
+the model's new BatchNorm statistics, the EMA of the parameters and
+airbench's lookahead. `_device_step` puts the
 on-device batch gathering and augmentation in front of it; `parallel.pmap`
 maps that over the local devices.
 """
@@ -45,13 +48,20 @@ def weight_decay_loss(params: Any, modules: tuple[str, ...], weight_decay: float
   return weight_decay * sum(0.5 * jnp.sum(jnp.square(params[m]['kernel'])) for m in modules)
 
 
-def cross_entropy_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
-                       ) -> jax.Array:
-  """Mean softmax cross-entropy, with optional label smoothing."""
+LOSS_REDUCTIONS = ('mean', 'sum')
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0,
+                       reduction: str = 'mean') -> jax.Array:
+  """Softmax cross-entropy over the batch (mean or sum), with optional label smoothing.
+
+  Label smoothing is PyTorch's and optax's: targets (1 - s) one_hot + s / K.
+  """
   targets = jax.nn.one_hot(labels, logits.shape[-1])
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
-  return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+  per_example = optax.softmax_cross_entropy(logits, targets)
+  return jnp.sum(per_example) if reduction == 'sum' else jnp.mean(per_example)
 
 
 def train_step(
@@ -65,32 +75,41 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One synchronous SGD step on this device's part of the global batch.
 
-  Must run under `parallel.pmap` (it averages over `parallel.AXIS_NAME`).
+  Must run under `parallel.pmap` (it combines over `parallel.AXIS_NAME`;
+  BatchNorm layers average their statistics over it). The reported loss and
+  cross-entropy are per example whatever the reduction.
   """
+  summed = config.loss_reduction == 'sum'
 
   def loss_fn(params):
-    logits = apply_fn({'params': params}, batch['image'])
-    cross_entropy = cross_entropy_loss(logits, batch['label'], config.label_smoothing)
+    logits, model_state = apply_fn({'params': params, 'batch_stats': state.batch_stats},
+                                   batch['image'], train=True, mutable=['batch_stats'])
+    cross_entropy = cross_entropy_loss(logits, batch['label'], config.label_smoothing,
+                                       config.loss_reduction)
     decay = weight_decay_loss(params, tuple(config.weight_decay_modules), config.weight_decay)
-    return cross_entropy + decay, (cross_entropy, logits)
+    return cross_entropy + decay, (cross_entropy, logits, model_state)
 
-  (loss, (cross_entropy, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
-  grads = jax.lax.pmean(grads, parallel.AXIS_NAME)
+  (loss, (cross_entropy, logits, model_state)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  grads = (jax.lax.psum if summed else jax.lax.pmean)(grads, parallel.AXIS_NAME)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   step = state.step + 1
   ema_params = train_state_lib.update_ema(state.ema_params, params, step, config.ema.kind,
                                           config.ema.decay)
+  new_state = state.replace(step=step, params=params, opt_state=opt_state,
+                            ema_params=ema_params,
+                            batch_stats=model_state.get('batch_stats', state.batch_stats))
+  new_state = train_state_lib.apply_lookahead(new_state, config.lookahead, config.num_train_steps)
+  batch_size = batch['label'].shape[0]
+  per_example = (lambda x: x / batch_size) if summed else (lambda x: x)  # noqa: E731
   metrics = {
-      'loss': loss,
-      'cross_entropy': cross_entropy,
+      'loss': per_example(loss),
+      'cross_entropy': per_example(cross_entropy),
       'precision': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
       'learning_rate': learning_rate_fn(state.step),
   }
   metrics = jax.lax.pmean(metrics, parallel.AXIS_NAME)
-  new_state = state.replace(step=step, params=params, opt_state=opt_state,
-                            ema_params=ema_params)
   return new_state, metrics
 
 
@@ -99,18 +118,18 @@ def _device_step(state: TrainState, data: input_pipeline.DeviceData, indices: ja
   """Gather + augment this device's examples, then `train_step`."""
   # Keyed by the example's index, not the device, so that any number of
   # devices sees the same augmented global batch.
-  key = jax.random.fold_in(state.rng, state.step)
-  batch = input_pipeline.train_batch(data, indices, key, **augment)
+  batch = input_pipeline.train_batch(data, indices, state.rng, state.step, **augment)
   return train_step(state, batch, **step_kwargs)
 
 
 def make_parallel_train_step(config: ml_collections.ConfigDict, model: nn.Module,
                              tx: optax.GradientTransformation,
-                             learning_rate_fn: optax.Schedule, devices: list[jax.Device]):
+                             learning_rate_fn: optax.Schedule, devices: list[jax.Device],
+                             steps_per_epoch: int):
   """(replicated state, DeviceData, indices [D, B]) -> (state, metrics)."""
   step = functools.partial(
       _device_step,
-      augment=input_pipeline.augment_options(config),
+      augment=input_pipeline.augment_options(config, steps_per_epoch),
       apply_fn=model.apply,
       tx=tx,
       learning_rate_fn=learning_rate_fn,
@@ -127,6 +146,12 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
                 'checkpoint_every_steps', 'keep_checkpoints', 'histogram_every_steps'):
     if config[field] < 1:
       raise UserError(f'config.{field} is {config[field]}; it must be at least 1.')
+  if config.eval.tta not in evaluate.TTA:
+    raise UserError(f'Unknown config.eval.tta {config.eval.tta!r}; use one of '
+                    f'{list(evaluate.TTA)}.')
+  if config.loss_reduction not in LOSS_REDUCTIONS:
+    raise UserError(f'Unknown config.loss_reduction {config.loss_reduction!r}; use one of '
+                    f'{list(LOSS_REDUCTIONS)}.')
   if config.eval_every_steps < 0:
     raise UserError(f'config.eval_every_steps is {config.eval_every_steps}; use 0 (only at '
                     'the end) or a positive number of steps.')
@@ -154,8 +179,9 @@ def _write_histograms(writer, step, state_host, model, sample_images) -> None:
   arrays = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(state_host.params)[0]:
     arrays['params/' + '/'.join(str(p.key) for p in path)] = np.asarray(leaf)
-  _, intermediates = model.apply({'params': state_host.params}, sample_images,
-                                 capture_intermediates=True, mutable=['intermediates'])
+  _, intermediates = model.apply(
+      {'params': state_host.params, 'batch_stats': state_host.batch_stats}, sample_images,
+      capture_intermediates=True, mutable=['intermediates'])
   for path, leaf in jax.tree_util.tree_flatten_with_path(intermediates)[0]:
     arrays['activations/' + '/'.join(str(getattr(p, 'key', p)) for p in path[1:-1])] = (
         np.asarray(leaf))
@@ -191,10 +217,13 @@ def setup_training(config: ml_collections.ConfigDict, train_split: datasets.Spli
         f'batch ({schedule.global_batch_size}); lower config.per_device_batch_size.')
   model, tx, learning_rate_fn = train_state_lib.create_model_and_optimizer(
       config, train_split.num_classes, train_split.num_examples, schedule.global_batch_size)
+  init_images = (input_pipeline.init_images(train_split, config)
+                 if hasattr(model, 'data_init') else None)
   return TrainingSetup(
       model=model, tx=tx, learning_rate_fn=learning_rate_fn, schedule=schedule,
-      state=train_state_lib.create_train_state(config, model, tx),
-      train_step=make_parallel_train_step(config, model, tx, learning_rate_fn, devices))
+      state=train_state_lib.create_train_state(config, model, tx, init_images),
+      train_step=make_parallel_train_step(config, model, tx, learning_rate_fn, devices,
+                                          schedule.steps_per_epoch))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -253,7 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         config, datasets.load_split(config.dataset, config.dataset.eval_split), model, devices)
     eval_writer = summaries.create_writer(os.path.join(workdir, 'eval'), enabled=is_main)
   sample_images = np.asarray(jax.vmap(functools.partial(
-      input_pipeline.preprocess_eval_image, crop_size=config.crop_size))(
+      input_pipeline.preprocess_eval_image, **input_pipeline.eval_options(config)))(
           train_split.images[:config.histogram_sample_size]))
 
   pending: list[dict[str, jax.Array]] = []
@@ -340,5 +369,5 @@ def _write_input_images(writer, step, train_split, schedule, p_state, config) ->
   rng = parallel.unreplicate(p_state.rng)
   indices = schedule.indices(step - 1).reshape(-1)[:config.input_image_grid_size]
   images = input_pipeline.augmented_examples(train_split.images[indices], indices, rng, step - 1,
-                                             config)
+                                             config, schedule.steps_per_epoch)
   writer.write_images(step, {'augmented_inputs': summaries.image_grid_ready(images)})

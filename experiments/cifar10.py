@@ -30,8 +30,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.synthetic_image_size = 32
 
   config.crop_size = 24
+  # per_image_standardization | channel_normalization ((x / 255 - mean) / std per channel).
+  config.preprocess = 'per_image_standardization'
+  config.channel_mean = (0.4914, 0.4822, 0.4465)  # CIFAR-10 training split, 0-1 scale
+  config.channel_std = (0.2470, 0.2435, 0.2616)
   config.augment = ml_collections.ConfigDict()
+  config.augment.translate = 0  # pixels of reflect padding before the random crop
   config.augment.flip_left_right = True
+  config.augment.alternating_flip = False  # random in epoch 0, then opposite every epoch
   config.augment.max_brightness_delta = 63.0
   config.augment.random_contrast = True
   config.augment.contrast_lower = 0.2
@@ -42,25 +48,52 @@ def get_config() -> ml_collections.ConfigDict:
   # fast | reference: the same function and gradients; 'reference' is the plain
   # reduce-window / pow formulation (slower on CPUs), kept for checking.
   config.model.formulation = 'fast'
+  # Training images a data-dependent initialisation (airbench's whitening) sees.
+  config.model_init_examples = 5000
 
   config.num_devices = -1  # -1: every local device
   config.per_device_batch_size = 128
   config.num_train_steps = 100_000
 
-  config.optimizer = 'sgd'  # sgd | momentum
+  # See cifar_jax/optimizers.py for the optimizers, groups and hyper-parameter forms.
+  config.optimizer = 'sgd'  # sgd | momentum | muon | frozen
   config.momentum = 0.9
   config.nesterov = False
-  config.lr_schedule = 'staircase_exponential'  # staircase_exponential | warmup_cosine
+  config.hyperparameter_form = 'plain'  # plain | decoupled (per 1024 examples, airbench94)
+  # staircase_exponential | warmup_cosine | linear_warmup_decay
+  config.lr_schedule = 'staircase_exponential'
   config.learning_rate = 0.1
   config.lr_decay_factor = 0.1
   config.num_epochs_per_decay = 350.0
   config.warmup_epochs = 0.0
+  # linear_warmup_decay: lr_start_scale -> 1 over this fraction of the steps, -> lr_end_scale.
+  config.lr_warmup_fraction = 0.0
+  config.lr_start_scale = 1.0
+  config.lr_end_scale = 0.0
   config.label_smoothing = 0.0
+  config.loss_reduction = 'mean'  # mean | sum (over the global batch)
+  # The tutorial's weight decay: weight_decay * l2_loss of these modules' kernels, in the loss.
   config.weight_decay = 0.004
   config.weight_decay_modules = ('local3', 'local4')
+  # PyTorch-style weight decay inside SGD, per example of the global batch (0: none).
+  config.sgd_weight_decay = 0.0
+  # name -> ConfigDict(params=(glob patterns,), optimizer=..., learning_rate=..., ...).
+  config.optimizer_groups = ml_collections.ConfigDict()
+  config.muon = ml_collections.ConfigDict()
+  config.muon.ns_steps = 3
+  config.muon.ns_coefficients = (3.4445, -4.7750, 2.0315)
+  config.muon.eps = 1e-7
+  config.muon.renormalize = True  # weights to norm sqrt(out_channels) before each step
+
+  # airbench's lookahead: every k steps (0: never) slow += (1 - d) (net - slow), net = slow,
+  # d = decay_base * (step / num_train_steps) ** decay_power; the last step ends on slow.
+  config.lookahead = ml_collections.ConfigDict()
+  config.lookahead.every_steps = 0
+  config.lookahead.decay_base = 0.95**5
+  config.lookahead.decay_power = 3.0
 
   config.ema = ml_collections.ConfigDict()
-  config.ema.kind = 'tensorflow'  # tensorflow | optax_debiased
+  config.ema.kind = 'tensorflow'  # tensorflow | optax_debiased | none
   config.ema.decay = 0.9999
 
   # Multi-process runs: a process whose step (or save) does not finish for this
@@ -80,6 +113,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 1000  # global; independent of training
   config.eval.headline = 'ema'  # ema | raw: which parameters the log line leads with
+  config.eval.tta = 'none'  # none | mirror | mirror_translate (airbench's tta_level 0 / 1 / 2)
   config.eval.platform = ''  # '' (default backend), 'cpu', 'gpu': where the evaluator runs
   config.eval.poll_secs = 10.0  # how often the evaluator looks for new checkpoints
   config.eval.timeout_secs = 3600.0  # it stops after this long without a new checkpoint

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 from cifar_jax import checkpoints, datasets, input_pipeline, parallel, train, train_state  # noqa: E402,E501
-from experiments import smoke  # noqa: E402
+from experiments import airbench94_muon, airbench94_smoke, smoke  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,9 +27,13 @@ def tiny_config(base=None, **overrides):
   config.dataset.cache_dir = ''
   config.dataset.synthetic_train_size = 512
   config.dataset.synthetic_test_size = 200
-  config.model.conv_features = 8
-  config.model.local3_features = 16
-  config.model.local4_features = 8
+  if config.model.name == 'airbench94':
+    config.model.widths = (8, 16, 16)
+    config.model_init_examples = 256
+  else:
+    config.model.conv_features = 8
+    config.model.local3_features = 16
+    config.model.local4_features = 8
   config.per_device_batch_size = 8
   config.num_devices = 1
   config.num_train_steps = 20
@@ -48,6 +52,22 @@ def tiny_config(base=None, **overrides):
   return config
 
 
+def tiny_airbench_config(muon=False, **overrides):
+  """airbench94 (or airbench94_muon) at widths 8/16/16 on tiny synthetic data, 20 steps.
+
+  Whitening from 256 images, 64 steps per epoch (so the alternating flip and
+  the whitening bias's 3 epochs matter only in tests that ask for them).
+  """
+  base = airbench94_smoke.get_config()
+  if muon:
+    muon_config = airbench94_muon.get_config()
+    for field in ('model', 'hyperparameter_form', 'optimizer', 'momentum', 'nesterov',
+                  'learning_rate', 'sgd_weight_decay', 'lr_schedule', 'lr_warmup_fraction',
+                  'lr_start_scale', 'lr_end_scale', 'optimizer_groups', 'lookahead'):
+      base[field] = muon_config[field]
+  return tiny_config(base, **{'eval.batch_size': 50, **overrides})
+
+
 def run_steps(config, num_steps, fixed_indices=None):
   """k steps of the parallel train step; returns (host state, per-step losses)."""
   devices = parallel.select_devices(config.num_devices)
@@ -63,9 +83,10 @@ def run_steps(config, num_steps, fixed_indices=None):
   return parallel.unreplicate(state), losses
 
 
-def restore_latest(workdir):
-  """The state of the latest checkpoint in WORKDIR (a tiny_config model)."""
+def restore_latest(workdir, config=None):
+  """The state of the latest checkpoint in WORKDIR (a `config`, default tiny_config(), model)."""
+  config = config if config is not None else tiny_config()
   manager = checkpoints.create_manager(workdir, read_only=True)
-  template, _ = train_state.abstract_train_state(tiny_config(), 10)
-  state, _ = checkpoints.restore(manager, manager.latest_step(), template, tiny_config())
+  template, _ = train_state.abstract_train_state(config, 10)
+  state, _ = checkpoints.restore(manager, manager.latest_step(), template, config)
   return state

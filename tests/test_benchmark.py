@@ -8,7 +8,7 @@ import pytest
 
 from cifar_jax import benchmark
 from cifar_jax.errors import UserError
-from tests.conftest import REPO_ROOT, tiny_config
+from tests.conftest import REPO_ROOT, tiny_airbench_config, tiny_config
 
 
 def test_run_reports_every_figure_and_a_parseable_last_line():
@@ -27,6 +27,17 @@ def test_run_reports_every_figure_and_a_parseable_last_line():
   assert set(values) >= {'end_to_end_img_per_s', 'eval_img_per_s', 'compile_s', 'matmul_gflops',
                          'pytorch_train_step_img_per_s'}
   assert 'train step' in benchmark.format_figures(figures)
+
+
+def test_airbench_configs_are_measured_and_matched_with_their_pytorch_recipe():
+  figures = benchmark.run(tiny_airbench_config(), steps=1, repeats=1, warmup_steps=1,
+                          synthetic=True, synthetic_train_size=64, synthetic_eval_size=40)
+  assert figures['gflop_per_example'] > 0 and figures['eval']['median'] > 0
+  command = benchmark._pytorch_command(tiny_airbench_config(muon=True), 3, 2)
+  assert command[0].endswith('airbench_reference.py')
+  assert '--recipe=airbench94_muon' in command and '--batch=8' in command
+  assert '--recipe=airbench94' in benchmark._pytorch_command(tiny_airbench_config(), 3, 2)
+  assert benchmark._pytorch_command(tiny_config(), 3, 2)[0].endswith('pytorch_reference.py')
 
 
 def test_bad_arguments_are_user_errors():

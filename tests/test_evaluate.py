@@ -18,8 +18,8 @@ class BrightPixelModel:
   """Predicts class k when flattened crop value k is the largest of the first 10."""
 
   @staticmethod
-  def apply(variables, images):
-    del variables
+  def apply(variables, images, train=False):
+    del variables, train
     return images.reshape(images.shape[0], -1)[:, :10]
 
 
@@ -147,3 +147,37 @@ def test_figures_render():
 def test_evaluate_without_a_workdir_says_so(tmp_path):
   with pytest.raises(UserError, match='does not exist'):
     evaluate.evaluate(tiny_config(), str(tmp_path / 'nope'))
+
+
+# ----------------------------------------------------------------------------
+# Test-time augmentation.
+
+
+def _images(count=4, seed=0):
+  return np.random.default_rng(seed).normal(size=(count, 6, 6, 3)).astype(np.float32)
+
+
+def _first_columns(x):
+  """A model that is not flip-invariant: logits from the leftmost pixels."""
+  return x[:, :, 0, :].reshape(x.shape[0], -1)[:, :10]
+
+
+def test_tta_of_a_flip_invariant_model_equals_no_tta():
+  images = _images()
+  invariant = lambda x: (x + x[:, :, ::-1]).reshape(x.shape[0], -1)[:, :10]  # noqa: E731
+  np.testing.assert_allclose(evaluate.tta_logits(invariant, images, 'mirror'),
+                             evaluate.tta_logits(invariant, images, 'none'), rtol=1e-6)
+  assert not np.allclose(evaluate.tta_logits(_first_columns, images, 'mirror'),
+                         _first_columns(images))
+
+
+def test_mirror_translate_by_hand():
+  images = _images()
+  padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
+  views = [images, padded[:, :6, :6], padded[:, 2:, 2:]]
+  mirrored = [0.5 * _first_columns(v) + 0.5 * _first_columns(v[:, :, ::-1]) for v in views]
+  expected = 0.5 * mirrored[0] + 0.25 * mirrored[1] + 0.25 * mirrored[2]
+  np.testing.assert_allclose(evaluate.tta_logits(_first_columns, images, 'mirror_translate'),
+                             expected, rtol=1e-6)
+  with pytest.raises(UserError, match='config.eval.tta'):
+    evaluate.tta_logits(_first_columns, images, 'flip')

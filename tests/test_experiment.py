@@ -8,7 +8,7 @@ import pytest
 
 from cifar_jax import datasets, evaluate, experiment, input_pipeline, parallel, train_state
 from cifar_jax.errors import UserError
-from tests.conftest import REPO_ROOT, restore_latest, tiny_config
+from tests.conftest import REPO_ROOT, restore_latest, tiny_airbench_config, tiny_config
 
 SMOKE = os.path.join(REPO_ROOT, 'experiments', 'smoke.py')
 
@@ -36,8 +36,8 @@ def test_augmented_batch_is_the_trainers_first_batch():
   rng = train_state.create_train_state(config, *train_state.create_model_and_optimizer(
       config, split.num_classes, split.num_examples, schedule.global_batch_size)[:2]).rng
   expected = input_pipeline.train_batch(
-      input_pipeline.DeviceData(split.images, split.labels), indices,
-      jax.random.fold_in(rng, 3), **input_pipeline.augment_options(config))
+      input_pipeline.DeviceData(split.images, split.labels), indices, rng, 3,
+      **input_pipeline.augment_options(config, schedule.steps_per_epoch))
   np.testing.assert_allclose(images, expected['image'][:5], rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(labels, expected['label'][:5])
   assert experiment.load_data(config, 'eval').num_examples == 200
@@ -132,3 +132,17 @@ def test_tables_of_a_killed_run_skip_the_cut_line(tmp_path):
   (tmp_path / 'metrics.jsonl').write_text('{"step": 5, "loss": 2.0}\n{"step": 10, "lo')
   table = experiment.read_metrics(str(tmp_path))
   assert list(table.index) == [5] and table['loss'].tolist() == [2.0]
+
+
+def test_an_airbench_checkpoint_predicts_with_batch_stats_and_tta(tmp_path):
+  workdir = str(tmp_path / 'airbench')
+  experiment.train(tiny_airbench_config(), workdir, num_steps=4, evaluate_in_process=False)
+  run = experiment.load_checkpoint(workdir)
+  split = datasets.load_split(run.config.dataset, run.config.dataset.eval_split)
+  assert run.config.eval.tta == 'mirror_translate'
+  evaluator = evaluate.Evaluator(run.config, split, run.model, parallel.select_devices(1))
+  predictions, _ = evaluator.predict(run.params('raw'), run.state.batch_stats)
+  tta = experiment.predict(run, split.images, which='raw')
+  np.testing.assert_array_equal(tta.argmax(-1), predictions)
+  plain = experiment.predict(run, split.images, which='raw', tta='none')
+  assert not np.allclose(plain, tta)

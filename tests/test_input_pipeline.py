@@ -8,6 +8,7 @@ import pytest
 
 from cifar_jax import input_pipeline, parallel
 from cifar_jax.datasets import Split
+from cifar_jax.errors import UserError
 
 tf = pytest.importorskip('tensorflow')
 
@@ -62,13 +63,13 @@ def test_random_crop_is_a_window_of_the_image(images):
 
 def test_augmentation_ranges(images):
   options = dict(crop_size=24, flip=True, max_brightness_delta=63.0, contrast_range=(0.2, 1.8))
-  out = input_pipeline.augment_batch(images, np.arange(6), jax.random.PRNGKey(0), **options)
+  out = input_pipeline.augment_batch(images, np.arange(6), jax.random.PRNGKey(0), 0, **options)
   assert out.shape == (6, 24, 24, 3)
   np.testing.assert_allclose(out[1:].mean(axis=(1, 2, 3)), 0.0, atol=1e-4)
   np.testing.assert_allclose(out[1:].std(axis=(1, 2, 3)), 1.0, atol=1e-3)
   # Same key and example ids: same result, whatever the order within the batch.
   permuted = input_pipeline.augment_batch(images[::-1], np.arange(6)[::-1],
-                                          jax.random.PRNGKey(0), **options)
+                                          jax.random.PRNGKey(0), 0, **options)
   np.testing.assert_allclose(permuted[::-1], out, atol=1e-6)
 
 
@@ -109,3 +110,66 @@ def test_train_batch_gathers_on_each_device():
       split.images[indices.ravel()])
   np.testing.assert_allclose(np.asarray(batch['image']).reshape(expected.shape), expected,
                              atol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# airbench's options.
+
+AIRBENCH = dict(crop_size=32, flip=True, max_brightness_delta=0.0, contrast_range=(),
+                normalization={'preprocess': 'channel_normalization',
+                               'channel_mean': (0.5, 0.25, 0.0), 'channel_std': (0.5, 0.25, 1.0)})
+
+
+def _normalized(images):
+  return (images.astype(np.float32) / 255 - np.array([0.5, 0.25, 0.0])) / np.array(
+      [0.5, 0.25, 1.0])
+
+
+def test_alternating_flip_schedule():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+  ids = np.arange(100, 116)
+  key = jax.random.PRNGKey(3)
+  options = dict(AIRBENCH, alternating_flip=True, steps_per_epoch=5)
+  flips = {}
+  for step in (0, 4, 5, 9, 10, 15):
+    out = np.asarray(input_pipeline.augment_batch(images, ids, key, step, **options))
+    flipped = np.array([np.allclose(o, _normalized(i[:, ::-1]), atol=1e-5)
+                        for o, i in zip(out, images, strict=True)])
+    plain = np.array([np.allclose(o, _normalized(i), atol=1e-5)
+                      for o, i in zip(out, images, strict=True)])
+    assert np.all(flipped ^ plain)
+    flips[step] = flipped
+  # Epoch 0: a random flip per example, the same at every step of the epoch...
+  assert 0 < flips[0].sum() < 16
+  np.testing.assert_array_equal(flips[0], flips[4])
+  # ...then every example the other way each epoch.
+  np.testing.assert_array_equal(flips[5], ~flips[0])
+  np.testing.assert_array_equal(flips[9], ~flips[0])
+  np.testing.assert_array_equal(flips[10], flips[0])
+  np.testing.assert_array_equal(flips[15], ~flips[0])
+
+
+def test_translation_is_a_window_of_the_reflect_padded_image():
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+  options = dict(AIRBENCH, flip=False, translate=2)
+  out = np.asarray(input_pipeline.augment_batch(images, np.arange(8), jax.random.PRNGKey(0), 0,
+                                                **options))
+  shifts = set()
+  for o, image in zip(out, images, strict=True):
+    padded = _normalized(np.pad(image, ((2, 2), (2, 2), (0, 0)), mode='reflect'))
+    found = [(top, left) for top in range(5) for left in range(5)
+             if np.allclose(padded[top:top + 32, left:left + 32], o, atol=1e-5)]
+    assert found
+    shifts.add(found[0])
+  assert len(shifts) > 1
+
+
+def test_channel_normalization_and_its_bad_name():
+  image = np.full((32, 32, 3), 255, np.uint8)
+  out = input_pipeline.preprocess_eval_image(image, crop_size=32,
+                                             normalization=AIRBENCH['normalization'])
+  np.testing.assert_allclose(out[0, 0], [1.0, 3.0, 1.0])
+  with pytest.raises(UserError, match='config.preprocess'):
+    input_pipeline.normalize(image, 'imagenet')

@@ -238,6 +238,8 @@ def _unwritable(tmp_path):
 # trained WORKDIR), what the error line must say). `--config=` in the
 # arguments replaces the tiny config file; NO_CONFIG drops it.
 NO_CONFIG = object()
+# The airbench94 smoke config, without TINY_FLAGS' tutorial-net widths.
+AIRBENCH_SMOKE = '--config=experiments/airbench94_smoke.py'
 MAIN, BENCHMARK = 'cifar_jax.main', 'cifar_jax.benchmark'
 COMMAND_LINE_MISTAKES = [
     ('float field given text', MAIN, ['--config.learning_rate=abc'],
@@ -285,6 +287,16 @@ COMMAND_LINE_MISTAKES = [
     ('corrupt latest checkpoint', MAIN, _corrupt_latest,
      r'checkpoints/10 cannot be .*delete that step folder'),
     ('diverging loss', MAIN, ['--config.learning_rate=1e30'], r'Training diverged'),
+    ('unknown test-time augmentation', MAIN, ['--config.eval.tta=flip'],
+     r"Unknown config.eval.tta 'flip'; use one of \['none', 'mirror', 'mirror_translate'\]"),
+    ('unknown optimizer in a group', MAIN,
+     [AIRBENCH_SMOKE, '--config.optimizer_groups.whiten_kernel.optimizer=adam'],
+     r"Unknown optimizer 'adam' \(group whiten_kernel\); use one of"),
+    ('an optimizer group that matches nothing', MAIN,
+     [AIRBENCH_SMOKE, '--config.optimizer_groups.norm_biases.params=("*bn*/bias",)'],
+     r'config.optimizer_groups.norm_biases matches no parameter'),
+    ('unknown loss reduction', MAIN, [AIRBENCH_SMOKE, '--config.loss_reduction=max'],
+     r"Unknown config.loss_reduction 'max'"),
     ('benchmark: config file missing', BENCHMARK, ['--config=experiments/nope.py'],
      r'no such file'),
     ('benchmark: bad value', BENCHMARK, ['--steps=abc'], r'--steps=abc'),
@@ -309,6 +321,8 @@ def test_a_command_line_mistake_is_one_error_line(module, arguments, expected, t
       flags = [f for f in flags if not f.startswith('--config')]
     elif argument.startswith('--config='):
       flags[flags.index(TINY_FLAGS[0])] = argument
+      if argument == AIRBENCH_SMOKE:
+        flags = [f for f in flags if not f.startswith('--config.model.')]
     else:
       flags.append(argument)
   started = time.time()

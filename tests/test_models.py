@@ -1,4 +1,4 @@
-"""The tutorial network: shapes, parameter count, initialisers, LRN against TF."""
+"""Models: the tutorial network (shapes, initialisers, LRN against TF) and airbench94."""
 
 import functools
 
@@ -128,3 +128,92 @@ def test_fast_formulation_gives_the_reference_logits_and_gradients():
 def test_unknown_formulation_is_a_user_error():
   with pytest.raises(UserError, match='formulation'):
     _init(models.TutorialCNN(formulation='turbo'))
+
+
+# ----------------------------------------------------------------------------
+# airbench94.
+
+
+def _correlated_images(count=64, seed=0):
+  """NHWC float images whose neighbouring pixels and channels are correlated."""
+  rng = np.random.default_rng(seed)
+  noise = rng.normal(size=(count, 33, 33, 3))
+  images = noise[:, :32, :32] + 0.8 * noise[:, 1:, :32] + 0.5 * noise[:, :32, 1:]
+  return (images @ np.array([[1.0, 0.6, 0.3], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])).astype(
+      np.float32)
+
+
+def test_whitened_patches_have_identity_covariance():
+  images = _correlated_images()
+  eps = 5e-4
+  kernel = models.whitening_kernel(images, size=2, eps=eps)
+  assert kernel.shape == (2, 2, 3, 24)
+  np.testing.assert_allclose(kernel[..., 12:], -kernel[..., :12])
+  whitened = jax.lax.conv_general_dilated(
+      jnp.asarray(images), jnp.asarray(kernel[..., :12]), (1, 1), 'VALID',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision='highest')
+  flat = np.asarray(whitened, np.float64).reshape(-1, 12)
+  covariance = flat.T @ flat / len(flat)
+  patches = models.image_patches(images.astype(np.float64), 2)
+  eigenvalues = np.linalg.eigvalsh(patches.T @ patches / len(patches))[::-1]
+  # Exactly diag(lambda / (lambda + eps)) up to float32 rounding; ~identity.
+  np.testing.assert_allclose(covariance, np.diag(eigenvalues / (eigenvalues + eps)), atol=2e-4)
+  np.testing.assert_allclose(covariance, np.eye(12), atol=2e-3)
+
+
+def test_dirac_init_makes_the_first_outputs_the_identity():
+  kernel = models.dirac_init(models.pytorch_default_uniform())(jax.random.PRNGKey(0),
+                                                                 (3, 3, 4, 6))
+  for i in range(4):
+    expected = np.zeros((3, 3, 4))
+    expected[1, 1, i] = 1.0
+    np.testing.assert_array_equal(kernel[..., i], expected)
+  assert np.all(np.abs(kernel[..., 4:]) <= 1 / np.sqrt(36)) and np.any(kernel[..., 4:] != 0)
+
+
+def test_batch_norm_by_hand_in_training_and_inference():
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 3, 2)) * 3.0 + 1.0
+  norm = models.BatchNorm(momentum=0.6, epsilon=1e-12, axis_name=None)
+  variables = norm.init(jax.random.PRNGKey(1), x, train=False)
+  variables = {'params': {'bias': jnp.array([0.5, -0.5])},
+               'batch_stats': variables['batch_stats']}
+  y, updated = norm.apply(variables, x, train=True, mutable=['batch_stats'])
+  flat = np.asarray(x, np.float64).reshape(-1, 2)
+  mean, var = flat.mean(0), flat.var(0)
+  np.testing.assert_allclose(y, (np.asarray(x) - mean) / np.sqrt(var) + [0.5, -0.5],
+                             rtol=1e-5, atol=1e-5)
+  stats = updated['batch_stats']
+  np.testing.assert_allclose(stats['mean'], 0.4 * mean, rtol=1e-5)
+  np.testing.assert_allclose(stats['var'], 0.6 + 0.4 * var * 36 / 35, rtol=1e-5)  # unbiased
+  inference = norm.apply({'params': variables['params'], 'batch_stats': stats}, x, train=False)
+  np.testing.assert_allclose(
+      inference, (np.asarray(x) - 0.4 * mean) / np.sqrt(stats['var']) + [0.5, -0.5], rtol=1e-4,
+      atol=1e-5)
+
+
+def test_max_pool_2x2_is_floor_mode_max_pooling():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 7, 3))
+  np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
+
+
+def test_airbench94_shapes_and_parameter_count():
+  model = models.Airbench94()
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  # The original's 1,971,640 trainable-or-frozen weights (BatchNorm scales are constants).
+  assert models.count_parameters(variables['params']) == 1_971_640
+  assert set(variables['batch_stats']) == {f'group{g}_norm{n}' for g in (1, 2, 3) for n in (1, 2)}
+  params = model.data_init(variables['params'], _correlated_images(8))
+  logits = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                       jnp.zeros((2, 32, 32, 3)))
+  assert logits.shape == (2, 10)
+
+
+def test_airbench94_muon_head_has_unit_standard_deviation():
+  model = models.Airbench94(widths=(8, 16, 16), head_init='unit_std')
+  params = _init(model, 32)
+  assert float(jnp.std(params['head']['kernel'], ddof=1)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_airbench94_rejects_unknown_initialisations():
+  with pytest.raises(UserError, match='whiten_bias_init'):
+    _init(models.Airbench94(widths=(8, 16, 16), whiten_bias_init='ones'), 32)

@@ -14,7 +14,7 @@ import pytest
 
 from cifar_jax import parallel, train
 from cifar_jax.errors import UserError
-from tests.conftest import REPO_ROOT, restore_latest, run_steps, tiny_config
+from tests.conftest import REPO_ROOT, restore_latest, run_steps, tiny_airbench_config, tiny_config
 
 GLOBAL_BATCH = 16
 
@@ -225,3 +225,15 @@ def test_mapped_calls_wait_for_the_oldest_beyond_the_limit():
     assert len(step._in_flight) <= parallel.MAX_CALLS_IN_FLIGHT
   np.testing.assert_array_equal(x, np.full((2, 3), 3 * parallel.MAX_CALLS_IN_FLIGHT))
   np.testing.assert_array_equal(total, np.full((2, 3), 2 * (3 * parallel.MAX_CALLS_IN_FLIGHT - 1)))
+
+
+def test_airbench_on_four_devices_equals_one_device():
+  """BatchNorm statistics and the summed loss are those of the global batch on any layout."""
+  one, one_losses = run_steps(tiny_airbench_config(num_devices=1,
+                                                   per_device_batch_size=GLOBAL_BATCH), 6)
+  four, four_losses = run_steps(tiny_airbench_config(num_devices=4,
+                                                     per_device_batch_size=GLOBAL_BATCH // 4), 6)
+  np.testing.assert_allclose(four_losses, one_losses, rtol=1e-5)
+  _assert_close(four.params, one.params, atol=2e-5)
+  _assert_close(four.batch_stats, one.batch_stats, atol=2e-5)
+  _assert_close(four.lookahead, one.lookahead, atol=2e-5)

@@ -1,14 +1,15 @@
 """The pure train step, data parallelism, and the training loop end to end."""
 
 import os
+import signal
 
 import jax
 import numpy as np
 import pytest
 
-from cifar_jax import checkpoints, summaries, train
+from cifar_jax import checkpoints, datasets, evaluate, lifecycle, parallel, summaries, train
 from cifar_jax.errors import UserError
-from tests.conftest import run_steps, tiny_config
+from tests.conftest import restore_latest, run_steps, tiny_airbench_config, tiny_config
 
 
 def test_weight_decay_is_the_tutorials_l2_loss():
@@ -94,3 +95,43 @@ def test_bad_inputs_end_in_one_sentence(tmp_path):
     train.train_and_evaluate(tiny_config(per_device_batch_size=0), str(tmp_path / 'a'))
   with pytest.raises(UserError, match='fewer than one global batch'):
     train.train_and_evaluate(tiny_config(per_device_batch_size=1024), str(tmp_path / 'b'))
+
+
+# ----------------------------------------------------------------------------
+# airbench94: BatchNorm statistics, whitening, groups and lookahead in the same loop.
+
+
+def test_airbench_trains_resumes_bit_identically_and_is_scored_with_tta(tmp_path, capsys):
+  straight_dir, interrupted_dir = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
+  config = tiny_airbench_config(num_train_steps=12, checkpoint_every_steps=5,
+                                **{'lookahead.every_steps': 2})
+  straight = train.train_and_evaluate(config, straight_dir)
+  assert 'step 12, precision @ 1 = ' in capsys.readouterr().out
+  records = summaries.read_records(os.path.join(straight_dir, 'eval', 'metrics.jsonl'))
+  assert records[-1]['step'] == 12 and records[-1]['tta'] == 'mirror_translate'
+  # SIGTERM at step 5: the next step (6) is saved and training stops; then resume.
+  with pytest.raises(lifecycle.Preempted):
+    train.train_and_evaluate(config, interrupted_dir, evaluate_in_process=False,
+                             on_log=_sigterm_at(5))
+  assert int(restore_latest(interrupted_dir, config).step) == 6
+  resumed = train.train_and_evaluate(config, interrupted_dir, evaluate_in_process=False)
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+  assert set(straight.batch_stats) == {f'group{g}_norm{n}' for g in (1, 2, 3) for n in (1, 2)}
+  assert np.any(straight.batch_stats['group1_norm1']['mean'] != 0)
+  # The whitening filters are the ones computed at step 0, never trained.
+  initial = train.setup_training(config, datasets.load_split(config.dataset, 'train'),
+                                 parallel.select_devices(1)).state
+  np.testing.assert_array_equal(straight.params['whiten']['kernel'],
+                                initial.params['whiten']['kernel'])
+  assert np.any(straight.params['whiten']['bias'] != initial.params['whiten']['bias'])
+  # The evaluator process scores the final checkpoint with TTA, like the trainer did.
+  scored = evaluate.evaluate(tiny_airbench_config(num_train_steps=12, **{'eval.run_once': True}),
+                             interrupted_dir)
+  assert scored[12]['precision_raw'] == pytest.approx(records[-1]['precision_raw'])
+
+
+def _sigterm_at(step):
+  def on_log(done, _):
+    if done == step:
+      os.kill(os.getpid(), signal.SIGTERM)
+  return on_log

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from cifar_jax import train_state
+from cifar_jax import optimizers, train_state
 from cifar_jax.errors import UserError
 from tests.conftest import tiny_config
 
@@ -56,7 +56,7 @@ def test_unknown_ema_kind_is_rejected():
 
 def test_staircase_schedule_is_the_tutorials():
   config = tiny_config(learning_rate=0.1, lr_decay_factor=0.1, num_epochs_per_decay=350.0)
-  schedule = train_state.create_learning_rate_fn(config, 50_000, 128)
+  schedule = optimizers.create_learning_rate_fn(config, 50_000, 128)
   decay_steps = int(50_000 / 128 * 350)  # 136,718 as in cifar10.py
   assert float(schedule(0)) == pytest.approx(0.1)
   assert float(schedule(decay_steps - 1)) == pytest.approx(0.1)
@@ -67,7 +67,7 @@ def test_staircase_schedule_is_the_tutorials():
 def test_warmup_cosine_schedule():
   config = tiny_config(lr_schedule='warmup_cosine', learning_rate=0.4, warmup_epochs=1.0,
                        num_train_steps=100)
-  schedule = train_state.create_learning_rate_fn(config, 1000, 100)  # 10 steps per epoch
+  schedule = optimizers.create_learning_rate_fn(config, 1000, 100)  # 10 steps per epoch
   assert float(schedule(0)) == 0.0
   assert float(schedule(10)) == pytest.approx(0.4)
   assert float(schedule(100)) == pytest.approx(0.0, abs=1e-6)
@@ -87,6 +87,40 @@ def test_create_train_state_is_deterministic_and_ema_starts_at_params():
 
 def test_unknown_optimizer_and_schedule():
   with pytest.raises(UserError, match='optimizer'):
-    train_state.create_optimizer(tiny_config(optimizer='adam'), lambda s: 0.1)
+    optimizers.create_optimizer(tiny_config(optimizer='adam'), 100, 10)
   with pytest.raises(UserError, match='lr_schedule'):
-    train_state.create_learning_rate_fn(tiny_config(lr_schedule='step'), 100, 10)
+    optimizers.create_learning_rate_fn(tiny_config(lr_schedule='step'), 100, 10)
+
+
+def test_lookahead_by_hand():
+  """airbench94's LookaheadState: every k steps slow += (1 - d)(net - slow), net = slow."""
+  config = tiny_config(**{'lookahead.every_steps': 2, 'lookahead.decay_base': 0.5,
+                          'lookahead.decay_power': 1.0})
+  lookahead = {'params': {'w': jnp.asarray(1.0)}, 'batch_stats': {'m': jnp.asarray(2.0)}}
+  state = train_state.TrainState(step=jnp.asarray(0), params={'w': jnp.asarray(1.0)},
+                                 batch_stats={'m': jnp.asarray(2.0)}, opt_state=(),
+                                 ema_params={}, lookahead=lookahead, rng=jnp.zeros(2))
+  slow_w, slow_m = 1.0, 2.0
+  for step, (w, m) in enumerate([(3.0, 4.0), (5.0, 6.0), (7.0, 8.0), (9.0, 10.0)], start=1):
+    state = train_state.apply_lookahead(
+        state.replace(step=jnp.asarray(step), params={'w': jnp.asarray(w)},
+                      batch_stats={'m': jnp.asarray(m)}), config.lookahead, num_train_steps=4)
+    if step % 2 == 0:
+      decay = 0.5 * step / 4
+      slow_w += (1 - decay) * (w - slow_w)
+      slow_m += (1 - decay) * (m - slow_m)
+      w, m = slow_w, slow_m
+    assert float(state.params['w']) == pytest.approx(w)
+    assert float(state.batch_stats['m']) == pytest.approx(m)
+    assert float(state.lookahead['params']['w']) == pytest.approx(slow_w)
+
+
+def test_lookahead_ends_on_the_slow_copy():
+  config = tiny_config(**{'lookahead.every_steps': 5})
+  state = train_state.TrainState(
+      step=jnp.asarray(7), params={'w': jnp.asarray(3.0)}, batch_stats={}, opt_state=(),
+      ema_params={}, lookahead={'params': {'w': jnp.asarray(1.0)}, 'batch_stats': {}},
+      rng=jnp.zeros(2))
+  final = train_state.apply_lookahead(state, config.lookahead, num_train_steps=7)
+  assert float(final.params['w']) == 1.0  # the original's last update(decay=1.0)
+  assert float(train_state.apply_lookahead(state, config.lookahead, 8).params['w']) == 3.0

@@ -1,0 +1,314 @@
+"""Optimizers from the config: learning-rate schedules, parameter groups, Muon.
+
+Without `config.optimizer_groups` every parameter gets `config.optimizer`
+with `config.learning_rate` on `config.lr_schedule` (the tutorial: plain SGD,
+0.1, staircase decay). With groups, each group -- parameters whose path
+('group1_norm1/bias', ...) matches one of its glob patterns -- has its own
+optimizer, learning rate, momentum, weight decay and training length, and
+the parameters no group matches form the default group of the top-level
+fields. Groups must not overlap.
+
+Hyper-parameter forms (`config.hyperparameter_form`):
+
+* ``plain``: learning rates are optax's; `sgd_weight_decay` is the decay per
+  example of the global batch: each step adds (sgd_weight_decay * B / lr) * p
+  to the gradient of a group with peak learning rate lr, before momentum --
+  PyTorch's `weight_decay` = wd / lr, as airbench94_muon writes it.
+* ``decoupled`` (airbench94, after Myrtle.ai's "how to train your ResNet"):
+  learning rates and `sgd_weight_decay` are per 1024 examples and normalised
+  by the momentum: lr_optax = lr / (1024 (1 + 1 / (1 - momentum))), decay per
+  step = sgd_weight_decay * B / (1024 (1 + 1 / (1 - momentum))). A group's
+  `lr_multiplier` (BatchNorm biases: x64) scales its learning rate but not its
+  weight decay.
+
+Muon (`optimizer = 'muon'`, airbench94_muon's conv filters) is `muon` below:
+Nesterov momentum, then the update orthogonalised by a few Newton-Schulz
+iterations, with the weights renormalised to norm sqrt(out_channels) before
+every step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import fnmatch
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from cifar_jax.errors import UserError
+
+OPTIMIZERS = ('sgd', 'momentum', 'muon', 'frozen')
+GROUP_FIELDS = ('params', 'optimizer', 'learning_rate', 'lr_multiplier', 'momentum', 'nesterov',
+                'sgd_weight_decay', 'train_epochs', 'schedule_over')
+HYPERPARAMETER_FORMS = ('plain', 'decoupled')
+
+
+# ----------------------------------------------------------------------------
+# Learning-rate schedules.
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict, num_train_examples: int,
+                            global_batch_size: int, peak: float | None = None,
+                            num_steps: int | None = None) -> optax.Schedule:
+  """The learning-rate schedule, in optimizer steps.
+
+  `peak` (default `config.learning_rate`) and `num_steps` (default
+  `config.num_train_steps`) let a parameter group follow the same shape with
+  its own learning rate or length.
+  """
+  peak = config.learning_rate if peak is None else peak
+  num_steps = config.num_train_steps if num_steps is None else num_steps
+  batches_per_epoch = num_train_examples / global_batch_size  # a float, as in the tutorial
+  if config.lr_schedule == 'staircase_exponential':
+    return optax.exponential_decay(
+        init_value=peak,
+        transition_steps=max(1, int(batches_per_epoch * config.num_epochs_per_decay)),
+        decay_rate=config.lr_decay_factor,
+        staircase=True,
+    )
+  if config.lr_schedule == 'warmup_cosine':
+    warmup_steps = int(batches_per_epoch * config.warmup_epochs)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=peak,
+        warmup_steps=warmup_steps,
+        decay_steps=max(num_steps, warmup_steps + 1),
+        end_value=0.0,
+    )
+  if config.lr_schedule == 'linear_warmup_decay':
+    return linear_warmup_decay(peak, num_steps, config.lr_warmup_fraction,
+                               config.lr_start_scale, config.lr_end_scale)
+  raise UserError(
+      f'Unknown config.lr_schedule {config.lr_schedule!r}; use staircase_exponential, '
+      'warmup_cosine or linear_warmup_decay.'
+  )
+
+
+def linear_warmup_decay(peak: float, num_steps: int, warmup_fraction: float,
+                        start_scale: float, end_scale: float) -> optax.Schedule:
+  """airbench's triangle: start_scale -> 1 over int(warmup_fraction * num_steps), -> end_scale.
+
+  In units of `peak`; at step num_steps it reaches end_scale (airbench94:
+  0.2, 23%, 0.07; airbench94_muon: no warm-up, to 0).
+  """
+  warmup_steps = int(num_steps * warmup_fraction)
+
+  def schedule(count):
+    count = jnp.asarray(count, jnp.float32)
+    warming = start_scale + (1.0 - start_scale) * count / max(warmup_steps, 1)
+    decaying = 1.0 + (end_scale - 1.0) * (count - warmup_steps) / max(num_steps - warmup_steps, 1)
+    return peak * jnp.where(count < warmup_steps, warming, decaying)
+
+  return schedule
+
+
+# ----------------------------------------------------------------------------
+# Muon.
+
+
+def newton_schulz(matrix: jax.Array, steps: int, coefficients: Sequence[float],
+                  eps: float = 1e-7) -> jax.Array:
+  """airbench's quintic Newton-Schulz iteration towards the orthogonal factor of `matrix`.
+
+  X = G / (|G|_F + eps), transposed to be wide; then `steps` times
+  A = X X^T, X = a X + (b A + c A A) X. In float32 (the original runs it in
+  bfloat16 on GPUs).
+  """
+  a, b, c = coefficients
+  x = matrix.astype(jnp.float32)
+  x = x / (jnp.linalg.norm(x) + eps)
+  tall = x.shape[0] > x.shape[1]
+  if tall:
+    x = x.T
+  for _ in range(steps):
+    gram = x @ x.T
+    x = a * x + (b * gram + c * gram @ gram) @ x
+  return x.T if tall else x
+
+
+class MuonState(NamedTuple):
+  count: jax.Array
+  momentum: Any
+
+
+def muon(learning_rate: optax.ScalarOrSchedule, momentum: float, nesterov: bool = True,
+         ns_steps: int = 3, ns_coefficients: Sequence[float] = (3.4445, -4.7750, 2.0315),
+         eps: float = 1e-7, renormalize: bool = True) -> optax.GradientTransformation:
+  """airbench94_muon's `Muon` as an optax transformation (needs `params`).
+
+  For every parameter p with gradient g (conv kernels HWIO [.., out]):
+    buf = momentum * buf + g;  u = g + momentum * buf (Nesterov) or buf
+    p <- p * sqrt(out) / |p|_F (renormalize)
+    p <- p - lr * NS(u viewed as [out, fan_in])
+  The update returned is new p - p. `optax.contrib.muon` differs (no weight
+  renormalisation, shape-dependent scaling, other defaults), hence this one.
+  """
+  schedule = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
+
+  def init(params):
+    return MuonState(count=jnp.zeros([], jnp.int32),
+                     momentum=jax.tree.map(jnp.zeros_like, params))
+
+  def update(grads, state, params=None):
+    if params is None:
+      raise ValueError('muon needs the parameters (optax update(..., params)).')
+    buffers = jax.tree.map(lambda b, g: momentum * b + g, state.momentum, grads)
+    directions = (jax.tree.map(lambda g, b: g + momentum * b, grads, buffers) if nesterov
+                  else buffers)
+    lr = schedule(state.count)
+
+    def step(p, u):
+      out_channels = p.shape[-1]
+      matrix = u.reshape(-1, out_channels).T  # [out, fan_in]; column order does not matter
+      orthogonal = newton_schulz(matrix, ns_steps, ns_coefficients, eps).T.reshape(p.shape)
+      if renormalize:
+        p_new = p * (math.sqrt(out_channels) / jnp.linalg.norm(p))
+      else:
+        p_new = p
+      return p_new - lr * orthogonal.astype(p.dtype) - p
+
+    updates = jax.tree.map(step, params, directions)
+    return updates, MuonState(count=optax.safe_increment(state.count), momentum=buffers)
+
+  return optax.GradientTransformation(init, update)
+
+
+# ----------------------------------------------------------------------------
+# Training only for the first steps.
+
+
+class FirstStepsState(NamedTuple):
+  count: jax.Array
+  inner: Any
+
+
+def train_first_steps(inner: optax.GradientTransformation, num_steps: int
+                      ) -> optax.GradientTransformation:
+  """`inner` for the first `num_steps` updates; afterwards zero updates and a frozen state.
+
+  Like a PyTorch parameter whose `requires_grad` is switched off (airbench's
+  whitening bias after `whiten_bias_epochs`): no step, no weight decay, no
+  momentum.
+  """
+  def init(params):
+    return FirstStepsState(count=jnp.zeros([], jnp.int32), inner=inner.init(params))
+
+  def update(updates, state, params=None):
+    new_updates, new_inner = inner.update(updates, state.inner, params)
+    active = state.count < num_steps
+    new_updates = jax.tree.map(lambda u: jnp.where(active, u, jnp.zeros_like(u)), new_updates)
+    new_inner = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_inner, state.inner)
+    return new_updates, FirstStepsState(count=optax.safe_increment(state.count), inner=new_inner)
+
+  return optax.GradientTransformation(init, update)
+
+
+# ----------------------------------------------------------------------------
+# Groups.
+
+
+def parameter_paths(params: Any) -> list[str]:
+  """'module/param' path of every leaf, in tree order."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  return ['/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in flat]
+
+
+def _groups(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
+  """Every group with the top-level fields filled in for what it leaves out."""
+  defaults = {'optimizer': config.optimizer, 'learning_rate': config.learning_rate,
+              'lr_multiplier': 1.0, 'momentum': config.momentum, 'nesterov': config.nesterov,
+              'sgd_weight_decay': config.sgd_weight_decay, 'train_epochs': 0.0,
+              'schedule_over': 'run', 'params': ()}
+  groups = {}
+  for name, group in dict(config.optimizer_groups).items():
+    group = dict(group)
+    unknown = sorted(set(group) - set(GROUP_FIELDS))
+    if unknown:
+      raise UserError(f'config.optimizer_groups.{name} has unknown fields {unknown}; a group '
+                      f'takes {list(GROUP_FIELDS)}.')
+    if not group.get('params'):
+      raise UserError(f'config.optimizer_groups.{name}.params is empty; give glob patterns of '
+                      'parameter paths such as "*norm*/bias".')
+    groups[name] = ml_collections.ConfigDict({**defaults, **group})
+  groups['default'] = ml_collections.ConfigDict({**defaults, 'params': ('*',)})
+  for name, group in groups.items():
+    if group.optimizer not in OPTIMIZERS:
+      raise UserError(f'Unknown optimizer {group.optimizer!r} (group {name}); use one of '
+                      f'{list(OPTIMIZERS)}.')
+    if group.schedule_over not in ('run', 'train_epochs'):
+      raise UserError(f'config.optimizer_groups.{name}.schedule_over is '
+                      f'{group.schedule_over!r}; use run or train_epochs.')
+    if group.optimizer == 'muon' and group.sgd_weight_decay:
+      raise UserError(f'Group {name} uses muon, which has no weight decay; set its '
+                      'sgd_weight_decay to 0.')
+  return groups
+
+
+def group_labels(config: ml_collections.ConfigDict, params: Any) -> Any:
+  """The group name of every parameter (a tree like `params`)."""
+  groups = _groups(config)
+  paths = parameter_paths(params)
+  labels = []
+  for path in paths:
+    matches = [name for name, group in groups.items() if name != 'default'
+               and any(fnmatch.fnmatchcase(path, pattern) for pattern in group.params)]
+    if len(matches) > 1:
+      raise UserError(f'Parameter {path} is in optimizer groups {matches}; make the groups\' '
+                      'params patterns disjoint.')
+    labels.append(matches[0] if matches else 'default')
+  for name in groups:
+    if name != 'default' and name not in labels:
+      raise UserError(f'config.optimizer_groups.{name} matches no parameter (patterns '
+                      f'{list(groups[name].params)}); the model has {paths}.')
+  return jax.tree.unflatten(jax.tree.structure(params), labels)
+
+
+def _group_optimizer(config, group, num_train_examples, global_batch_size, steps_per_epoch
+                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(optimizer, its learning-rate schedule) of one group."""
+  if group.optimizer == 'frozen':
+    return optax.set_to_zero(), lambda _: jnp.zeros([], jnp.float32)
+  if config.hyperparameter_form not in HYPERPARAMETER_FORMS:
+    raise UserError(f'Unknown config.hyperparameter_form {config.hyperparameter_form!r}; use '
+                    f'one of {list(HYPERPARAMETER_FORMS)}.')
+  uses_momentum = group.optimizer in ('momentum', 'muon')
+  scale = 1.0
+  if config.hyperparameter_form == 'decoupled':
+    scale = 1.0 / (1024 * (1 + 1 / (1 - group.momentum))) if uses_momentum else 1.0 / 1024
+  peak = group.learning_rate * scale * group.lr_multiplier
+  train_steps = int(round(group.train_epochs * steps_per_epoch))
+  num_steps = (train_steps if group.schedule_over == 'train_epochs' and train_steps
+               else config.num_train_steps)
+  learning_rate = create_learning_rate_fn(config, num_train_examples, global_batch_size,
+                                          peak=peak, num_steps=num_steps)
+  if group.optimizer == 'muon':
+    tx = muon(learning_rate, group.momentum, group.nesterov, config.muon.ns_steps,
+              tuple(config.muon.ns_coefficients), config.muon.eps, config.muon.renormalize)
+  else:
+    tx = optax.sgd(learning_rate, momentum=group.momentum if uses_momentum else None,
+                   nesterov=group.nesterov and uses_momentum)
+    decay_per_step = group.sgd_weight_decay * scale * global_batch_size
+    if decay_per_step:
+      tx = optax.chain(optax.add_decayed_weights(decay_per_step / peak), tx)
+  return (train_first_steps(tx, train_steps) if train_steps else tx), learning_rate
+
+
+def create_optimizer(config: ml_collections.ConfigDict, num_train_examples: int,
+                     global_batch_size: int
+                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(the optimizer of every parameter, the default group's learning rate); see above."""
+  steps_per_epoch = num_train_examples // global_batch_size
+  groups = _groups(config)
+  built = {name: _group_optimizer(config, group, num_train_examples, global_batch_size,
+                                  steps_per_epoch)
+           for name, group in groups.items()}
+  default_tx, default_learning_rate = built['default']
+  if len(groups) == 1:
+    return default_tx, default_learning_rate
+  tx = optax.multi_transform({name: tx for name, (tx, _) in built.items()},
+                             lambda params: group_labels(config, params))
+  return tx, default_learning_rate

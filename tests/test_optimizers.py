@@ -1,0 +1,138 @@
+"""Optimizers: Muon against a hand computation, parameter groups, schedules, bad groups."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from cifar_jax import optimizers, train_state
+from cifar_jax.errors import UserError
+from tests.conftest import tiny_airbench_config
+
+
+def _numpy_newton_schulz(g, steps=3, eps=1e-7):
+  a, b, c = 3.4445, -4.7750, 2.0315
+  x = g / (np.linalg.norm(g) + eps)
+  tall = x.shape[0] > x.shape[1]
+  if tall:
+    x = x.T
+  for _ in range(steps):
+    gram = x @ x.T
+    x = a * x + (b * gram + c * gram @ gram) @ x
+  return x.T if tall else x
+
+
+def test_muon_update_is_a_hand_computation():
+  rng = np.random.default_rng(0)
+  kernel = rng.normal(size=(3, 3, 4, 6)).astype(np.float32)  # HWIO, 6 outputs
+  grads = [rng.normal(size=kernel.shape).astype(np.float32) for _ in range(2)]
+  tx = optimizers.muon(lambda count: 0.24 * (1 - count / 10), momentum=0.6, nesterov=True)
+  params = {'conv': jnp.asarray(kernel)}
+  state = tx.init(params)
+  expected, buffer = kernel.astype(np.float64), np.zeros(kernel.shape)
+  for step, g in enumerate(grads):
+    updates, state = tx.update({'conv': jnp.asarray(g)}, state, params)
+    params = optax.apply_updates(params, updates)
+    # The original's Muon.step on PyTorch's [out, in, kh, kw] view of the kernel.
+    buffer = 0.6 * buffer + g
+    direction = g + 0.6 * buffer
+    torch_view = lambda k: k.transpose(3, 2, 0, 1)  # noqa: E731
+    expected_t = torch_view(expected) * (np.sqrt(6) / np.linalg.norm(expected))
+    update = _numpy_newton_schulz(torch_view(direction).reshape(6, -1)).reshape(
+        expected_t.shape)
+    expected = (expected_t - 0.24 * (1 - step / 10) * update).transpose(2, 3, 1, 0)
+    np.testing.assert_allclose(params['conv'], expected, rtol=2e-5, atol=2e-5)
+
+
+def test_newton_schulz_of_a_tall_matrix_is_the_transpose_of_the_wide_one():
+  g = jax.random.normal(jax.random.PRNGKey(0), (7, 3))
+  np.testing.assert_allclose(optimizers.newton_schulz(g, 3, (3.4445, -4.7750, 2.0315)),
+                             optimizers.newton_schulz(g.T, 3, (3.4445, -4.7750, 2.0315)).T,
+                             atol=1e-6)
+
+
+def test_each_group_gets_its_learning_rate_and_weight_decay():
+  """airbench94's first step, by the original's formulas (lr, wd per 1024 examples)."""
+  config = tiny_airbench_config()
+  batch, steps_per_epoch = 64, 8
+  tx, default_lr = optimizers.create_optimizer(config, batch * steps_per_epoch, batch)
+  params = {'whiten': {'kernel': jnp.full((2, 2, 3, 4), 0.5), 'bias': jnp.full((4,), 0.5)},
+            'group1_conv1': {'kernel': jnp.full((3, 3, 4, 8), 0.5)},
+            'group1_norm1': {'bias': jnp.full((8,), 0.5)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  kilostep_scale = 1024 * (1 + 1 / (1 - 0.85))
+  lr = 11.5 / kilostep_scale
+  wd = 0.0153 * batch / kilostep_scale
+  schedule0 = 0.2  # the warm-up starts at 0.2
+  assert float(default_lr(0)) == pytest.approx(lr * schedule0)
+
+  def first_nesterov_step(group_lr):  # momentum buffer = g: the step is (1 + m) g
+    return -group_lr * schedule0 * (1 + 0.85) * (1.0 + wd / group_lr * 0.5)
+
+  np.testing.assert_allclose(updates['whiten']['kernel'], 0.0)  # frozen
+  np.testing.assert_allclose(updates['whiten']['bias'], first_nesterov_step(lr), rtol=1e-5)
+  np.testing.assert_allclose(updates['group1_conv1']['kernel'], first_nesterov_step(lr),
+                             rtol=1e-5)
+  np.testing.assert_allclose(updates['group1_norm1']['bias'], first_nesterov_step(64 * lr),
+                             rtol=1e-5)
+
+
+def test_a_group_trained_for_some_epochs_stops_completely():
+  config = tiny_airbench_config()
+  tx, _ = optimizers.create_optimizer(config, 4 * 10, 10)  # 4 steps per epoch; 3 epochs
+  params = {'whiten': {'kernel': jnp.zeros((2, 2, 3, 4)), 'bias': jnp.ones((4,))},
+            'group1_norm1': {'bias': jnp.ones((8,))}}
+  state = tx.init(params)
+  biases, norm_biases = [], []
+  for _ in range(14):
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    params = optax.apply_updates(params, updates)
+    biases.append(float(params['whiten']['bias'][0]))
+    norm_biases.append(float(params['group1_norm1']['bias'][0]))
+  assert biases[11] < biases[10]  # step 12 (the last of 3 epochs) still moves it
+  assert biases[11] == biases[12] == biases[13]  # then no step, no decay, no momentum
+  assert norm_biases[13] < norm_biases[12] < norm_biases[11]
+
+
+def test_muon_recipe_puts_conv_filters_in_muon_and_the_rest_in_sgd():
+  config = tiny_airbench_config(muon=True)
+  model, tx, _ = train_state.create_model_and_optimizer(config, 10, 512, 8)
+  state = train_state.create_train_state(config, model, tx)
+  labels = optimizers.group_labels(config, state.params)
+  assert labels['group2_conv2']['kernel'] == 'filters'
+  assert labels['whiten'] == {'kernel': 'whiten_kernel', 'bias': 'whiten_bias'}
+  assert labels['group3_norm1']['bias'] == 'norm_biases'
+  assert labels['head']['kernel'] == 'default'
+
+
+def test_linear_warmup_decay_is_airbenchs_schedule():
+  schedule = optimizers.linear_warmup_decay(2.0, 100, 0.23, 0.2, 0.07)
+  for step in (0, 10, 22, 23, 50, 99, 100):
+    if step < 23:
+      frac = step / 23
+      expected = 0.2 * (1 - frac) + 1.0 * frac
+    else:
+      frac = (step - 23) / 77
+      expected = 1.0 * (1 - frac) + 0.07 * frac
+    assert float(schedule(step)) == pytest.approx(2.0 * expected, rel=1e-6)
+
+
+@pytest.mark.parametrize('groups, message', [
+    ({'a': {'params': ('head/kernel',), 'optimizer': 'adam'}}, r"Unknown optimizer 'adam'"),
+    ({'a': {'params': ('head/kernel',), 'learning_rat': 0.1}}, r'unknown fields'),
+    ({'a': {'params': ('nothing/*',)}}, r'matches no parameter'),
+    ({'a': {'params': ('head/*',)}, 'b': {'params': ('*/kernel',)}}, r'in optimizer groups'),
+    ({'a': {'params': ()}}, r'params is empty'),
+    ({'a': {'params': ('head/kernel',), 'optimizer': 'muon', 'sgd_weight_decay': 0.1}},
+     r'no weight decay'),
+    ({'a': {'params': ('head/kernel',), 'schedule_over': 'epochs'}}, r'schedule_over'),
+])
+def test_bad_groups_are_refused(groups, message):
+  config = tiny_airbench_config()
+  config.optimizer_groups = ml_collections.ConfigDict(groups)
+  with pytest.raises(UserError, match=message):
+    model, tx, _ = train_state.create_model_and_optimizer(config, 10, 512, 8)
+    train_state.create_train_state(config, model, tx)
