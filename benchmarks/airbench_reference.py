@@ -481,6 +481,133 @@ def measure_speed(recipe: str, batch: int, steps: int, repeats: int) -> dict[str
   return results
 
 
+# ----------------------------------------------------------------------------
+# A whole training run of the original recipe in PyTorch, on cifar_jax's data.
+
+
+def export_splits(config_path: str, overrides: dict, path: str, seed: int = 0) -> dict:
+  """The config's train and eval splits (uint8) to `path`; training examples shuffled once.
+
+  The original whitens from the first 5,000 training images of a shuffled
+  CIFAR-10; image folders are ordered by class, hence the shuffle.
+  """
+  sys.path.insert(0, REPO_ROOT)
+  from cifar_jax import datasets, experiment  # pylint: disable=import-outside-toplevel
+
+  config = experiment.load_config(os.path.join(REPO_ROOT, config_path), overrides)
+  train_split = datasets.load_split(config.dataset, config.dataset.train_split)
+  eval_split = datasets.load_split(config.dataset, config.dataset.eval_split)
+  order = np.random.default_rng(seed).permutation(train_split.num_examples)
+  np.savez(path, train_images=train_split.images[order], train_labels=train_split.labels[order],
+           eval_images=eval_split.images, eval_labels=eval_split.labels)
+  return {'train': train_split.num_examples, 'eval': eval_split.num_examples}
+
+
+def train_torch(path: str, train_epochs: float, seed: int) -> dict[str, float]:
+  """legacy/airbench94.py's main() on the exported splits (float32, CPU): TTA 0 and 2 precision."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch.nn.functional as F  # noqa: N812  pylint: disable=import-outside-toplevel
+
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(seed)
+  data = np.load(path)
+  mean = torch.tensor((0.4914, 0.4822, 0.4465)).view(1, 3, 1, 1)
+  std = torch.tensor((0.2470, 0.2435, 0.2616)).view(1, 3, 1, 1)
+  to_input = lambda x: (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - mean) / std  # noqa: E731
+  train_images, train_labels = to_input(data['train_images']), torch.from_numpy(
+      data['train_labels']).long()
+  eval_images, eval_labels = to_input(data['eval_images']), torch.from_numpy(
+      data['eval_labels']).long()
+  config = {'model': {'whiten_patch_size': 2, 'widths': (64, 256, 256),
+                      'batch_norm_epsilon': 1e-12, 'batch_norm_momentum': 0.6,
+                      'head_multiplier': 1 / 9}}
+  net = _torch_network(config)
+  with torch.no_grad():
+    for name, module in net.named_modules():
+      if name.startswith('group') and 'conv' in name:
+        torch.nn.init.dirac_(module.weight[:module.weight.size(1)])
+    net.whiten.bias.zero_()
+    # init_whitening_conv on the first 5,000 (shuffled) training images.
+    images = train_images[:5000]
+    c, (h, w) = 3, (2, 2)
+    patches = images.unfold(2, h, 1).unfold(3, w, 1).transpose(1, 3).reshape(-1, c, h, w)
+    flat = patches.reshape(len(patches), -1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(flat.T @ flat / len(flat), UPLO='U')
+    eigenvalues = eigenvalues.flip(0).view(-1, 1, 1, 1)
+    eigenvectors = eigenvectors.T.reshape(c * h * w, c, h, w).flip(0)
+    scaled = eigenvectors / torch.sqrt(eigenvalues + 5e-4)
+    net.whiten.weight.copy_(torch.cat((scaled, -scaled)))
+  batch = 1024
+  steps_per_epoch = len(train_images) // batch
+  total = math.ceil(steps_per_epoch * train_epochs)
+  optimizers, set_lr, _ = _optimizers(net, 'airbench94',
+                                      {'batch': batch, 'num_train_steps': total,
+                                       'steps_per_epoch': steps_per_epoch})
+  alphas = 0.95**5 * (torch.arange(total + 1) / total) ** 3
+  slow = {k: v.clone() for k, v in net.state_dict().items()}
+
+  def lookahead(decay):
+    with torch.no_grad():
+      for (_, s), v in zip(slow.items(), net.state_dict().values(), strict=True):
+        if v.dtype == torch.float32:
+          s.lerp_(v, 1 - decay)
+          v.copy_(s)
+
+  # CifarLoader: pre-flip once, pad 2 (reflect), a random translation per epoch,
+  # every image flipped in odd epochs, a fresh permutation per epoch, drop last.
+  flip = torch.rand(len(train_images)) < 0.5
+  flipped = torch.where(flip.view(-1, 1, 1, 1), train_images.flip(-1), train_images)
+  padded = F.pad(flipped, (2,) * 4, 'reflect')
+  step = 0
+  started = time.time()
+  for epoch in range(math.ceil(train_epochs)):
+    shifts = torch.randint(0, 5, (len(padded), 2))
+    epoch_images = torch.empty_like(train_images)
+    for sy in range(5):
+      for sx in range(5):
+        mask = (shifts[:, 0] == sy) & (shifts[:, 1] == sx)
+        epoch_images[mask] = padded[mask, :, sy:sy + 32, sx:sx + 32]
+    if epoch % 2 == 1:
+      epoch_images = epoch_images.flip(-1)
+    order = torch.randperm(len(epoch_images))
+    net.train()
+    for i in range(steps_per_epoch):
+      indices = order[i * batch:(i + 1) * batch]
+      set_lr(step)
+      loss = F.cross_entropy(net(epoch_images[indices]), train_labels[indices],
+                             label_smoothing=0.2, reduction='sum')
+      for p in net.parameters():
+        p.grad = None
+      loss.backward()
+      for opt in optimizers:
+        opt.step()
+      step += 1
+      if step % 5 == 0:
+        lookahead(alphas[step].item())
+      if step >= total:
+        lookahead(1.0)
+        break
+    print(f'epoch {epoch}, step {step}, loss {loss.item() / batch:.3f}, '
+          f'{time.time() - started:.0f} s', file=sys.stderr, flush=True)
+  net.eval()
+
+  @torch.no_grad()
+  def precision(tta):
+    logits = []
+    for x in eval_images.split(1000):
+      mirror = lambda v: 0.5 * net(v) + 0.5 * net(v.flip(-1))  # noqa: E731
+      if tta == 0:
+        logits.append(net(x))
+      else:
+        p = F.pad(x, (1,) * 4, 'reflect')
+        logits.append(0.5 * mirror(x) + 0.25 * (mirror(p[:, :, :32, :32])
+                                               + mirror(p[:, :, 2:, 2:])))
+    return (torch.cat(logits).argmax(1) == eval_labels).float().mean().item()
+
+  return {'precision_tta0': precision(0), 'precision_tta2': precision(2), 'steps': total,
+          'train_seconds': time.time() - started}
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--recipe', choices=sorted(RECIPES), action='append',
@@ -492,6 +619,14 @@ def main() -> int:
   parser.add_argument('--init_examples', type=int, default=2000)
   parser.add_argument('--compare', help='(internal) PyTorch half on an export')
   parser.add_argument('--speed', action='store_true')
+  parser.add_argument('--train', action='store_true',
+                      help='a whole airbench94 run in PyTorch on the config\'s data')
+  parser.add_argument('--config', default='experiments/airbench94_jpeg.py',
+                      help='--train: the config whose splits it trains and scores on')
+  parser.add_argument('--dataset_path', default=None, help='--train: config.dataset.path')
+  parser.add_argument('--train_epochs', type=float, default=9.9)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--train_export', help='(internal) --train\'s PyTorch half')
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args()
@@ -500,6 +635,24 @@ def main() -> int:
     for recipe in recipes:
       batch = args.batch or (1024 if recipe == 'airbench94' else 2000)
       measure_speed(recipe, batch, args.steps, args.repeats)
+    return 0
+  if args.train_export:
+    print(json.dumps(train_torch(args.train_export, args.train_epochs, args.seed)))
+    return 0
+  if args.train:
+    overrides = {'dataset.path': args.dataset_path} if args.dataset_path else {}
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, 'splits.npz')
+      sizes = export_splits(args.config, overrides, path, args.seed)
+      result = subprocess.run(
+          [args.torch_python, os.path.abspath(__file__), '--train_export', path,
+           f'--train_epochs={args.train_epochs}', f'--seed={args.seed}'],
+          stdout=subprocess.PIPE, text=True, check=False)
+    if result.returncode:
+      print(f'error: the PyTorch run failed with {args.torch_python}.', file=sys.stderr)
+      return 1
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    print(json.dumps({**figures, **sizes, 'train_epochs': args.train_epochs}))
     return 0
   if args.compare:
     rows = compare_torch(args.compare)

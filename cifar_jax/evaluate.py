@@ -209,11 +209,17 @@ def report(writer: summaries.Writer, step: int, result: dict[str, Any], split: d
 # The evaluator process.
 
 
-def handled_steps(eval_dir: str) -> dict[int, str]:
-  """{step: status} of every checkpoint an evaluator already handled."""
+def handled_steps(eval_dir: str, tta: str = 'none') -> dict[int, str]:
+  """{step: status} of every checkpoint an evaluator already handled with this `tta`.
+
+  A step scored with another test-time augmentation is not handled for this
+  one (re-scoring a run with `--config.eval.tta=...` adds records); skipped
+  steps (deleted, unreadable) are handled whatever the TTA.
+  """
   return {int(record['step']): record['status']
           for record in summaries.read_records(os.path.join(eval_dir, summaries.METRICS_FILE))
-          if 'status' in record}
+          if 'status' in record and (record['status'] != 'scored'
+                                     or record.get('tta', 'none') == tta)}
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[int, dict[str, Any]]:
@@ -235,7 +241,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[int, dict[
                devices[0].platform, split.num_examples, config.dataset.eval_split)
   evaluator = Evaluator(config, split, model, devices)
   writer = summaries.create_writer(eval_dir, enabled=jax.process_index() == 0)
-  handled = handled_steps(eval_dir)
+  handled = handled_steps(eval_dir, config.eval.tta)
   results: dict[int, dict[str, Any]] = {}
   manager = None
   last_new_checkpoint = time.time()

@@ -80,6 +80,12 @@ def test_run_once_scores_the_latest_checkpoint_once(tmp_path):
   records = _records(workdir)
   assert [(r['step'], r['status']) for r in records] == [(20, 'scored')]
   assert {'precision', 'precision_raw', 'loss', 'count', 'wall_time'} <= set(records[0])
+  assert records[0]['tta'] == 'none'
+  # Another test-time augmentation scores the step again, once.
+  mirror = tiny_config(**{'eval.run_once': True, 'eval.tta': 'mirror'})
+  assert list(evaluate.evaluate(mirror, workdir)) == [20]
+  assert evaluate.evaluate(mirror, workdir) == {}
+  assert [(r['step'], r['tta']) for r in _records(workdir)] == [(20, 'none'), (20, 'mirror')]
 
 
 def test_scores_every_checkpoint_then_stops_after_the_final_one(tmp_path):
