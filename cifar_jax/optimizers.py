@@ -178,36 +178,6 @@ def muon(learning_rate: optax.ScalarOrSchedule, momentum: float, nesterov: bool 
 
 
 # ----------------------------------------------------------------------------
-# Training only for the first steps.
-
-
-class FirstStepsState(NamedTuple):
-  count: jax.Array
-  inner: Any
-
-
-def train_first_steps(inner: optax.GradientTransformation, num_steps: int
-                      ) -> optax.GradientTransformation:
-  """`inner` for the first `num_steps` updates; afterwards zero updates and a frozen state.
-
-  Like a PyTorch parameter whose `requires_grad` is switched off (airbench's
-  whitening bias after `whiten_bias_epochs`): no step, no weight decay, no
-  momentum.
-  """
-  def init(params):
-    return FirstStepsState(count=jnp.zeros([], jnp.int32), inner=inner.init(params))
-
-  def update(updates, state, params=None):
-    new_updates, new_inner = inner.update(updates, state.inner, params)
-    active = state.count < num_steps
-    new_updates = jax.tree.map(lambda u: jnp.where(active, u, jnp.zeros_like(u)), new_updates)
-    new_inner = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_inner, state.inner)
-    return new_updates, FirstStepsState(count=optax.safe_increment(state.count), inner=new_inner)
-
-  return optax.GradientTransformation(init, update)
-
-
-# ----------------------------------------------------------------------------
 # Groups.
 
 
@@ -294,7 +264,12 @@ def _group_optimizer(config, group, num_train_examples, global_batch_size, steps
     decay_per_step = group.sgd_weight_decay * scale * global_batch_size
     if decay_per_step:
       tx = optax.chain(optax.add_decayed_weights(decay_per_step / peak), tx)
-  return (train_first_steps(tx, train_steps) if train_steps else tx), learning_rate
+  if train_steps:
+    # Like a PyTorch parameter whose requires_grad is switched off (airbench's
+    # whitening bias after whiten_bias_epochs): zero updates, the optimizer
+    # state (momentum) frozen.
+    tx = optax.transforms.conditionally_mask(tx, lambda count: count < train_steps)
+  return tx, learning_rate
 
 
 def create_optimizer(config: ml_collections.ConfigDict, num_train_examples: int,
