@@ -1,11 +1,19 @@
 """Orbax checkpoints under WORKDIR/checkpoints, and the training-complete marker.
 
-A checkpoint step holds three items:
+A checkpoint step holds four items:
 
 * ``state``: the whole `TrainState` (step, params, EMA params, optimizer
   state, RNG), saved asynchronously;
 * ``config``: the config it was trained with (JSON);
-* ``dataset``: the class names in label order, and the training-set size.
+* ``dataset``: the class names in label order, and the training-set size;
+* ``history``: the steps of every earlier checkpoint of this run (so an
+  evaluator knows which ones it missed, whatever the save cadence).
+
+Steps are saved every `checkpoint_every_steps` steps and, with
+`checkpoint_every_secs`, also whenever that much time passed since the last
+save (or since the trainer started), so a kill without warning loses at most
+that much work. A save that fails (disk full, folder removed or read-only)
+ends the run with a `CheckpointWriteError` that names the intact checkpoint.
 
 Running the trainer again on the same WORKDIR resumes from the latest
 finalised step. A WORKDIR whose saved parameters have other shapes than the
@@ -14,6 +22,9 @@ current config gives is refused with the config fields that differ.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime
 import json
 import os
 import time
@@ -34,40 +45,128 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
-def create_manager(workdir: str, keep: int | None = None, read_only: bool = False
+class CheckpointWriteError(UserError):
+  """A checkpoint could not be written; the earlier ones are intact."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainerStart:
+  """The trainer's start, as the policies see a checkpoint (`PolicyCheckpointInfo`)."""
+
+  time: datetime.datetime
+  step: int = -1
+  metrics: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass
+class _SinceLastSaveOrStart(ocp.checkpoint_managers.SaveDecisionPolicy):
+  """Orbax's time-based policy, with the trainer's start counting as a save.
+
+  Orbax's `ContinuousCheckpointingPolicy` saves at once when no checkpoint
+  exists (or the last one is old, as after a restart); here the interval also
+  runs from when the trainer started. Its decision is the primary process's,
+  shared with the others, so all processes save the same steps.
+  """
+
+  every_secs: int
+  started: _TrainerStart = dataclasses.field(default_factory=lambda: _TrainerStart(
+      datetime.datetime.now(tz=datetime.UTC)))
+
+  def should_save(self, step, previous_steps, *, context) -> bool:
+    if not previous_steps or previous_steps[-1].time < self.started.time:
+      previous_steps = [*previous_steps, self.started]
+    return ocp.checkpoint_managers.ContinuousCheckpointingPolicy(
+        minimum_interval_secs=self.every_secs).should_save(step, previous_steps, context=context)
+
+
+def create_manager(workdir: str, keep: int | None = None, read_only: bool = False,
+                   every_steps: int | None = None, every_secs: int = 0
                    ) -> ocp.CheckpointManager:
   """A manager of WORKDIR/checkpoints; `keep` None keeps every step.
 
-  Saves are asynchronous in a single process. With several processes they are
-  synchronous: Orbax's barriers run device collectives from its background
-  thread, which would deadlock against the training step's collectives.
+  `manager.should_save(step)` is true every `every_steps` steps and, if
+  `every_secs`, when that many seconds passed since the last save or since
+  this call. Saves are asynchronous in a single process. With several
+  processes they are synchronous: Orbax's barriers run device collectives from
+  its background thread, which would deadlock against the training step's
+  collectives.
   """
+  policies = []
+  if every_steps:
+    policies.append(ocp.checkpoint_managers.FixedIntervalPolicy(every_steps))
+  if every_secs:
+    policies.append(_SinceLastSaveOrStart(every_secs))
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
       create=not read_only,
       read_only=read_only,
       enable_async_checkpointing=not read_only and jax.process_count() == 1,
+      save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(policies),
   )
   handlers = {
       'state': ocp.StandardCheckpointHandler(),
       'config': ocp.JsonCheckpointHandler(),
       'dataset': ocp.JsonCheckpointHandler(),
+      'history': ocp.JsonCheckpointHandler(),
   }
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, state: Any, config: ml_collections.ConfigDict,
-         dataset_info: dict[str, Any]) -> None:
-  """Starts an asynchronous save of `state` (host arrays) at `state.step`."""
+         dataset_info: dict[str, Any], earlier_steps: list[int]) -> None:
+  """Starts an asynchronous save of `state` (host arrays) at `state.step`.
+
+  `earlier_steps`: the steps of this run's earlier checkpoints. Raises
+  `CheckpointWriteError` if the save (or the previous one, still finishing)
+  fails.
+  """
   step = int(state.step)
-  manager.save(
-      step,
-      args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
-          dataset=ocp.args.JsonSave(dataset_info),
-      ),
-  )
+  # Orbax finishes the previous save first; its failure is that step's.
+  wait_until_finished(manager, earlier_steps[-1] if earlier_steps else None)
+  with _write_errors(manager, step):
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            config=ocp.args.JsonSave(json.loads(config.to_json_best_effort())),
+            dataset=ocp.args.JsonSave(dataset_info),
+            history=ocp.args.JsonSave({'earlier_steps': [int(s) for s in earlier_steps]}),
+        ),
+        force=True,
+    )
+
+
+def wait_until_finished(manager: ocp.CheckpointManager, step: int | None) -> None:
+  """Waits for the save of `step` in flight; raises `CheckpointWriteError` if it failed."""
+  with _write_errors(manager, step):
+    manager.wait_until_finished()
+
+
+@contextlib.contextmanager
+def _write_errors(manager: ocp.CheckpointManager, step: int | None):
+  """Turns a failed save (disk full, folder gone or read-only) into one sentence."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    reason = f'{type(e).__name__}: {e}'.splitlines()[0]
+    try:
+      manager.reload()
+      intact = manager.latest_step()
+    except Exception:  # pylint: disable=broad-except
+      intact = None
+    kept = (f'the checkpoint of step {intact} is intact and a restart resumes from it'
+            if intact is not None else 'no finished checkpoint is left')
+    which = f'of step {step} ' if step is not None else ''
+    raise CheckpointWriteError(
+        f'Writing the checkpoint {which}in {manager.directory} failed ({reason}); {kept}; '
+        'free disk space or make the folder writable, then run the same command again.'
+    ) from e
+
+
+def read_earlier_steps(manager: ocp.CheckpointManager, step: int) -> list[int]:
+  """The steps of the checkpoints the trainer saved before `step`."""
+  restored = manager.restore(step, args=ocp.args.Composite(history=ocp.args.JsonRestore()))
+  return list(restored.history['earlier_steps'])
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:

@@ -233,6 +233,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[int, dict[
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
     raise UserError(f'Workdir {workdir} does not exist; start the trainer first or fix --workdir.')
+  parallel.use_compilation_cache(config.compilation_cache_dir, workdir)
   eval_dir = os.path.join(workdir, 'eval')
   split = datasets.load_split(config.dataset, config.dataset.eval_split)
   template, model = train_state.abstract_train_state(config, split.num_classes)
@@ -290,13 +291,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[int, dict[
 
 
 def _never_seen_steps(manager, steps: list[int], handled: dict[int, str]) -> list[int]:
-  """Steps the trainer saved (by its cadence) and deleted before this evaluator saw them."""
+  """Steps the trainer saved and deleted (keep_checkpoints) before this evaluator saw them."""
   try:
-    every = int(checkpoints.read_saved_config(manager, steps[-1])['checkpoint_every_steps'])
+    earlier = checkpoints.read_earlier_steps(manager, steps[-1])
   except Exception:  # pylint: disable=broad-except
     return []  # the latest checkpoint is unreadable; it is reported when scored
-  after = max(handled, default=0)
-  return [s for s in range(after - after % every + every, steps[0], every) if s not in handled]
+  present = set(steps)
+  return [s for s in earlier if s not in handled and s not in present]
 
 
 def _skip(writer, step: int, status: str, reason: str) -> None:

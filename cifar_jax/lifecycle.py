@@ -61,6 +61,8 @@ class Preemption:
     self._reached_sync_point = reached_sync_point
     self._received: int | None = None
     self._previous: dict[int, Any] = {}
+    self._last_step: int | None = None
+    self.step_at_signal: int | None = None  # the last step finished when the signal came
 
   def __enter__(self) -> Preemption:
     if threading.current_thread() is not threading.main_thread():
@@ -88,11 +90,15 @@ class Preemption:
       return
     if self._received is None:
       self._received = signal_number
-      logging.warning('Received %s: saving after the step in flight, then stopping.',
-                      signal.Signals(signal_number).name)
+      self.step_at_signal = self._last_step
+      logging.warning('Received %s %s: saving after the step in flight, then stopping.',
+                      signal.Signals(signal_number).name,
+                      'before the first step' if self._last_step is None
+                      else f'after step {self._last_step}')
 
   def reached(self, step: int) -> bool:
     """True once a stop was requested; in a multi-process run, at the agreed step."""
+    self._last_step = step
     if self._multi_process:
       if self._reached_sync_point is not None and self._reached_sync_point(step):
         self._received = self._received or signal.SIGTERM

@@ -16,6 +16,7 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
@@ -93,6 +94,28 @@ def select_devices(num_devices: int, platform: str | None = None) -> list[jax.De
 # setting of the same option in XLA_FLAGS wins.
 CPU_COMPILER_OPTIONS = {
     'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+
+
+def use_compilation_cache(cache_dir: str, workdir: str) -> str | None:
+  """Keeps compiled XLA programs in `cache_dir` (relative: under `workdir`) across runs.
+
+  JAX's persistent compilation cache: a restarted trainer or evaluator loads
+  its step functions instead of compiling them again. A cache directory the
+  user already gave JAX (JAX_COMPILATION_CACHE_DIR, or an earlier call in this
+  process) is kept. '' leaves the cache off. Returns the directory in use.
+  """
+  current = jax.config.jax_compilation_cache_dir
+  if current or not cache_dir:
+    return current or None
+  path = os.path.join(workdir, os.path.expanduser(cache_dir))
+  jax.config.update('jax_compilation_cache_dir', path)
+  # Programs that compile in under a second are cached too: together they
+  # are a large part of a restart on a CPU (the evaluation step, the init).
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+  # JAX decides once per process whether the cache is used; a notebook or
+  # test may have compiled before, so let it decide again.
+  compilation_cache.reset_cache()
+  return path
 
 
 def compiler_options(platform: str) -> dict[str, str]:

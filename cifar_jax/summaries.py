@@ -4,19 +4,28 @@
 
 * scalars to ``logdir/metrics.jsonl`` (one JSON object per step; always
   available, read by scripts and notebooks);
-* scalars, images and histograms to TensorBoard event files through clu's
-  `metric_writers.SummaryWriter`, when TensorFlow and TensorBoard are
-  installed. Without them, training and evaluation run all the same, with one
-  warning.
+* scalars, images and histograms to TensorBoard event files, when the
+  `tensorboard` package is installed. Without it, training and evaluation run
+  all the same, with one warning.
+
+The event files are written with TensorBoard's own record format and protos
+(`TensorBoardWriter`), not through TensorFlow: clu's `SummaryWriter` imports
+TensorFlow (~4 s here, on the path to the first step of every restart) and
+machines with JAX and TensorBoard but no TensorFlow (e.g. GPU images) would get
+no summaries at all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import contextlib
 import datetime
+import io
 import json
 import os
+import socket
 import tempfile
+import time
 from typing import Any
 
 from absl import logging
@@ -86,22 +95,36 @@ class JsonLinesWriter:
 class Writer:
   """Sends each kind of summary to every backend that supports it."""
 
-  def __init__(self, backends: list[Any]):
+  def __init__(self, backends: list[Any], logdir: str = ''):
     self._backends = backends
+    self._logdir = logdir
+
+  @contextlib.contextmanager
+  def _reporting_failures(self):
+    """A failed write (disk full, folder gone or read-only) becomes one sentence."""
+    try:
+      yield
+    except OSError as e:
+      raise UserError(
+          f'Writing summaries in {self._logdir} failed ({type(e).__name__}: {e}); free disk '
+          'space or make the folder writable, then run the same command again (training '
+          'resumes from its latest checkpoint).') from e
 
   def _each(self, method: str, *args) -> None:
-    for backend in self._backends:
-      if hasattr(backend, method):
-        getattr(backend, method)(*args)
+    with self._reporting_failures():
+      for backend in self._backends:
+        if hasattr(backend, method):
+          getattr(backend, method)(*args)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any],
                     record: Mapping[str, Any] | None = None) -> None:
     """Scalars everywhere; `record` (e.g. a status string) joins them in metrics.jsonl only."""
-    for backend in self._backends:
-      if isinstance(backend, JsonLinesWriter):
-        backend.write_scalars(step, scalars, record)
-      else:
-        backend.write_scalars(step, scalars)
+    with self._reporting_failures():
+      for backend in self._backends:
+        if isinstance(backend, JsonLinesWriter):
+          backend.write_scalars(step, scalars, record)
+        else:
+          backend.write_scalars(step, scalars)
 
   def write_record(self, record: Mapping[str, Any]) -> None:
     """A JSON object for metrics.jsonl only (e.g. the evaluator's per-step status)."""
@@ -121,16 +144,83 @@ class Writer:
     self._each('close')
 
 
-def _tensorboard_writer(logdir: str) -> Any | None:
+class TensorBoardWriter:
+  """Scalars, images and histograms in a TensorBoard event file, without TensorFlow.
+
+  Records are TensorBoard's `Event` protos in its TFRecord framing; scalars
+  are `simple_value`s, images PNG-encoded, histograms `HistogramProto`s (30
+  buckets, as `tf.summary.histogram`). Every write is flushed: a reader (or a
+  kill) never waits on a buffer.
+  """
+
+  NUM_HISTOGRAM_BUCKETS = 30
+
+  def __init__(self, logdir: str):
+    # Imported here: TensorBoard is optional (the `tf` extra).
+    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
+    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
+    name = f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}.0'
+    self.path = os.path.join(logdir, name)
+    self._records = record_writer.RecordWriter(open(self.path, 'wb'))  # noqa: SIM115
+    self._write(self._event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+
+  def _write(self, event) -> None:
+    self._records.write(event.SerializeToString())
+    self._records.flush()
+
+  def _write_values(self, step: int, values: list[Any]) -> None:
+    summary = self._summary_pb2.Summary(value=values)
+    self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    self._write_values(step, [self._summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+                              for k, v in scalars.items()])
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    values = []
+    for tag, batch in images.items():
+      for i, image in enumerate(np.asarray(batch)):
+        pixels = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+        png = io.BytesIO()
+        Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(png, 'PNG')
+        encoded = self._summary_pb2.Summary.Image(
+            height=pixels.shape[0], width=pixels.shape[1], colorspace=pixels.shape[2],
+            encoded_image_string=png.getvalue())
+        values.append(self._summary_pb2.Summary.Value(
+            tag=tag if len(batch) == 1 else f'{tag}/{i}', image=encoded))
+    self._write_values(step, values)
+
+  def write_histograms(self, step: int, arrays: Mapping[str, np.ndarray]) -> None:
+    values = []
+    for tag, array in arrays.items():
+      array = np.asarray(array, np.float64).reshape(-1)
+      counts, edges = np.histogram(array, bins=self.NUM_HISTOGRAM_BUCKETS)
+      histogram = self._summary_pb2.HistogramProto(
+          min=float(array.min()), max=float(array.max()), num=float(array.size),
+          sum=float(array.sum()), sum_squares=float(np.square(array).sum()),
+          bucket_limit=edges[1:].tolist(), bucket=counts.astype(float).tolist())
+      values.append(self._summary_pb2.Summary.Value(tag=tag, histo=histogram))
+    self._write_values(step, values)
+
+  def flush(self) -> None:
+    self._records.flush()
+
+  def close(self) -> None:
+    if not self._records.closed:
+      self._records.close()
+
+
+def _tensorboard_writer(logdir: str) -> TensorBoardWriter | None:
   global _warned_no_tensorboard
   try:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    return TensorBoardWriter(logdir)
   except ImportError as e:
     if not _warned_no_tensorboard:
       logging.warning('No TensorBoard summaries (%s); metrics go to metrics.jsonl only.', e)
       _warned_no_tensorboard = True
     return None
-  return metric_writers.SummaryWriter(logdir)
 
 
 def create_writer(logdir: str, enabled: bool = True) -> Writer:
@@ -145,7 +235,7 @@ def create_writer(logdir: str, enabled: bool = True) -> Writer:
   tensorboard = _tensorboard_writer(logdir)
   if tensorboard is not None:
     backends.append(tensorboard)
-  return Writer(backends)
+  return Writer(backends, logdir)
 
 
 def image_grid_ready(images: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ maps that over the local devices.
 from __future__ import annotations
 
 from collections.abc import Callable
+import contextlib
 import dataclasses
 import functools
 import os
@@ -142,6 +143,9 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
   if config.collective_timeout_secs < 0:
     raise UserError(f'config.collective_timeout_secs is {config.collective_timeout_secs}; use 0 '
                     '(never) or a positive number of seconds.')
+  if config.checkpoint_every_secs < 0:
+    raise UserError(f'config.checkpoint_every_secs is {config.checkpoint_every_secs}; use 0 '
+                    '(save by steps only) or a positive number of seconds.')
   for field in ('per_device_batch_size', 'num_train_steps', 'log_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints', 'histogram_every_steps'):
     if config[field] < 1:
@@ -240,23 +244,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   final state (host arrays).
   """
   _check_config(config)
+  startup = _Startup()
   workdir = summaries.prepare_workdir(workdir)
+  parallel.use_compilation_cache(config.compilation_cache_dir, workdir)
   is_main = jax.process_index() == 0
   devices = parallel.select_devices(config.num_devices)
 
   train_split = datasets.load_split(config.dataset, config.dataset.train_split)
+  startup.lap('data')
   setup = setup_training(config, train_split, devices)
+  startup.lap('model')
   model, schedule, state = setup.model, setup.schedule, setup.state
   dataset_info = {'class_names': list(train_split.class_names),
                   'num_train_examples': train_split.num_examples}
 
-  manager = checkpoints.create_manager(workdir, keep=config.keep_checkpoints)
+  manager = checkpoints.create_manager(workdir, keep=config.keep_checkpoints,
+                                       every_steps=config.checkpoint_every_steps,
+                                       every_secs=config.checkpoint_every_secs)
   latest = manager.latest_step()
+  saved_steps: list[int] = []
   if latest is not None:
     state, _ = checkpoints.restore(manager, latest, state, config)
+    saved_steps = [*checkpoints.read_earlier_steps(manager, latest), latest]
     logging.info('Resuming from checkpoint step %d in %s.', latest, manager.directory)
     if is_main:
       summaries.print_line(f'resuming from step {latest}')
+  startup.lap('restore')
   start_step = int(state.step)
   if start_step >= config.num_train_steps:
     logging.info('Already trained to step %d >= num_train_steps.', start_step)
@@ -284,6 +297,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   sample_images = np.asarray(jax.vmap(functools.partial(
       input_pipeline.preprocess_eval_image, **input_pipeline.eval_options(config)))(
           train_split.images[:config.histogram_sample_size]))
+  startup.lap('devices and writers')
 
   pending: list[dict[str, jax.Array]] = []
   pending_first_step = start_step
@@ -307,38 +321,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if step == start_step:
           # The first step compiles: timed on its own and left out of examples/sec.
           jax.block_until_ready(metrics)
+          first_step_seconds = time.time() - step_started
+          startup.lap('first step')
           if is_main:
-            logging.info('First step (compilation included) took %.1f s.',
-                         time.time() - step_started)
-            _write_input_images(writer, done, train_split, schedule, p_state, config)
+            logging.info('First step (compilation included) took %.1f s; from the start of '
+                         'training: %s.', first_step_seconds, startup)
+            if start_step == 0:  # the first batch's grid, once per run, not per restart
+              _write_input_images(writer, done, train_split, schedule, p_state, config)
           window_start, window_steps = time.time(), 0
         else:
           window_steps += 1
         preempted = preemption.reached(done)
         last = done == config.num_train_steps
         log_now = done % config.log_every_steps == 0 or last
-        checkpoint_now = done % config.checkpoint_every_steps == 0 or last or preempted
+        checkpoint_now = last or preempted or manager.should_save(done)
         if log_now or checkpoint_now:
           means = _fetch_metrics(pending, last_good_checkpoint, pending_first_step, workdir)
           pending, pending_first_step = [], done
           if log_now and is_main:
-            duration = time.time() - window_start
-            sec_per_batch = duration / window_steps if window_steps else float('nan')
+            # A window of only the first step times the compilation: said, not plotted.
+            timed = bool(window_steps)
+            sec_per_batch = ((time.time() - window_start) / window_steps if timed
+                             else first_step_seconds)
             examples_per_sec = schedule.global_batch_size / sec_per_batch
             summaries.print_line(
                 f'step {done}, loss = {means["loss"]:.2f} ({examples_per_sec:.1f} '
-                f'examples/sec; {sec_per_batch:.3f} sec/batch)')
-            writer.write_scalars(done, {**means, 'examples_per_sec': examples_per_sec})
+                f'examples/sec; {sec_per_batch:.3f} sec/batch'
+                f'{"" if timed else ", compilation included"})')
+            scalars = {**means, 'examples_per_sec': examples_per_sec} if timed else means
+            writer.write_scalars(done, scalars)
             if on_log is not None:
-              on_log(done, {**means, 'examples_per_sec': examples_per_sec})
+              on_log(done, scalars)
         histograms_now = done % config.histogram_every_steps == 0 or last
         if is_main and histograms_now:
           _write_histograms(writer, done, parallel.unreplicate(p_state), model, sample_images)
         if checkpoint_now:
-          checkpoints.save(manager, parallel.unreplicate(p_state), config, dataset_info)
+          checkpoints.save(manager, parallel.unreplicate(p_state), config, dataset_info,
+                           saved_steps)
+          saved_steps.append(done)
           last_good_checkpoint = done
         if preempted:
-          manager.wait_until_finished()
+          checkpoints.wait_until_finished(manager, done)
           raise lifecycle.Preempted(done, os.path.join(str(manager.directory), str(done)),
                                     preemption.signal_number)
         evaluate_now = evaluator is not None and (
@@ -353,15 +376,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           # The device is idle after these syncs; time the next window from here.
           window_start, window_steps = time.time(), 0
           watchdog.progress(done)
-  finally:
-    manager.wait_until_finished()
+      checkpoints.wait_until_finished(manager, last_good_checkpoint)
+  except BaseException:
+    # Lets a save in flight finish; a failure of its own would hide this error.
+    with contextlib.suppress(Exception):
+      manager.close()
+    raise
+  else:
     manager.close()
+  finally:
     writer.close()
     if eval_writer is not None:
       eval_writer.close()
   if is_main:
     checkpoints.mark_train_complete(workdir, config.num_train_steps)
   return parallel.unreplicate(p_state)
+
+
+class _Startup:
+  """Seconds spent in each stage from the start of training to its first step."""
+
+  def __init__(self):
+    self._last = time.time()
+    self.laps: dict[str, float] = {}
+
+  def lap(self, stage: str) -> None:
+    now = time.time()
+    self.laps[stage] = now - self._last
+    self._last = now
+
+  def __str__(self) -> str:
+    return ', '.join(f'{stage} {seconds:.2f} s' for stage, seconds in self.laps.items())
 
 
 def _write_input_images(writer, step, train_split, schedule, p_state, config) -> None:

@@ -102,7 +102,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.log_every_steps = 10
   config.checkpoint_every_steps = 1000
+  # Also save when this many seconds passed since the last save or the trainer's start
+  # (0: by steps only): a kill without warning then loses at most this much work.
+  config.checkpoint_every_secs = 600.0
   config.keep_checkpoints = 5
+  # Compiled XLA programs are kept here across restarts (relative: under WORKDIR; '': off).
+  config.compilation_cache_dir = 'compilation_cache'
   config.histogram_every_steps = 1000
   config.histogram_sample_size = 64
   config.input_image_grid_size = 32

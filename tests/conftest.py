@@ -43,6 +43,8 @@ def tiny_config(base=None, **overrides):
   config.histogram_sample_size = 4
   config.input_image_grid_size = 4
   config.eval.batch_size = 64
+  # In-process runs share one JAX cache per process; the command-line tests use theirs.
+  config.compilation_cache_dir = ''
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split('.')

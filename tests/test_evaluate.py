@@ -1,6 +1,5 @@
 """Exact precision@1: every example counted once, whatever the batch size."""
 
-import json
 import os
 import time
 
@@ -62,8 +61,7 @@ def test_result_line_format():
 
 
 def _records(workdir):
-  with open(os.path.join(workdir, 'eval', 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
+  return summaries.read_records(os.path.join(workdir, 'eval', summaries.METRICS_FILE))
 
 
 def _trained(tmp_path, **overrides):
@@ -125,6 +123,20 @@ def test_checkpoints_deleted_before_they_were_seen_are_reported(tmp_path):
       (5, 'deleted'), (10, 'deleted'), (15, 'deleted'), (20, 'scored')]
 
 
+def test_checkpoints_saved_by_time_and_deleted_unseen_are_reported(tmp_path):
+  # Saved by time only (steps 1000 apart): the evaluator learns the trainer's saved steps
+  # from the latest checkpoint, not from a cadence.
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(checkpoint_every_steps=1000, checkpoint_every_secs=1,
+                                       keep_checkpoints=2), workdir, evaluate_in_process=False,
+                           on_log=lambda step, _: time.sleep(1.1) if step in (5, 10) else None)
+  results = evaluate.evaluate(tiny_config(), workdir)
+  records = [(r['step'], r['status']) for r in _records(workdir)]
+  assert list(results) == [11, 20]
+  assert records[-2:] == [(11, 'scored'), (20, 'scored')]
+  assert (6, 'deleted') in records and all(status == 'deleted' for _, status in records[:-2])
+
+
 def test_times_out_without_new_checkpoints(tmp_path):
   workdir = _trained(tmp_path)
   os.remove(os.path.join(workdir, 'train_complete'))  # as if the trainer were still running
@@ -136,7 +148,7 @@ def test_times_out_without_new_checkpoints(tmp_path):
 
 
 def test_summaries_include_images_when_tensorboard_is_there(tmp_path):
-  pytest.importorskip('tensorflow')
+  pytest.importorskip('tensorboard')
   workdir = _trained(tmp_path)
   evaluate.evaluate(tiny_config(**{'eval.run_once': True}), workdir)
   assert [f for f in os.listdir(os.path.join(workdir, 'eval')) if f.startswith('events.out')]

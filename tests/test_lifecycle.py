@@ -17,6 +17,7 @@ def test_sigterm_is_noted_and_the_handlers_are_restored():
     os.kill(os.getpid(), signal.SIGINT)  # a second signal changes nothing
     assert preemption.reached(4)
     assert preemption.signal_number == signal.SIGTERM
+    assert preemption.step_at_signal == 3  # the last step reported before the signal
   assert signal.getsignal(signal.SIGTERM) is before
 
 

@@ -51,6 +51,10 @@ def test_trains_logs_in_the_tutorial_format_and_resumes(tmp_path):
   assert again.returncode == 0, again.stderr[-2000:]
   assert 'resuming from step 30' in again.stdout
   assert [int(s) for s in LOG_LINE.findall(again.stdout)] == [40]
+  # A restart whose first step is logged times that step, compilation included.
+  once_more = _main(workdir, '--config.num_train_steps=41', '--config.log_every_steps=1')
+  assert re.search(r': step 41, loss = \d+\.\d\d \(\d+\.\d examples/sec; \d+\.\d{3} '
+                   r'sec/batch, compilation included\)$', once_more.stdout, re.M), once_more.stdout
 
 
 def test_killed_trainer_resumes_with_identical_state(tmp_path):
@@ -76,6 +80,42 @@ def test_killed_trainer_resumes_with_identical_state(tmp_path):
   run = _main(straight, f'--config.num_train_steps={target}', '--config.checkpoint_every_steps=20')
   assert run.returncode == 0, run.stderr[-2000:]
   jax.tree.map(np.testing.assert_array_equal, restore_latest(killed), restore_latest(straight))
+
+
+def test_a_restart_loads_its_programs_from_the_compilation_cache(tmp_path):
+  workdir = str(tmp_path / 'run')
+  cache = os.path.join(workdir, 'compilation_cache')
+  first = _main(workdir, '--config.num_train_steps=10')
+  assert first.returncode == 0, first.stderr[-2000:]
+  entries = sorted(os.listdir(cache))
+  assert any(name.startswith('jit_init-') for name in entries)
+  again = _main(workdir, '--config.num_train_steps=20', env={
+      **os.environ, 'JAX_DEBUG_LOG_MODULES': 'jax._src.compiler'})
+  assert again.returncode == 0, again.stderr[-2000:]
+  # Nothing new to compile above JAX's threshold: every cached program was a hit.
+  assert sorted(os.listdir(cache)) == entries
+  hits = re.findall(r"Persistent compilation cache hit for '(\w+)'", again.stderr)
+  # The initialisation and the mapped training step (pmap compiles it as jit__fun).
+  assert sorted(hits) == ['jit__fun', 'jit_init'], hits
+
+
+def test_training_and_tensorboard_summaries_do_not_import_tensorflow(tmp_path):
+  pytest.importorskip('tensorboard')
+  workdir = str(tmp_path / 'run')
+  script = (
+      'import atexit, sys\n'
+      'atexit.register(lambda: print("tensorflow imported:", "tensorflow" in sys.modules))\n'
+      'from absl import app\n'
+      'from cifar_jax import cli, main\n'
+      'app.run(main.main, flags_parser=cli.parse_flags)\n')
+  result = subprocess.run(
+      [sys.executable, '-c', script, f'--workdir={workdir}', '--mode=train_and_eval',
+       *TINY_FLAGS, '--config.num_train_steps=10'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'tensorflow imported: False' in result.stdout
+  for logdir in (workdir, os.path.join(workdir, 'eval')):
+    assert [f for f in os.listdir(logdir) if f.startswith('events.out.tfevents')]
 
 
 def test_trains_and_evaluates_without_tensorflow(tmp_path):
@@ -297,6 +337,8 @@ COMMAND_LINE_MISTAKES = [
      r'config.optimizer_groups.norm_biases matches no parameter'),
     ('unknown loss reduction', MAIN, [AIRBENCH_SMOKE, '--config.loss_reduction=max'],
      r"Unknown config.loss_reduction 'max'"),
+    ('negative checkpoint interval', MAIN, ['--config.checkpoint_every_secs=-1'],
+     r'config.checkpoint_every_secs is -1.0; use 0 \(save by steps only\)'),
     ('benchmark: config file missing', BENCHMARK, ['--config=experiments/nope.py'],
      r'no such file'),
     ('benchmark: bad value', BENCHMARK, ['--steps=abc'], r'--steps=abc'),

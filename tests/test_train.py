@@ -1,7 +1,10 @@
 """The pure train step, data parallelism, and the training loop end to end."""
 
 import os
+import shutil
 import signal
+import subprocess
+import time
 
 import jax
 import numpy as np
@@ -135,3 +138,86 @@ def _sigterm_at(step):
     if done == step:
       os.kill(os.getpid(), signal.SIGTERM)
   return on_log
+
+
+# ----------------------------------------------------------------------------
+# Checkpoint cadence by time, and saves that fail.
+
+
+def test_saves_by_time_as_well_as_by_steps(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(checkpoint_every_steps=8, checkpoint_every_secs=1, keep_checkpoints=100)
+  train.train_and_evaluate(config, workdir, evaluate_in_process=False,
+                           on_log=lambda step, _: time.sleep(1.1) if step in (5, 10) else None)
+  manager = checkpoints.create_manager(workdir, read_only=True)
+  steps = manager.all_steps()
+  # 6 and 11: the first decisions after more than a second without a save (the log at 5
+  # and 10 slept); 8 and 16 by steps; 20 the last. Steps 1-4 only if compiling took > 1 s.
+  assert set(steps) - {1, 2, 3, 4} == {6, 8, 11, 16, 20}
+  # Each checkpoint lists the ones before it, whatever the cadence.
+  assert checkpoints.read_earlier_steps(manager, 20) == steps[:-1]
+
+
+def _wait_for_checkpoint(workdir, step):
+  """Saves are asynchronous: waits until the step's folder is finished."""
+  while not os.path.isdir(os.path.join(checkpoints.checkpoint_dir(workdir), str(step))):
+    time.sleep(0.05)
+
+
+def _fill_disk(path):
+  stats = os.statvfs(path)
+  with open(os.path.join(path, 'filler'), 'wb') as f:
+    f.write(b'\0' * (stats.f_bavail * stats.f_frsize))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 4 MiB tmpfs (root with mount rights only, else skipped)."""
+  mount_point = tmp_path / 'disk'
+  mount_point.mkdir()
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', str(mount_point)],
+                           capture_output=True)
+  if mounted.returncode != 0:
+    pytest.skip('cannot mount a size-limited tmpfs here')
+  try:
+    yield str(mount_point)
+  finally:
+    subprocess.run(['umount', str(mount_point)], check=True)
+
+
+def test_disk_full_during_a_save_ends_in_one_sentence_and_a_rerun_resumes(small_disk):
+  workdir = os.path.join(small_disk, 'run')
+
+  def fill_after_step_15(step, _):
+    if step == 15:
+      _wait_for_checkpoint(workdir, 10)
+      _fill_disk(small_disk)
+
+  # Whatever writes first at step 20 (histograms, the checkpoint) fails, in one sentence.
+  with pytest.raises(UserError, match=r'^Writing .* failed .*No space left on device') as error:
+    train.train_and_evaluate(tiny_config(), workdir, evaluate_in_process=False,
+                             on_log=fill_after_step_15)
+  assert '\n' not in str(error.value)
+  assert checkpoints.create_manager(workdir, read_only=True).latest_step() == 10
+  os.remove(os.path.join(small_disk, 'filler'))
+  resumed = train.train_and_evaluate(tiny_config(), workdir, evaluate_in_process=False)
+  straight = train.train_and_evaluate(tiny_config(), os.path.join(small_disk, 'straight'),
+                                      evaluate_in_process=False)
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+
+
+def test_checkpoint_folder_replaced_mid_run_ends_in_one_sentence(tmp_path):
+  workdir = str(tmp_path / 'run')
+  folder = checkpoints.checkpoint_dir(workdir)
+
+  def replace_by_a_file(step, _):
+    if step == 15:
+      _wait_for_checkpoint(workdir, 10)
+      shutil.rmtree(folder)
+      with open(folder, 'w') as f:
+        f.write('not a folder')
+
+  with pytest.raises(checkpoints.CheckpointWriteError,
+                     match=r'^Writing the checkpoint of step 20 in .*checkpoints failed \('):
+    train.train_and_evaluate(tiny_config(), workdir, evaluate_in_process=False,
+                             on_log=replace_by_a_file)
