@@ -11,7 +11,8 @@ After warm-up it times, over `--repeats` windows of `--steps` steps each
   end to end   the training loop's own path: this step's indices from the
                `BatchSchedule` go to the device, examples are gathered and
                augmented there, metrics are fetched every
-               `config.log_every_steps` like the training log does;
+               `config.log_every_steps` like the training log does,
+               `config.steps_per_call` steps per device call;
   eval         `evaluate.Evaluator.predict` over the whole eval split (with the
                config's test-time augmentation, `config.eval.tta`).
 
@@ -43,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
+import numpy as np
 
 from cifar_jax import cli, datasets, evaluate, input_pipeline, parallel, train
 from cifar_jax.errors import UserError
@@ -155,17 +157,23 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 30, repeats: int = 5,
   pending: list[Any] = []
 
   def loop_steps(n):
+    # config.steps_per_call steps per device call, as the training loop makes them.
     nonlocal p_state, step, pending
-    for _ in range(n):
-      p_state, step_metrics = setup.train_step(p_state, data, schedule.indices(step))
+    end = step + n
+    while step < end:
+      k = min(config.steps_per_call, end - step)
+      indices = (schedule.indices(step) if k == 1 else
+                 np.stack([schedule.indices(s) for s in range(step, step + k)], axis=1))
+      p_state, step_metrics = setup.train_step(p_state, data, indices)
       pending.append(step_metrics)
-      step += 1
-      if step % config.log_every_steps == 0:
+      if (step + k) // config.log_every_steps > step // config.log_every_steps:
         jax.device_get(pending)
         pending = []
+      step += k
     return p_state.step
 
-  loop_steps(warmup_steps)
+  # Warm-up also compiles each call length the timed windows use.
+  loop_steps(max(warmup_steps, steps if config.steps_per_call > 1 else 0))
   end_to_end = _timed_windows(loop_steps, steps, repeats)
 
   # The pure train step on a fixed, already augmented batch on the device(s).

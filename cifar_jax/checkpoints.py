@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cifar_jax.errors import UserError
+from cifar_jax.errors import UserError, WriteError
 
 TRAIN_COMPLETE_FILE = 'train_complete'
 
@@ -45,7 +45,7 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
-class CheckpointWriteError(UserError):
+class CheckpointWriteError(WriteError):
   """A checkpoint could not be written; the earlier ones are intact."""
 
 

@@ -20,9 +20,15 @@ FLAGS = flags.FLAGS
 CONFIG_HINT = 'a file such as experiments/cifar10.py (paths are relative to where you run)'
 
 
-def fail(message: str) -> NoReturn:
-  """Prints `error: message` on stderr and exits with status 1."""
+def fail(message: str, at_once: bool = False) -> NoReturn:
+  """Prints `error: message` on stderr and exits with status 1.
+
+  `at_once` leaves without waiting for other threads (see `errors.WriteError`).
+  """
   print(f'error: {message}', file=sys.stderr, flush=True)
+  if at_once:
+    sys.stdout.flush()
+    os._exit(1)
   sys.exit(1)
 
 

@@ -15,7 +15,7 @@ import jax
 from ml_collections import config_flags
 
 from cifar_jax import cli, datasets, evaluate, lifecycle, parallel, summaries, train
-from cifar_jax.errors import UserError
+from cifar_jax.errors import UserError, WriteError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summaries and logs.')
@@ -67,7 +67,7 @@ def main(argv):
     else:
       evaluate.evaluate(FLAGS.config, FLAGS.workdir)
   except UserError as e:
-    cli.fail(str(e))
+    cli.fail(str(e), at_once=isinstance(e, WriteError))
   except lifecycle.Preempted as e:
     if jax.process_index() == 0:
       summaries.print_line(str(e))

@@ -408,6 +408,12 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# config.model.dtype: what activations, convolutions and matmuls compute in.
+# Parameters are created in float32 whatever it is (flax's param_dtype), and
+# every model returns float32 logits, so the loss is computed in float32.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
   """Builds `MODELS[model_config.name]` with the other fields as arguments."""
   options = dict(model_config)
@@ -416,6 +422,11 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
     raise UserError(
         f'Unknown model {name!r} in config.model.name; choose one of {sorted(MODELS)}.'
     )
+  if 'dtype' in options:
+    if options['dtype'] not in DTYPES:
+      raise UserError(f'Unknown config.model.dtype {options["dtype"]!r}; use one of '
+                      f'{list(DTYPES)}.')
+    options['dtype'] = DTYPES[options['dtype']]
   for key, value in options.items():
     if isinstance(value, list):  # tuples come back from JSON (saved configs) as lists
       options[key] = tuple(value)

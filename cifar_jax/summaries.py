@@ -31,7 +31,7 @@ from typing import Any
 from absl import logging
 import numpy as np
 
-from cifar_jax.errors import UserError
+from cifar_jax.errors import UserError, WriteError
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -105,7 +105,7 @@ class Writer:
     try:
       yield
     except OSError as e:
-      raise UserError(
+      raise WriteError(
           f'Writing summaries in {self._logdir} failed ({type(e).__name__}: {e}); free disk '
           'space or make the folder writable, then run the same command again (training '
           'resumes from its latest checkpoint).') from e

@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'airbench94'
+  config.model.dtype = 'float32'  # or bfloat16 (see cifar10.py)
   config.model.widths = (64, 256, 256)
   config.model.whiten_patch_size = 2
   config.model.whiten_eps = 5e-4

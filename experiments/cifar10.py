@@ -45,15 +45,26 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'tutorial_cnn'
+  config.model.conv_features = 64
+  config.model.local3_features = 384
+  config.model.local4_features = 192
   # fast | reference: the same function and gradients; 'reference' is the plain
   # reduce-window / pow formulation (slower on CPUs), kept for checking.
   config.model.formulation = 'fast'
+  # float32 | bfloat16: activations, convolutions and matmuls. Parameters, optimizer
+  # state, EMA, BatchNorm statistics and the loss stay float32 either way.
+  config.model.dtype = 'float32'
   # Training images a data-dependent initialisation (airbench's whitening) sees.
   config.model_init_examples = 5000
 
   config.num_devices = -1  # -1: every local device
   config.per_device_batch_size = 128
   config.num_train_steps = 100_000
+  # Training steps per device call (lax.scan inside the mapped step): k > 1 saves per-step
+  # dispatch for small networks on fast devices; results are the same for any k.
+  config.steps_per_call = 1
+  # (start, count): a jax.profiler trace of steps start+1..start+count in WORKDIR/profile.
+  config.profile_steps = ()
 
   # See cifar_jax/optimizers.py for the optimizers, groups and hyper-parameter forms.
   config.optimizer = 'sgd'  # sgd | momentum | muon | frozen

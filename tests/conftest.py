@@ -81,7 +81,7 @@ def run_steps(config, num_steps, fixed_indices=None):
   for step in range(num_steps):
     indices = setup.schedule.indices(step) if fixed_indices is None else fixed_indices
     state, metrics = setup.train_step(state, data, indices)
-    losses.append(float(metrics['loss'][0]))
+    losses.append(float(metrics['loss'][0, 0]))
   return parallel.unreplicate(state), losses
 
 

@@ -99,12 +99,13 @@ def test_a_restart_loads_its_programs_from_the_compilation_cache(tmp_path):
   assert sorted(hits) == ['jit__fun', 'jit_init'], hits
 
 
-def test_training_and_tensorboard_summaries_do_not_import_tensorflow(tmp_path):
+def test_training_and_tensorboard_summaries_import_neither_tensorflow_nor_tfds(tmp_path):
   pytest.importorskip('tensorboard')
   workdir = str(tmp_path / 'run')
   script = (
       'import atexit, sys\n'
-      'atexit.register(lambda: print("tensorflow imported:", "tensorflow" in sys.modules))\n'
+      'atexit.register(lambda: print("tensorflow imported:", "tensorflow" in sys.modules,\n'
+      '                              "tfds imported:", "tensorflow_datasets" in sys.modules))\n'
       'from absl import app\n'
       'from cifar_jax import cli, main\n'
       'app.run(main.main, flags_parser=cli.parse_flags)\n')
@@ -113,9 +114,81 @@ def test_training_and_tensorboard_summaries_do_not_import_tensorflow(tmp_path):
        *TINY_FLAGS, '--config.num_train_steps=10'],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert 'tensorflow imported: False' in result.stdout
+  assert 'tensorflow imported: False tfds imported: False' in result.stdout
   for logdir in (workdir, os.path.join(workdir, 'eval')):
     assert [f for f in os.listdir(logdir) if f.startswith('events.out.tfevents')]
+
+
+def _start_long_run(workdir, *flags):
+  return subprocess.Popen(
+      [sys.executable, '-m', 'cifar_jax.main', f'--workdir={workdir}', *TINY_FLAGS,
+       '--config.num_train_steps=100000', '--config.checkpoint_every_steps=20', *flags],
+      cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(workdir, step, process):
+  folder = os.path.join(checkpoints.checkpoint_dir(workdir), str(step))
+  deadline = time.time() + 240
+  while not os.path.isdir(folder) and process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert os.path.isdir(folder), process.communicate()[1][-2000:]
+
+
+def _error_lines(stderr):
+  return [line for line in stderr.splitlines() if line.startswith('error:')]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 4 MiB tmpfs (root with mount rights only, else skipped)."""
+  mount_point = tmp_path / 'disk'
+  mount_point.mkdir()
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', str(mount_point)],
+                           capture_output=True)
+  if mounted.returncode != 0:
+    pytest.skip('cannot mount a size-limited tmpfs here')
+  try:
+    yield str(mount_point)
+  finally:
+    subprocess.run(['umount', str(mount_point)], check=True)
+
+
+def test_disk_full_mid_run_ends_in_one_error_line_and_a_rerun_resumes(small_disk):
+  workdir = os.path.join(small_disk, 'run')
+  no_cache = '--config.compilation_cache_dir='
+  process = _start_long_run(workdir, no_cache)
+  _wait_for_checkpoint(workdir, 20, process)
+  stats = os.statvfs(small_disk)
+  filler = os.path.join(small_disk, 'filler')
+  with open(filler, 'wb') as f:
+    f.write(b'\0' * (stats.f_bavail * stats.f_frsize))
+  # Whatever writes next (a checkpoint, a summary) fails: one line, and the process ends
+  # at once (Orbax's threads of a failed save would otherwise hold it for minutes).
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 1, err[-2000:]
+  (error,) = _error_lines(err)
+  assert 'No space left on device' in error and 'run the same command again' in error
+  latest = checkpoints.create_manager(workdir, read_only=True).latest_step()
+  assert latest >= 20
+  os.remove(filler)
+  resumed = _main(workdir, f'--config.num_train_steps={latest + 5}', no_cache)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f'resuming from step {latest}' in resumed.stdout
+
+
+def test_checkpoint_folder_replaced_mid_run_ends_in_one_error_line(tmp_path):
+  workdir = str(tmp_path / 'run')
+  process = _start_long_run(workdir)
+  _wait_for_checkpoint(workdir, 20, process)
+  folder = checkpoints.checkpoint_dir(workdir)
+  os.rename(folder, folder + '_moved')  # atomic, even while a save writes into it
+  with open(folder, 'w') as f:
+    f.write('not a folder')
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 1, err[-2000:]
+  (error,) = _error_lines(err)
+  assert re.match(r'error: Writing the checkpoint of step \d+ in .*/checkpoints failed '
+                  r'\(NotADirectoryError: ', error), error
 
 
 def test_trains_and_evaluates_without_tensorflow(tmp_path):
@@ -339,6 +412,12 @@ COMMAND_LINE_MISTAKES = [
      r"Unknown config.loss_reduction 'max'"),
     ('negative checkpoint interval', MAIN, ['--config.checkpoint_every_secs=-1'],
      r'config.checkpoint_every_secs is -1.0; use 0 \(save by steps only\)'),
+    ('unknown model dtype', MAIN, ['--config.model.dtype=float16'],
+     r"Unknown config.model.dtype 'float16'; use one of \['float32', 'bfloat16'\]"),
+    ('no steps per call', MAIN, ['--config.steps_per_call=0'],
+     r'config.steps_per_call is 0; it must be at least 1'),
+    ('bad profile range', MAIN, ['--config.profile_steps=(5,)'],
+     r'config.profile_steps is \(5,\); use \(\) \(off\) or \(start, count\)'),
     ('benchmark: config file missing', BENCHMARK, ['--config=experiments/nope.py'],
      r'no such file'),
     ('benchmark: bad value', BENCHMARK, ['--steps=abc'], r'--steps=abc'),

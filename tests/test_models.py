@@ -217,3 +217,42 @@ def test_airbench94_muon_head_has_unit_standard_deviation():
 def test_airbench94_rejects_unknown_initialisations():
   with pytest.raises(UserError, match='whiten_bias_init'):
     _init(models.Airbench94(widths=(8, 16, 16), whiten_bias_init='ones'), 32)
+
+
+# ----------------------------------------------------------------------------
+# Reduced precision.
+
+
+@pytest.mark.parametrize('name, fields, size', [
+    ('tutorial_cnn', {'conv_features': 16, 'local3_features': 32, 'local4_features': 16}, 24),
+    ('airbench94', {'widths': (16, 32, 32), 'axis_name': None}, 32),
+])
+def test_bfloat16_computes_in_bfloat16_with_float32_parameters_and_logits(name, fields, size):
+  def build(dtype):
+    return models.create_model(ml_collections.ConfigDict({'name': name, 'dtype': dtype,
+                                                          **fields}), 10)
+
+  images = jax.random.normal(jax.random.PRNGKey(1), (8, size, size, 3))
+  variables = jax.jit(build('float32').init)(jax.random.PRNGKey(0), images[:1])
+  bf16_variables = jax.jit(build('bfloat16').init)(jax.random.PRNGKey(0), images[:1])
+  # The same float32 parameters (and statistics) whatever the compute dtype.
+  jax.tree.map(np.testing.assert_array_equal, bf16_variables, variables)
+  assert {x.dtype for x in jax.tree.leaves(bf16_variables)} == {jnp.dtype('float32')}
+  logits32 = build('float32').apply(variables, images)
+  logits16, intermediates = build('bfloat16').apply(variables, images,
+                                                    capture_intermediates=True)
+  assert logits16.dtype == jnp.float32
+  # Every layer in between computed in bfloat16 ...
+  activations = [x for x in jax.tree.leaves(intermediates['intermediates'])
+                 if x.dtype != jnp.float32]
+  assert activations and {x.dtype for x in activations} == {jnp.dtype('bfloat16')}
+  # ... and lands within bfloat16's precision (8 bits of mantissa: ~0.4% per rounding).
+  scale = float(jnp.max(jnp.abs(logits32)))
+  assert float(jnp.max(jnp.abs(logits16 - logits32))) < 0.05 * scale
+  assert float(jnp.max(jnp.abs(logits16 - logits32))) > 0  # it did round
+
+
+def test_unknown_dtype_is_a_user_error():
+  with pytest.raises(UserError, match=r"Unknown config.model.dtype 'float16'; use one of"):
+    models.create_model(ml_collections.ConfigDict({'name': 'tutorial_cnn', 'dtype': 'float16'}),
+                        10)
