@@ -1,5 +1,6 @@
 """The command line as a user runs it, in real OS processes."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -158,10 +159,11 @@ def test_disk_full_mid_run_ends_in_one_error_line_and_a_rerun_resumes(small_disk
   no_cache = '--config.compilation_cache_dir='
   process = _start_long_run(workdir, no_cache)
   _wait_for_checkpoint(workdir, 20, process)
-  stats = os.statvfs(small_disk)
   filler = os.path.join(small_disk, 'filler')
-  with open(filler, 'wb') as f:
-    f.write(b'\0' * (stats.f_bavail * stats.f_frsize))
+  with open(filler, 'wb', buffering=0) as f:
+    with contextlib.suppress(OSError):  # the trainer writes too: fill until nothing fits
+      while True:
+        f.write(b'\0' * 65536)
   # Whatever writes next (a checkpoint, a summary) fails: one line, and the process ends
   # at once (Orbax's threads of a failed save would otherwise hold it for minutes).
   _, err = process.communicate(timeout=120)
@@ -187,8 +189,9 @@ def test_checkpoint_folder_replaced_mid_run_ends_in_one_error_line(tmp_path):
   _, err = process.communicate(timeout=120)
   assert process.returncode == 1, err[-2000:]
   (error,) = _error_lines(err)
-  assert re.match(r'error: Writing the checkpoint of step \d+ in .*/checkpoints failed '
-                  r'\(NotADirectoryError: ', error), error
+  # Orbax or TensorStore, in the foreground or in the background save, says it its way.
+  assert re.match(r'error: Writing the checkpoint of step \d+ in .*/checkpoints failed \(.*'
+                  r'(NotADirectoryError|Not a directory)', error), error
 
 
 def test_trains_and_evaluates_without_tensorflow(tmp_path):
