@@ -44,7 +44,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
-import numpy as np
 
 from cifar_jax import cli, datasets, evaluate, input_pipeline, parallel, train
 from cifar_jax.errors import UserError
@@ -162,9 +161,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 30, repeats: int = 5,
     end = step + n
     while step < end:
       k = min(config.steps_per_call, end - step)
-      indices = (schedule.indices(step) if k == 1 else
-                 np.stack([schedule.indices(s) for s in range(step, step + k)], axis=1))
-      p_state, step_metrics = setup.train_step(p_state, data, indices)
+      p_state, step_metrics = setup.train_step(p_state, data, schedule.call_indices(step, k))
       pending.append(step_metrics)
       if (step + k) // config.log_every_steps > step // config.log_every_steps:
         jax.device_get(pending)

@@ -72,11 +72,14 @@ class _SinceLastSaveOrStart(ocp.checkpoint_managers.SaveDecisionPolicy):
   started: _TrainerStart = dataclasses.field(default_factory=lambda: _TrainerStart(
       datetime.datetime.now(tz=datetime.UTC)))
 
+  def __post_init__(self):
+    self._interval = ocp.checkpoint_managers.ContinuousCheckpointingPolicy(
+        minimum_interval_secs=self.every_secs)
+
   def should_save(self, step, previous_steps, *, context) -> bool:
     if not previous_steps or previous_steps[-1].time < self.started.time:
       previous_steps = [*previous_steps, self.started]
-    return ocp.checkpoint_managers.ContinuousCheckpointingPolicy(
-        minimum_interval_secs=self.every_secs).should_save(step, previous_steps, context=context)
+    return self._interval.should_save(step, previous_steps, context=context)
 
 
 def create_manager(workdir: str, keep: int | None = None, read_only: bool = False,

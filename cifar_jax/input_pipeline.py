@@ -313,3 +313,9 @@ class BatchSchedule:
     offset = self.process_index * local_batch
     local = global_indices[offset : offset + local_batch]
     return local.reshape(self.num_local_devices, self.per_device_batch_size)
+
+  def call_indices(self, step: int, num_steps: int) -> np.ndarray:
+    """Steps step..step+num_steps-1 for one device call: [D, B] for one, [D, n, B] for n."""
+    if num_steps == 1:
+      return self.indices(step)
+    return np.stack([self.indices(s) for s in range(step, step + num_steps)], axis=1)

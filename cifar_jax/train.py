@@ -371,8 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       while done < config.num_train_steps:
         step, num_steps = done, _steps_in_call(done, config, evaluator is not None)
         done = step + num_steps
-        indices = (schedule.indices(step) if num_steps == 1 else
-                   np.stack([schedule.indices(s) for s in range(step, done)], axis=1))
+        indices = schedule.call_indices(step, num_steps)
         call_started = time.time()
         with profiler.call(step, done):
           p_state, metrics = p_train_step(p_state, data, indices)
