@@ -251,7 +251,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[int, dict[
       if manager is None and os.path.isdir(checkpoints.checkpoint_dir(workdir)):
         manager = checkpoints.create_manager(workdir, read_only=True)
       if manager is not None:
-        manager.reload()
+        reload_steps(manager)
         steps = sorted(manager.all_steps())
         pending = [s for s in steps if s not in handled]
         # Only when something new appeared: it reads the latest checkpoint's config.
@@ -290,6 +290,22 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[int, dict[
       manager.close()
 
 
+def reload_steps(manager, attempts: int = 5) -> None:
+  """`manager.reload()`, again if the trainer deleted a step while it was being listed.
+
+  Orbax lists the step folders, then reads each one's time; a step that
+  `keep_checkpoints` removes in between is a FileNotFoundError, not a fault.
+  """
+  for attempt in range(attempts):
+    try:
+      manager.reload()
+      return
+    except FileNotFoundError:
+      if attempt == attempts - 1:
+        raise
+      time.sleep(0.1)
+
+
 def _never_seen_steps(manager, steps: list[int], handled: dict[int, str]) -> list[int]:
   """Steps the trainer saved and deleted (keep_checkpoints) before this evaluator saw them."""
   try:
@@ -313,7 +329,7 @@ def _score_checkpoint(manager, step, template, config, evaluator, writer, result
   try:
     state, dataset_info = checkpoints.restore(manager, step, template, config)
   except UserError as e:
-    manager.reload()
+    reload_steps(manager)
     if step not in manager.all_steps():
       status, reason = 'deleted', (
           'the trainer deleted it before it could be scored; raise the trainer\'s '

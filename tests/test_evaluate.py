@@ -199,3 +199,22 @@ def test_mirror_translate_by_hand():
                              expected, rtol=1e-6)
   with pytest.raises(UserError, match='config.eval.tta'):
     evaluate.tta_logits(_first_columns, images, 'flip')
+
+
+def test_a_step_deleted_while_listing_is_listed_again():
+  class Manager:
+    """Fails like Orbax when a step folder vanishes between listing and reading it."""
+
+    def __init__(self, failures):
+      self.failures, self.reloads = failures, 0
+
+    def reload(self):
+      self.reloads += 1
+      if self.reloads <= self.failures:
+        raise FileNotFoundError('checkpoints/400')
+
+  manager = Manager(failures=2)
+  evaluate.reload_steps(manager)
+  assert manager.reloads == 3
+  with pytest.raises(FileNotFoundError):
+    evaluate.reload_steps(Manager(failures=5))
