@@ -72,12 +72,13 @@ def export_jax(recipe: str, path: str, batch: int, init_examples: int) -> None:
   import jax  # pylint: disable=import-outside-toplevel
 
   from cifar_jax import (  # pylint: disable=import-outside-toplevel
+    builder,
     datasets,
     experiment,
     input_pipeline,
-    optimizers,
+    models,
     parallel,
-    train,
+    train_step,
   )
 
   config = experiment.load_config(os.path.join(REPO_ROOT, RECIPES[recipe]), {
@@ -86,31 +87,30 @@ def export_jax(recipe: str, path: str, batch: int, init_examples: int) -> None:
       'per_device_batch_size': batch, 'model_init_examples': init_examples})
   devices = parallel.select_devices(1)
   split = datasets.load_split(config.dataset, config.dataset.train_split)
-  setup = train.setup_training(config, split, devices)
+  setup = builder.build(config, split, devices)
   data = input_pipeline.put_on_devices(split, devices)
   make_batch = parallel.pmap(functools.partial(
-      input_pipeline.train_batch, **input_pipeline.augment_options(
-          config, setup.schedule.steps_per_epoch)), devices)
+      input_pipeline.train_batch, augmentation=setup.options.augmentation), devices)
   step = parallel.pmap(functools.partial(
-      train.train_step, apply_fn=setup.model.apply, tx=setup.tx,
-      learning_rate_fn=setup.learning_rate_fn, config=config), devices)
+      train_step.train_step, apply_fn=setup.model.apply, tx=setup.tx,
+      learning_rate_fn=setup.learning_rate_fn, options=setup.options), devices)
   state = setup.state
   out = {'init_images': input_pipeline.init_images(split, config)}
   flat = lambda prefix, tree: {  # noqa: E731
       f'{prefix}/{name}': np.asarray(leaf) for name, leaf in zip(
-          optimizers.parameter_paths(tree), jax.tree.leaves(tree), strict=True)}
+          models.parameter_paths(tree), jax.tree.leaves(tree), strict=True)}
   out.update(flat('params0', state.params))
   p_state = parallel.replicate(state, devices)
   model = setup.model.clone(axis_name=None)  # outside pmap: no cross-device statistics
 
   def loss_fn(params, images, labels):
-    logits, _ = model.apply({'params': params, 'batch_stats': state.batch_stats}, images,
-                            train=True, mutable=['batch_stats'])
-    return train.cross_entropy_loss(logits, labels, config.label_smoothing,
-                                    config.loss_reduction), logits
+    logits, _ = model.apply(state.variables(params), images, train=True,
+                            mutable=['batch_stats'])
+    return train_step.cross_entropy_loss(logits, labels, config.label_smoothing,
+                                         config.loss_reduction), logits
 
   for k in range(2):
-    indices = setup.schedule.indices(k)
+    indices = setup.batches.indices(k)[:, 0]
     batch_k = make_batch(data, indices, p_state.rng, p_state.step)
     out[f'images{k}'] = np.asarray(batch_k['image'][0])
     out[f'labels{k}'] = np.asarray(batch_k['label'][0])
@@ -125,7 +125,7 @@ def export_jax(recipe: str, path: str, batch: int, init_examples: int) -> None:
     out.update(flat(f'params{k + 1}', host.params))
     out.update(flat(f'batch_stats{k + 1}', host.batch_stats))
   meta = {'recipe': recipe, 'num_train_steps': config.num_train_steps,
-          'steps_per_epoch': setup.schedule.steps_per_epoch, 'batch': batch,
+          'steps_per_epoch': setup.batches.steps_per_epoch, 'batch': batch,
           'config': json.loads(config.to_json_best_effort())}
   np.savez(path, meta=json.dumps(meta), **out)
 

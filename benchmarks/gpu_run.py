@@ -12,7 +12,7 @@ in its own process, so this driver never holds the GPU itself:
     {steps_per_call 1, 16}: train-step, end-to-end and eval images/s, compile.
 (b) The tutorial recipe for `--tutorial_steps` (100,000) steps, scored by the
     evaluator as a second process on the same GPU (each process limited to
-    `--memory_fraction` of the GPU's memory, as the README recommends); time
+    `--memory_fraction` of the GPU's memory, as docs/gpus.md recommends); time
     from the trainer's start to the first score >= `--tutorial_target` (0.86)
     precision@1 (EMA), as the evaluator records it.
 (c) airbench94 (`--airbench_config`): train and score once, time to the score
@@ -85,7 +85,8 @@ def benchmark_table(runner: _Runner, args) -> list[dict]:
           '-m', 'cifar_jax.benchmark', '--config=experiments/cifar10_jpeg.py',
           *_data_flags(args), f'--config.model.dtype={dtype}',
           f'--config.steps_per_call={steps_per_call}', f'--steps={args.benchmark_steps}',
-          f'--repeats={args.benchmark_repeats}', *(TINY_TUTORIAL if args.tiny else [])])
+          f'--repeats={args.benchmark_repeats}',
+          *([*TINY_TUTORIAL, '--matmul_size=128'] if args.tiny else [])])
       last = [line for line in output.splitlines() if line.startswith('train_step_img_per_s=')]
       figures = {k: float(v) for k, v in (item.split('=') for item in last[-1].split())}
       rows.append({'part': 'a', 'setting': f'tutorial net, {dtype}, steps_per_call '

@@ -41,16 +41,16 @@ def main() -> None:
                 rng.integers(0, 10, args.num_examples).astype(np.int32), tuple('0123456789'))
   data = input_pipeline.put_on_devices(split, devices)
   schedule = input_pipeline.BatchSchedule(args.num_examples, args.batch_size, len(devices), 0)
-  augment = input_pipeline.augment_options(config, schedule.steps_per_epoch)
+  augmentation = input_pipeline.Augmentation.from_config(config, schedule.steps_per_epoch)
+  preprocessing = input_pipeline.EvalPreprocessing.from_config(config)
 
   def train_images(data, indices, step):
     return input_pipeline.train_batch(data, indices, jax.random.PRNGKey(0), step,
-                                      **augment)['image'].sum()
+                                      augmentation)['image'].sum()
 
   def eval_images(data, indices, step):
     del step
-    return input_pipeline.eval_batch(data, indices,
-                                     **input_pipeline.eval_options(config))['image'].sum()
+    return input_pipeline.eval_batch(data, indices, preprocessing)['image'].sum()
 
   print(f'{len(devices)} {devices[0].platform} device(s), {args.batch_size} images per device '
         'per batch')
@@ -58,13 +58,13 @@ def main() -> None:
   for name, fn in (('train', train_images), ('eval', eval_images)):
     mapped = parallel.pmap(fn, devices)
     steps = np.zeros((len(devices),), np.int32)
-    jax.block_until_ready(mapped(data, schedule.indices(0), steps))  # compile
+    jax.block_until_ready(mapped(data, schedule.indices(0)[:, 0], steps))  # compile
     rates = []
     for _ in range(args.repeats):
       started = time.perf_counter()
       out = None
       for step in range(args.steps):
-        out = mapped(data, schedule.indices(step), steps + step)
+        out = mapped(data, schedule.indices(step)[:, 0], steps + step)
       jax.block_until_ready(out)
       rates.append(args.steps * schedule.global_batch_size / (time.perf_counter() - started))
     results[name] = rates

@@ -34,19 +34,21 @@ def measure(config_path: str, steps: int, repeats: int) -> dict:
   sys.path.insert(0, REPO_ROOT)
   import jax  # pylint: disable=g-import-not-at-top
 
-  from cifar_jax import datasets, input_pipeline, parallel, train  # noqa: E401
+  from cifar_jax import builder, datasets, input_pipeline, parallel, validation  # noqa: E401
 
   config = _load_config(config_path)
   config.dataset.source = 'synthetic'
   config.dataset.synthetic_train_size = 10_000
   config.dataset.synthetic_test_size = 10
+  config.dataset.train_split, config.dataset.eval_split = 'train', 'test'
+  validation.validate(config)
   split = datasets.load_split(config.dataset, 'train')
   devices = parallel.select_devices(config.num_devices)
-  setup = train.setup_training(config, split, devices)
+  setup = builder.build(config, split, devices)
   state = parallel.replicate(setup.state, devices)
   data = input_pipeline.put_on_devices(split, devices)
   started = time.perf_counter()
-  state, metrics = setup.train_step(state, data, setup.schedule.indices(0))
+  state, metrics = setup.parallel_steps(state, data, setup.batches.indices(0))
   jax.block_until_ready(metrics)
   compile_seconds = time.perf_counter() - started
   seconds_per_batch = []
@@ -54,7 +56,7 @@ def measure(config_path: str, steps: int, repeats: int) -> dict:
   for _ in range(repeats):
     started = time.perf_counter()
     for _ in range(steps):
-      state, metrics = setup.train_step(state, data, setup.schedule.indices(step))
+      state, metrics = setup.parallel_steps(state, data, setup.batches.indices(step))
       step += 1
     jax.block_until_ready(metrics)
     seconds_per_batch.append((time.perf_counter() - started) / steps)
@@ -64,8 +66,8 @@ def measure(config_path: str, steps: int, repeats: int) -> dict:
       'platform': devices[0].platform,
       'devices': len(devices),
       'per_device_batch': config.per_device_batch_size,
-      'global_batch': setup.schedule.global_batch_size,
-      'examples_per_sec': setup.schedule.global_batch_size / sec_per_batch,
+      'global_batch': setup.batches.global_batch_size,
+      'examples_per_sec': setup.batches.global_batch_size / sec_per_batch,
       'sec_per_batch': sec_per_batch,
       'spread_sec_per_batch': (min(seconds_per_batch), max(seconds_per_batch)),
       'compile_seconds': compile_seconds,

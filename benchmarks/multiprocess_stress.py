@@ -1,4 +1,4 @@
-r"""Runs the README's multi-process command N times in a row and counts what happened.
+r"""Runs the documented multi-process command N times in a row and counts what happened.
 
   python benchmarks/multiprocess_stress.py [--runs=20] [--num_processes=2]
       [--devices_per_process=2] [--timeout_secs=240] [--config=experiments/smoke.py]
@@ -6,7 +6,7 @@ r"""Runs the README's multi-process command N times in a row and counts what hap
 
 Each run starts `--num_processes` trainer processes of `python -m cifar_jax.main`
 (`--devices_per_process` fake CPU devices each, gloo collectives) on a fresh
-WORKDIR and a fresh coordinator port, exactly as the README's "Multiple GPUs and
+WORKDIR and a fresh coordinator port, exactly as docs/multi_host.md's "Multiple GPUs and
 multiple hosts" section does, and waits up to `--timeout_secs`. A run is
 
 * ``completed``: every process exited 0 and the final checkpoint is there;

@@ -6,14 +6,13 @@ r"""Throughput benchmark: how fast a config trains and evaluates on this machine
 After warm-up it times, over `--repeats` windows of `--steps` steps each
 (median, with min and max):
 
-  train step   the pure `train.train_step` (forward, backward, pmean, optimizer,
-               EMA) on one augmented batch already on the device(s);
-  end to end   the training loop's own path: this step's indices from the
-               `BatchSchedule` go to the device, examples are gathered and
-               augmented there, metrics are fetched every
-               `config.log_every_steps` like the training log does,
+  train step   the pure `train_step.train_step` (forward, backward, pmean,
+               optimizer, EMA) on one augmented batch already on the device(s);
+  end to end   the training loop itself (`loop.run`) with its periodic actions
+               switched off: each call's indices from the `BatchSchedule` go
+               to the device, examples are gathered and augmented there,
                `config.steps_per_call` steps per device call;
-  eval         `evaluate.Evaluator.predict` over the whole eval split (with the
+  eval         `scoring.Evaluator.predict` over the whole eval split (with the
                config's test-time augmentation, `config.eval.tta`).
 
 It also reports compile seconds, peak host memory, and the achieved GFLOP/s of
@@ -45,7 +44,17 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 
-from cifar_jax import cli, datasets, evaluate, input_pipeline, parallel, train
+from cifar_jax import (
+  builder,
+  cli,
+  datasets,
+  input_pipeline,
+  loop,
+  parallel,
+  scoring,
+  train_step,
+  validation,
+)
 from cifar_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -58,11 +67,11 @@ flags.DEFINE_bool('synthetic', False,
                   'Random images of the config\'s shape instead of its dataset.')
 flags.DEFINE_integer('synthetic_train_size', 50_000, 'Training examples with --synthetic.')
 flags.DEFINE_integer('synthetic_eval_size', 10_000, 'Eval examples with --synthetic.')
+flags.DEFINE_integer('matmul_size', 2048, 'Side of the float32 matmul timed as a yardstick.')
 flags.DEFINE_bool('pytorch', False, 'Also time the network in PyTorch (needs torch).')
 flags.DEFINE_string('pytorch_python', sys.executable, 'The Python that runs the PyTorch half.')
 flags.mark_flags_as_required(['config'])
 
-MATMUL_SIZE = 2048
 _BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            'benchmarks')
 PYTORCH_REFERENCE = os.path.join(_BENCHMARKS, 'pytorch_reference.py')
@@ -84,7 +93,7 @@ def _rate(items_per_call: int, seconds: list[float]) -> dict[str, float]:
   return {'median': statistics.median(rates), 'min': rates[0], 'max': rates[-1]}
 
 
-def matmul_gflops(size: int = MATMUL_SIZE, repeats: int = 5) -> float:
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
   """float32 [size, size] @ [size, size] on the default device, median GFLOP/s."""
   a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
   matmul = jax.jit(lambda x: x @ x)
@@ -111,15 +120,15 @@ def _load_splits(config: ml_collections.ConfigDict, synthetic: bool, train_size:
           datasets.load_split(config.dataset, config.dataset.eval_split))
 
 
-def _step_flops_per_example(setup: train.TrainingSetup, config: ml_collections.ConfigDict,
-                            batch: dict[str, jax.Array]) -> float:
+def _step_flops_per_example(setup: builder.Setup, batch: dict[str, jax.Array]) -> float:
   """XLA's FLOP count of one device's loss gradient (training mode), per example."""
   model = setup.model.clone(axis_name=None) if hasattr(setup.model, 'axis_name') else setup.model
+  loss_options = setup.options.loss
 
   def loss(params):
-    logits, _ = model.apply({'params': params, 'batch_stats': setup.state.batch_stats},
-                            batch['image'], train=True, mutable=['batch_stats'])
-    return train.cross_entropy_loss(logits, batch['label'], config.label_smoothing)
+    logits, _ = model.apply(setup.state.variables(params), batch['image'], train=True,
+                            mutable=['batch_stats'])
+    return train_step.cross_entropy_loss(logits, batch['label'], loss_options.label_smoothing)
   try:
     cost = jax.jit(jax.grad(loss)).lower(setup.state.params).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -129,58 +138,36 @@ def _step_flops_per_example(setup: train.TrainingSetup, config: ml_collections.C
     return float('nan')
 
 
-def run(config: ml_collections.ConfigDict, *, steps: int = 30, repeats: int = 5,
-        warmup_steps: int = 3, synthetic: bool = False, synthetic_train_size: int = 50_000,
-        synthetic_eval_size: int = 10_000) -> dict[str, Any]:
-  """Measures `config`; returns the figures `main` prints."""
-  if steps < 1 or repeats < 1:
-    raise UserError('--steps and --repeats must be at least 1.')
-  devices = parallel.select_devices(config.num_devices)
-  train_split, eval_split = _load_splits(config, synthetic, synthetic_train_size,
-                                         synthetic_eval_size)
-  setup = train.setup_training(config, train_split, devices)
-  data = input_pipeline.put_on_devices(train_split, devices)
-  schedule = setup.schedule
-  figures: dict[str, Any] = {
-      'platform': devices[0].platform, 'device_kind': devices[0].device_kind,
-      'devices': len(devices), 'global_batch': schedule.global_batch_size,
-      'matmul_gflops': matmul_gflops()}
-
-  # End to end, as the training loop runs it.
-  p_state = parallel.replicate(setup.state, devices)
+def _end_to_end(setup: builder.Setup, data: input_pipeline.DeviceData,
+                devices: list[jax.Device], config: ml_collections.ConfigDict, steps: int,
+                repeats: int, warmup_steps: int) -> tuple[float, list[float]]:
+  """(compile seconds, seconds per step of each window) of the training loop, no actions."""
+  devices_state = parallel.replicate(setup.state, devices)
+  progress = loop.Progress(devices_state, 0, 1, setup.batches.global_batch_size)
   started = time.perf_counter()
-  p_state, metrics = setup.train_step(p_state, data, schedule.indices(0))
-  jax.block_until_ready(metrics)
-  figures['compile_s'] = time.perf_counter() - started
-  step = 1
-  pending: list[Any] = []
+  jax.block_until_ready(loop.run(setup, progress, data, 1).replicated_state)
+  compile_seconds = time.perf_counter() - started
 
   def loop_steps(n):
-    # config.steps_per_call steps per device call, as the training loop makes them.
-    nonlocal p_state, step, pending
-    end = step + n
-    while step < end:
-      k = min(config.steps_per_call, end - step)
-      p_state, step_metrics = setup.train_step(p_state, data, schedule.call_indices(step, k))
-      pending.append(step_metrics)
-      if (step + k) // config.log_every_steps > step // config.log_every_steps:
-        jax.device_get(pending)
-        pending = []
-      step += k
-    return p_state.step
+    progress.end_step = progress.step + n
+    return loop.run(setup, progress, data, config.steps_per_call).replicated_state.step
 
   # Warm-up also compiles each call length the timed windows use.
   loop_steps(max(warmup_steps, steps if config.steps_per_call > 1 else 0))
-  end_to_end = _timed_windows(loop_steps, steps, repeats)
+  return compile_seconds, _timed_windows(loop_steps, steps, repeats)
 
-  # The pure train step on a fixed, already augmented batch on the device(s).
+
+def _pure_train_step(setup: builder.Setup, data: input_pipeline.DeviceData,
+                     devices: list[jax.Device], steps: int, repeats: int, warmup_steps: int
+                     ) -> tuple[list[float], dict[str, jax.Array]]:
+  """Seconds per step of `train_step.train_step` on one augmented batch; that batch."""
   make_batch = parallel.pmap(functools.partial(
       input_pipeline.train_batch, rng=jax.random.PRNGKey(0), step=0,
-      **input_pipeline.augment_options(config, schedule.steps_per_epoch)), devices)
-  batch = make_batch(data, schedule.indices(0))
+      augmentation=setup.options.augmentation), devices)
+  batch = make_batch(data, setup.batches.indices(0)[:, 0])
   pure_step = parallel.pmap(
-      functools.partial(train.train_step, apply_fn=setup.model.apply, tx=setup.tx,
-                        learning_rate_fn=setup.learning_rate_fn, config=config),
+      functools.partial(train_step.train_step, apply_fn=setup.model.apply, tx=setup.tx,
+                        learning_rate_fn=setup.learning_rate_fn, options=setup.options),
       devices, donate_argnums=(0,))
   p_state = parallel.replicate(setup.state, devices)
 
@@ -191,19 +178,41 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 30, repeats: int = 5,
     return step_metrics
 
   pure_steps(1 + warmup_steps)
-  train_step = _timed_windows(pure_steps, steps, repeats)
-  figures['train_step'] = _rate(schedule.global_batch_size, train_step)
-  figures['end_to_end'] = _rate(schedule.global_batch_size, end_to_end)
-  figures['sec_per_batch'] = statistics.median(train_step)
-  flops = _step_flops_per_example(setup, config, jax.tree.map(lambda x: x[0], batch))
+  return _timed_windows(pure_steps, steps, repeats), batch
+
+
+def run(config: ml_collections.ConfigDict, *, steps: int = 30, repeats: int = 5,
+        warmup_steps: int = 3, synthetic: bool = False, synthetic_train_size: int = 50_000,
+        synthetic_eval_size: int = 10_000, matmul_size: int = 2048) -> dict[str, Any]:
+  """Measures `config`; returns the figures `main` prints."""
+  validation.validate(config)
+  if steps < 1 or repeats < 1:
+    raise UserError('--steps and --repeats must be at least 1.')
+  devices = parallel.select_devices(config.num_devices)
+  train_split, eval_split = _load_splits(config, synthetic, synthetic_train_size,
+                                         synthetic_eval_size)
+  setup = builder.build(config, train_split, devices)
+  data = input_pipeline.put_on_devices(train_split, devices)
+  global_batch = setup.batches.global_batch_size
+  figures: dict[str, Any] = {
+      'platform': devices[0].platform, 'device_kind': devices[0].device_kind,
+      'devices': len(devices), 'global_batch': global_batch,
+      'matmul_gflops': matmul_gflops(matmul_size)}
+  figures['compile_s'], end_to_end = _end_to_end(setup, data, devices, config, steps, repeats,
+                                                 warmup_steps)
+  train_seconds, batch = _pure_train_step(setup, data, devices, steps, repeats, warmup_steps)
+  figures['train_step'] = _rate(global_batch, train_seconds)
+  figures['end_to_end'] = _rate(global_batch, end_to_end)
+  figures['sec_per_batch'] = statistics.median(train_seconds)
+  flops = _step_flops_per_example(setup, jax.tree.map(lambda x: x[0], batch))
   figures['gflop_per_example'] = flops / 1e9
   figures['achieved_gflops'] = flops * figures['train_step']['median'] / 1e9
 
-  evaluator = evaluate.Evaluator(config, eval_split, setup.model, devices)
-  evaluator.predict(setup.state.params, setup.state.batch_stats)  # compiles
+  evaluator = scoring.Evaluator(config, eval_split, setup.model, devices)
+  evaluator.predict(setup.state.variables())  # compiles
   eval_seconds = _timed_windows(
-      lambda n: [evaluator.predict(setup.state.params, setup.state.batch_stats)
-                 for _ in range(n)], 1, max(2, repeats // 2))
+      lambda n: [evaluator.predict(setup.state.variables()) for _ in range(n)], 1,
+      max(2, repeats // 2))
   figures['eval'] = _rate(eval_split.num_examples, eval_seconds)
   figures['epoch_s'] = train_split.num_examples / figures['end_to_end']['median']
   figures['peak_host_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -283,7 +292,7 @@ def main(argv):
     figures = run(config, steps=FLAGS.steps, repeats=FLAGS.repeats,
                   warmup_steps=FLAGS.warmup_steps, synthetic=FLAGS.synthetic,
                   synthetic_train_size=FLAGS.synthetic_train_size,
-                  synthetic_eval_size=FLAGS.synthetic_eval_size)
+                  synthetic_eval_size=FLAGS.synthetic_eval_size, matmul_size=FLAGS.matmul_size)
   except UserError as e:
     cli.fail(str(e))
   print(format_figures(figures))

@@ -18,6 +18,9 @@ ends the run with a `CheckpointWriteError` that names the intact checkpoint.
 Running the trainer again on the same WORKDIR resumes from the latest
 finalised step. A WORKDIR whose saved parameters have other shapes than the
 current config gives is refused with the config fields that differ.
+
+`Checkpointer` is the trainer's view: restore the latest step, decide and
+write saves, and keep the run's history of saved steps.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cifar_jax import validation
 from cifar_jax.errors import UserError, WriteError
 
 TRAIN_COMPLETE_FILE = 'train_complete'
@@ -197,8 +201,9 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: 
 
 
 def read_saved_config(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The config saved with `step`, in today's field names (`validation.upgrade_saved_config`)."""
   restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  return restored.config
+  return validation.upgrade_saved_config(restored.config)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, template: Any,
@@ -266,3 +271,74 @@ def final_step(workdir: str) -> int | None:
       return int(json.load(f)['final_step'])
   except FileNotFoundError:
     return None
+
+
+class Checkpointer:
+  """WORKDIR/checkpoints as one training run uses it (a context manager).
+
+  `restore_latest` resumes; `should_save(step)` is the manager's policy
+  (every `config.checkpoint_every_steps` and `config.checkpoint_every_secs`);
+  `save` writes the host state with the config, the class names and the steps
+  saved before it. Leaving the context waits for the last save, which raises
+  `CheckpointWriteError` if it failed; leaving on an error lets a save in
+  flight finish without hiding that error.
+  """
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict,
+               dataset_info: dict[str, Any]):
+    self._config = config
+    self._dataset_info = dataset_info
+    self.manager = create_manager(workdir, keep=config.keep_checkpoints,
+                                  every_steps=config.checkpoint_every_steps,
+                                  every_secs=config.checkpoint_every_secs)
+    self.directory = str(self.manager.directory)
+    self.saved_steps: list[int] = []  # this run's checkpoints, oldest first
+
+  def restore_latest(self, fresh: Any) -> Any:
+    """The latest checkpoint's state (host arrays), or `fresh` where there is none."""
+    latest = self.manager.latest_step()
+    if latest is None:
+      return fresh
+    state, _ = restore(self.manager, latest, fresh, self._config)
+    self.saved_steps = [*read_earlier_steps(self.manager, latest), latest]
+    logging.info('Resuming from checkpoint step %d in %s.', latest, self.directory)
+    return state
+
+  @property
+  def last_saved(self) -> int | None:
+    return self.saved_steps[-1] if self.saved_steps else None
+
+  def intact(self) -> str:
+    """Which checkpoint a restart would resume from, for error messages."""
+    if self.last_saved is None:
+      return 'no checkpoint was written yet'
+    return f'the checkpoint of step {self.last_saved} in {self.directory} is intact'
+
+  def should_save(self, step: int) -> bool:
+    return self.manager.should_save(step)
+
+  def reached_preemption(self, step: int) -> bool:
+    return self.manager.reached_preemption(step)
+
+  def save(self, state: Any) -> None:
+    """Starts the save of `state` (host arrays) at `state.step`."""
+    save(self.manager, state, self._config, self._dataset_info, self.saved_steps)
+    self.saved_steps = [*self.saved_steps, int(state.step)]
+
+  def wait(self) -> None:
+    wait_until_finished(self.manager, self.last_saved)
+
+  def step_directory(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, exc_type, exc, traceback) -> None:
+    if exc_type is None:
+      self.wait()
+      self.manager.close()
+      return
+    # Lets a save in flight finish; a failure of its own would hide this error.
+    with contextlib.suppress(Exception):
+      self.manager.close()

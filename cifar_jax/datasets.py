@@ -77,13 +77,10 @@ def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
     fingerprint = lambda: _tree_fingerprint(
         os.path.join(_tfds_data_dir(data_dir), dataset_config.name))
     name = dataset_config.name
-  elif source == 'image_folder':
+  else:  # image_folder
     load = lambda: _load_image_folder(dataset_config.path, split)
     fingerprint = lambda: _tree_fingerprint(dataset_config.path)
     name = os.path.basename(os.path.normpath(dataset_config.path or 'images'))
-  else:
-    raise UserError(
-        f'Unknown config.dataset.source {source!r}; use tfds, image_folder or synthetic.')
   cache_dir = dataset_config.get('cache_dir')
   if not cache_dir:
     return load()
@@ -148,12 +145,12 @@ def _cached(cache_dir: str, key: str, fingerprint: Callable[[], str | None],
 # ----------------------------------------------------------------------------
 # Split expressions.
 
-_SPLIT_RE = re.compile(r'^(?P<name>[\w-]+)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$')
+SPLIT_RE = re.compile(r'^(?P<name>[\w-]+)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$')
 
 
 def parse_split(expression: str) -> tuple[str, str | None, str | None]:
   """'train[:90%]' -> ('train', None, '90%')."""
-  match = _SPLIT_RE.match(expression.replace(' ', ''))
+  match = SPLIT_RE.match(expression.replace(' ', ''))
   if not match:
     raise UserError(
         f'Cannot parse split {expression!r}; write e.g. "train", "train[:90%]" or "train[4500:]".'

@@ -3,6 +3,7 @@
   from cifar_jax import experiment
   config = experiment.load_config('experiments/smoke.py', {'num_train_steps': 200})
   model, state = experiment.create_train_state(config, experiment.load_data(config))
+  logits = model.apply(state.variables(), images)
   state = experiment.train(config, '/tmp/run', on_log=lambda step, m: print(step, m['loss']))
   run = experiment.load_checkpoint('/tmp/run')               # latest step, saved config
   probabilities = experiment.predict(run, images_uint8)      # EMA parameters by default
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import dataclasses
-import functools
 import importlib.util
 import os
 import sys
@@ -28,7 +28,16 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cifar_jax import checkpoints, datasets, evaluate, input_pipeline, summaries, train_state
+from cifar_jax import (
+  builder,
+  checkpoints,
+  datasets,
+  input_pipeline,
+  scoring,
+  summaries,
+  train_state,
+  validation,
+)
 from cifar_jax import train as train_lib
 from cifar_jax.errors import UserError
 
@@ -38,7 +47,8 @@ def load_config(path: str, overrides: dict[str, Any] | None = None
   """`get_config()` of an experiments/*.py file, with dotted-name overrides.
 
   load_config('experiments/smoke.py', {'model.conv_features': 8}). Unknown
-  names are refused, as on the command line.
+  names are refused, as on the command line, and the result is checked
+  (`validation.validate`) as the command line checks it.
   """
   if not os.path.isfile(path):
     raise UserError(f'No config file {path}; pass the path of an experiments/*.py file.')
@@ -62,6 +72,7 @@ def load_config(path: str, overrides: dict[str, Any] | None = None
     except KeyError:
       raise UserError(f'Unknown config field {name!r} in overrides; see {path}.') from None
     target[leaf] = value
+  validation.validate(config)
   return config
 
 
@@ -75,14 +86,15 @@ def augmented_batch(config: ml_collections.ConfigDict, split: datasets.Split, st
                     count: int = 32) -> tuple[np.ndarray, np.ndarray]:
   """The first `count` images (float, as the network sees them) and labels of step `step`.
 
-  The trainer's own batch schedule and on-device augmentation, keyed the same way.
+  The trainer's own batch schedule and on-device augmentation (one device), keyed the same way.
   """
-  schedule = input_pipeline.BatchSchedule(split.num_examples, config.per_device_batch_size, 1,
-                                          config.seed)
-  indices = schedule.indices(step).reshape(-1)[:count]
+  batches = input_pipeline.BatchSchedule(split.num_examples, config.per_device_batch_size, 1,
+                                         config.seed)
+  indices = batches.indices(step)[0, 0, :count]
   _, train_key = train_state.seed_keys(config.seed)
+  augmentation = input_pipeline.Augmentation.from_config(config, batches.steps_per_epoch)
   images = input_pipeline.augmented_examples(split.images[indices], indices, train_key, step,
-                                             config, schedule.steps_per_epoch)
+                                             augmentation)
   return np.asarray(images), split.labels[indices]
 
 
@@ -90,16 +102,12 @@ def create_train_state(config: ml_collections.ConfigDict, split: datasets.Split
                        ) -> tuple[Any, train_state.TrainState]:
   """(model, fresh state on the host) for `split`, exactly as the trainer starts (config.seed).
 
-  model.apply({'params': state.params, 'batch_stats': state.batch_stats}, images) runs the
-  network on a batch (inference mode). A model with a data-dependent initialisation
-  (airbench's whitening) gets it from `split`, as the trainer does.
+  model.apply(state.variables(), images) runs the network on a batch
+  (inference mode). A model with a data-dependent initialisation (airbench's
+  whitening) gets it from `split`, as the trainer does.
   """
-  global_batch = config.per_device_batch_size  # the schedule only matters for decay steps
-  model, tx, _ = train_state.create_model_and_optimizer(config, split.num_classes,
-                                                        split.num_examples, global_batch)
-  init_images = (input_pipeline.init_images(split, config)
-                 if hasattr(model, 'data_init') else None)
-  return model, train_state.create_train_state(config, model, tx, init_images)
+  setup = builder.build(config, split)
+  return setup.model, setup.state
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, num_steps: int | None = None,
@@ -134,6 +142,10 @@ class Checkpoint:
       raise UserError(f'Parameters are ema or raw, not {which!r}.')
     return self.state.ema_params if which == 'ema' else self.state.params
 
+  def variables(self, which: str = 'ema') -> dict[str, Any]:
+    """What `model.apply` takes: the 'ema' or 'raw' parameters and the model state."""
+    return self.state.variables(self.params(which))
+
 
 def load_checkpoint(workdir: str, step: int | None = None) -> Checkpoint:
   """The latest (or the given) checkpoint in WORKDIR, with the config saved beside it.
@@ -153,8 +165,9 @@ def load_checkpoint(workdir: str, step: int | None = None) -> Checkpoint:
     config = ml_collections.ConfigDict(checkpoints.read_saved_config(manager, step))
     class_names = list(manager.restore(step, args=ocp.args.Composite(
         dataset=ocp.args.JsonRestore())).dataset['class_names'])
-    template, model = train_state.abstract_train_state(config, len(class_names))
-    state, _ = checkpoints.restore(manager, step, template, config)
+    setup = builder.build(config, num_classes=len(class_names))
+    state, _ = checkpoints.restore(manager, step, setup.state, config)
+    model = setup.model
   finally:
     manager.close()
   return Checkpoint(config=config, model=model, state=state, step=step,
@@ -168,15 +181,13 @@ def predict(checkpoint: Checkpoint, images: np.ndarray, which: str = 'ema',
   `tta` (default: the checkpoint config's `eval.tta`): none, mirror or
   mirror_translate, as the evaluator (softmax of the averaged logits).
   """
-  params = checkpoint.params(which)
-  variables = {'params': params, 'batch_stats': checkpoint.state.batch_stats}
+  variables = checkpoint.variables(which)
   tta = checkpoint.config.eval.tta if tta is None else tta
-  preprocess = jax.vmap(functools.partial(input_pipeline.preprocess_eval_image,
-                                          **input_pipeline.eval_options(checkpoint.config)))
+  preprocess = jax.vmap(input_pipeline.EvalPreprocessing.from_config(checkpoint.config))
 
   @jax.jit
   def probabilities(batch):
-    logits = evaluate.tta_logits(
+    logits = scoring.tta_logits(
         lambda x: checkpoint.model.apply(variables, x, train=False), preprocess(batch), tta)
     return jax.nn.softmax(logits)
 

@@ -1,7 +1,7 @@
 """Device-resident data and the tutorial's preprocessing, in JAX.
 
 The whole split lives on every device as uint8 (`DeviceData`). Per step, the
-host only picks which examples form the batch (`BatchSchedule`, a fresh
+host only picks which examples form each batch (`BatchSchedule`, a fresh
 permutation every epoch, derived from the seed and the epoch number so that a
 resumed run sees the same order); each device gathers its part of the batch
 and augments it itself (`train_batch`), keyed by `fold_in(rng, step)`.
@@ -18,6 +18,9 @@ mean/std (`channel_normalization`), and the alternating flip: each example
 gets a random flip in epoch 0 (fixed for the run, keyed by the example) and
 is flipped the other way in every odd epoch, so that it is seen both ways in
 every two consecutive epochs.
+
+What jitted code needs of the config comes as small frozen dataclasses built
+once (`Augmentation`, `EvalPreprocessing`, `Normalization`), never the config.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ import numpy as np
 
 from cifar_jax import parallel
 from cifar_jax.datasets import Split
-from cifar_jax.errors import UserError
 
 # ----------------------------------------------------------------------------
 # Single-image ops ([H, W, C] float32 on the 0-255 scale unless noted).
@@ -76,9 +78,6 @@ def adjust_contrast(image: jax.Array, factor: jax.Array) -> jax.Array:
   return (image - mean) * factor + mean
 
 
-PREPROCESSING = ('per_image_standardization', 'channel_normalization')
-
-
 def normalize(image: jax.Array, preprocess: str, channel_mean: tuple[float, ...] = (),
               channel_std: tuple[float, ...] = ()) -> jax.Array:
   """The last preprocessing step of training and evaluation images (0-255 in).
@@ -89,11 +88,25 @@ def normalize(image: jax.Array, preprocess: str, channel_mean: tuple[float, ...]
   """
   if preprocess == 'per_image_standardization':
     return per_image_standardization(image)
-  if preprocess == 'channel_normalization':
-    mean = jnp.asarray(channel_mean, jnp.float32)
-    std = jnp.asarray(channel_std, jnp.float32)
-    return (image.astype(jnp.float32) / 255.0 - mean) / std
-  raise UserError(f'Unknown config.preprocess {preprocess!r}; use one of {list(PREPROCESSING)}.')
+  mean = jnp.asarray(channel_mean, jnp.float32)
+  std = jnp.asarray(channel_std, jnp.float32)
+  return (image.astype(jnp.float32) / 255.0 - mean) / std
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+  """`normalize`'s options: `config.preprocess`, `config.channel_mean`, `config.channel_std`."""
+
+  preprocess: str = 'per_image_standardization'
+  channel_mean: tuple[float, ...] = ()
+  channel_std: tuple[float, ...] = ()
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> Normalization:
+    return cls(config.preprocess, tuple(config.channel_mean), tuple(config.channel_std))
+
+  def __call__(self, image: jax.Array) -> jax.Array:
+    return normalize(image, self.preprocess, self.channel_mean, self.channel_std)
 
 
 def reflect_pad(image: jax.Array, pixels: int) -> jax.Array:
@@ -101,62 +114,81 @@ def reflect_pad(image: jax.Array, pixels: int) -> jax.Array:
   return jnp.pad(image, ((pixels, pixels), (pixels, pixels), (0, 0)), mode='reflect')
 
 
-def augment_train_image(
-    key: jax.Array,
-    image: jax.Array,
-    *,
-    crop_size: int,
-    flip: bool,
-    max_brightness_delta: float,
-    contrast_range: tuple[float, float],
-    translate: int = 0,
-    flipped: jax.Array | None = None,
-    normalization: dict | None = None,
-) -> jax.Array:
-  """The training distortions, then normalisation.
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """The training distortions (`config.augment`, `config.crop_size`), then normalisation.
 
-  `translate` pads by that many pixels (reflect) before the random crop.
+  `translate` pads by that many pixels (reflect) before the random crop;
+  `contrast_range` () is no random contrast; `alternating_flip` needs the
+  number of steps per epoch to know the epoch of a step.
+  """
+
+  crop_size: int
+  flip: bool = False
+  max_brightness_delta: float = 0.0
+  contrast_range: tuple[float, ...] = ()
+  translate: int = 0
+  alternating_flip: bool = False
+  steps_per_epoch: int = 1
+  normalization: Normalization = Normalization()
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, steps_per_epoch: int
+                  ) -> Augmentation:
+    augment = config.augment
+    contrast = ((augment.contrast_lower, augment.contrast_upper) if augment.random_contrast
+                else ())
+    return cls(crop_size=config.crop_size, flip=augment.flip_left_right,
+               max_brightness_delta=augment.max_brightness_delta, contrast_range=contrast,
+               translate=augment.translate, alternating_flip=augment.alternating_flip,
+               steps_per_epoch=steps_per_epoch, normalization=Normalization.from_config(config))
+
+
+def augment_train_image(key: jax.Array, image: jax.Array, augmentation: Augmentation,
+                        flipped: jax.Array | None = None) -> jax.Array:
+  """One training image, distorted and normalised.
+
   `flipped` (a bool) decides the flip instead of `key` (the alternating flip).
   """
   crop_key, flip_key, brightness_key, contrast_key = jax.random.split(key, 4)
   image = image.astype(jnp.float32)
-  if translate:
-    image = reflect_pad(image, translate)
-  image = random_crop(crop_key, image, crop_size)
-  if flip:
+  if augmentation.translate:
+    image = reflect_pad(image, augmentation.translate)
+  image = random_crop(crop_key, image, augmentation.crop_size)
+  if augmentation.flip:
     if flipped is None:
       flipped = jax.random.uniform(flip_key) < 0.5
     image = jnp.where(flipped, image[:, ::-1], image)
-  if max_brightness_delta:
-    delta = jax.random.uniform(brightness_key, (), minval=-max_brightness_delta,
-                               maxval=max_brightness_delta)
+  if augmentation.max_brightness_delta:
+    delta = jax.random.uniform(brightness_key, (), minval=-augmentation.max_brightness_delta,
+                               maxval=augmentation.max_brightness_delta)
     image = adjust_brightness(image, delta)
-  if contrast_range:
-    factor = jax.random.uniform(contrast_key, (), minval=contrast_range[0],
-                                maxval=contrast_range[1])
+  if augmentation.contrast_range:
+    low, high = augmentation.contrast_range
+    factor = jax.random.uniform(contrast_key, (), minval=low, maxval=high)
     image = adjust_contrast(image, factor)
-  return normalize(image, **(normalization or {'preprocess': 'per_image_standardization'}))
+  return augmentation.normalization(image)
 
 
-def preprocess_eval_image(image: jax.Array, *, crop_size: int,
-                          normalization: dict | None = None) -> jax.Array:
-  """Central crop and normalisation (`normalization_options`)."""
-  return normalize(central_crop(image.astype(jnp.float32), crop_size),
-                   **(normalization or {'preprocess': 'per_image_standardization'}))
+@dataclasses.dataclass(frozen=True)
+class EvalPreprocessing:
+  """Evaluation preprocessing: the central `crop_size` crop, then normalisation."""
+
+  crop_size: int
+  normalization: Normalization = Normalization()
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> EvalPreprocessing:
+    return cls(config.crop_size, Normalization.from_config(config))
+
+  def __call__(self, image: jax.Array) -> jax.Array:
+    return preprocess_eval_image(image, self.crop_size, self.normalization)
 
 
-def normalization_options(config: ml_collections.ConfigDict) -> dict:
-  """Keyword arguments of `normalize` from the config."""
-  if config.preprocess not in PREPROCESSING:
-    raise UserError(f'Unknown config.preprocess {config.preprocess!r}; use one of '
-                    f'{list(PREPROCESSING)}.')
-  return {'preprocess': config.preprocess, 'channel_mean': tuple(config.channel_mean),
-          'channel_std': tuple(config.channel_std)}
-
-
-def eval_options(config: ml_collections.ConfigDict) -> dict:
-  """Keyword arguments of `preprocess_eval_image` from the config."""
-  return {'crop_size': config.crop_size, 'normalization': normalization_options(config)}
+def preprocess_eval_image(image: jax.Array, crop_size: int,
+                          normalization: Normalization = Normalization()) -> jax.Array:
+  """Central crop and normalisation."""
+  return normalization(central_crop(image.astype(jnp.float32), crop_size))
 
 
 # ----------------------------------------------------------------------------
@@ -180,27 +212,6 @@ def put_on_devices(split: Split, devices: Sequence[jax.Device]) -> DeviceData:
 _FLIP_STREAM = 2**31 - 1
 
 
-def augment_options(config: ml_collections.ConfigDict, steps_per_epoch: int) -> dict:
-  """Keyword arguments of `augment_batch` from the config."""
-  augment = config.augment
-  contrast = (augment.contrast_lower, augment.contrast_upper) if augment.random_contrast else ()
-  if augment.translate < 0:
-    raise UserError(f'config.augment.translate is {augment.translate}; use 0 or a number of '
-                    'pixels.')
-  if augment.alternating_flip and not augment.flip_left_right:
-    raise UserError('config.augment.alternating_flip needs config.augment.flip_left_right.')
-  return dict(
-      crop_size=config.crop_size,
-      flip=augment.flip_left_right,
-      max_brightness_delta=augment.max_brightness_delta,
-      contrast_range=contrast,
-      translate=augment.translate,
-      normalization=normalization_options(config),
-      alternating_flip=augment.alternating_flip,
-      steps_per_epoch=steps_per_epoch,
-  )
-
-
 def alternating_flips(example_ids: jax.Array, rng: jax.Array, epoch: jax.Array) -> jax.Array:
   """Whether each example is flipped in `epoch`: a fixed coin in epoch 0, opposite in odd epochs."""
   key = jax.random.fold_in(rng, _FLIP_STREAM)
@@ -209,8 +220,7 @@ def alternating_flips(example_ids: jax.Array, rng: jax.Array, epoch: jax.Array) 
 
 
 def augment_batch(images: jax.Array, example_ids: jax.Array, rng: jax.Array, step: jax.Array,
-                  *, alternating_flip: bool = False, steps_per_epoch: int = 1, **augment
-                  ) -> jax.Array:
+                  augmentation: Augmentation) -> jax.Array:
   """Augments uint8 images [B, H, W, C] for training step `step`.
 
   Image i uses fold_in(fold_in(rng, step), example_ids[i]): keying by the
@@ -219,36 +229,34 @@ def augment_batch(images: jax.Array, example_ids: jax.Array, rng: jax.Array, ste
   """
   key = jax.random.fold_in(rng, step)
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(example_ids)
-  augment_one = functools.partial(augment_train_image, **augment)
-  if alternating_flip:
-    flipped = alternating_flips(example_ids, rng, step // steps_per_epoch)
+  augment_one = functools.partial(augment_train_image, augmentation=augmentation)
+  if augmentation.alternating_flip:
+    flipped = alternating_flips(example_ids, rng, step // augmentation.steps_per_epoch)
     return jax.vmap(lambda k, x, f: augment_one(k, x, flipped=f))(keys, images, flipped)
   return jax.vmap(augment_one)(keys, images)
 
 
 def train_batch(data: DeviceData, indices: jax.Array, rng: jax.Array, step: jax.Array,
-                **augment) -> dict:
+                augmentation: Augmentation) -> dict:
   """Gathers `indices` from one device's data and augments every image."""
-  images = augment_batch(data.images[indices], indices, rng, step, **augment)
+  images = augment_batch(data.images[indices], indices, rng, step, augmentation)
   return {'image': images, 'label': data.labels[indices]}
 
 
 def augmented_examples(images: np.ndarray, indices: np.ndarray, train_key: jax.Array,
-                       step: int, config: ml_collections.ConfigDict, steps_per_epoch: int
-                       ) -> jax.Array:
+                       step: int, augmentation: Augmentation) -> jax.Array:
   """The augmented images of `indices` exactly as training step `step` sees them.
 
   `images` are the uint8 images at `indices`; `train_key` is `TrainState.rng`.
   For looking at the input (TensorBoard grid, notebooks), outside the train step.
   """
-  return jax.jit(functools.partial(augment_batch, **augment_options(config, steps_per_epoch)))(
+  return jax.jit(functools.partial(augment_batch, augmentation=augmentation))(
       images, indices, train_key, step)
 
 
-def eval_batch(data: DeviceData, indices: jax.Array, **eval_options) -> dict:
-  """Gathers `indices` and applies the evaluation preprocessing (`eval_options`)."""
-  images = jax.vmap(functools.partial(preprocess_eval_image, **eval_options))(
-      data.images[indices])
+def eval_batch(data: DeviceData, indices: jax.Array, preprocessing: EvalPreprocessing) -> dict:
+  """Gathers `indices` and applies the evaluation preprocessing."""
+  images = jax.vmap(preprocessing)(data.images[indices])
   return {'image': images, 'label': data.labels[indices]}
 
 
@@ -263,7 +271,7 @@ def init_images(split: Split, config: ml_collections.ConfigDict) -> np.ndarray:
   count = min(config.model_init_examples, split.num_examples)
   rng = np.random.default_rng([config.seed, 1])
   chosen = np.sort(rng.choice(split.num_examples, count, replace=False))
-  preprocess = jax.jit(jax.vmap(functools.partial(preprocess_eval_image, **eval_options(config))))
+  preprocess = jax.jit(jax.vmap(EvalPreprocessing.from_config(config)))
   return np.concatenate([np.asarray(preprocess(split.images[chosen[i:i + 1000]]))
                          for i in range(0, count, 1000)])
 
@@ -304,7 +312,7 @@ class BatchSchedule:
       self._cached_epoch = epoch
     return self._permutation
 
-  def indices(self, step: int) -> np.ndarray:
+  def _step_indices(self, step: int) -> np.ndarray:
     """int32 [num_local_devices, per_device_batch_size] for global step `step`."""
     epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
     global_indices = self._epoch_permutation(epoch)[
@@ -314,8 +322,7 @@ class BatchSchedule:
     local = global_indices[offset : offset + local_batch]
     return local.reshape(self.num_local_devices, self.per_device_batch_size)
 
-  def call_indices(self, step: int, num_steps: int) -> np.ndarray:
-    """Steps step..step+num_steps-1 for one device call: [D, B] for one, [D, n, B] for n."""
-    if num_steps == 1:
-      return self.indices(step)
-    return np.stack([self.indices(s) for s in range(step, step + num_steps)], axis=1)
+  def indices(self, first_step: int, num_steps: int = 1) -> np.ndarray:
+    """int32 [devices, num_steps, per-device batch]: steps first_step .. first_step+num_steps-1."""
+    return np.stack([self._step_indices(s) for s in range(first_step, first_step + num_steps)],
+                    axis=1)

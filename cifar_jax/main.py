@@ -14,7 +14,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from cifar_jax import cli, datasets, evaluate, lifecycle, parallel, summaries, train
+from cifar_jax import cli, datasets, evaluate, lifecycle, parallel, summaries, train, validation
 from cifar_jax.errors import UserError, WriteError
 
 FLAGS = flags.FLAGS
@@ -25,8 +25,8 @@ flags.DEFINE_enum(
     'config.eval_every_steps in the same process; eval: the evaluator, scoring each new '
     'checkpoint in WORKDIR; data: describe the train and eval splits (and fill the cache).')
 flags.DEFINE_string('coordinator_address', None,
-                    'Multi-process runs: HOST:PORT of process 0 (see README, "Multiple GPUs '
-                    'and multiple hosts"). Under SLURM it is detected.')
+                    'Multi-process runs: HOST:PORT of process 0 (see docs/multi_host.md). '
+                    'Under SLURM it is detected.')
 flags.DEFINE_integer('num_processes', None, 'Multi-process runs: the number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process, 0..N-1.')
 flags.DEFINE_integer('distributed_timeout_secs', 300,
@@ -53,9 +53,10 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   logging.info('Config:\n%s', FLAGS.config)
   try:
+    validation.validate(FLAGS.config)
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id, FLAGS.distributed_timeout_secs,
-                                    FLAGS.config.get('collective_timeout_secs', 0.0))
+                                    FLAGS.config.collective_timeout_secs)
     if FLAGS.mode == 'data':
       describe_data(FLAGS.config)
       return

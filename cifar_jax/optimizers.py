@@ -1,8 +1,8 @@
 """Optimizers from the config: learning-rate schedules, parameter groups, Muon.
 
 Without `config.optimizer_groups` every parameter gets `config.optimizer`
-with `config.learning_rate` on `config.lr_schedule` (the tutorial: plain SGD,
-0.1, staircase decay). With groups, each group -- parameters whose path
+with `config.learning_rate` scaled by `config.schedule` (the tutorial: plain
+SGD, 0.1, staircase decay). With groups, each group -- parameters whose path
 ('group1_norm1/bias', ...) matches one of its glob patterns -- has its own
 optimizer, learning rate, momentum, weight decay and training length, and
 the parameters no group matches form the default group of the top-level
@@ -10,14 +10,14 @@ fields. Groups must not overlap.
 
 Hyper-parameter forms (`config.hyperparameter_form`):
 
-* ``plain``: learning rates are optax's; `sgd_weight_decay` is the decay per
+* ``plain``: learning rates are optax's; `weight_decay` is the decay per
   example of the global batch: each step adds (sgd_weight_decay * B / lr) * p
   to the gradient of a group with peak learning rate lr, before momentum --
   PyTorch's `weight_decay` = wd / lr, as airbench94_muon writes it.
 * ``decoupled`` (airbench94, after Myrtle.ai's "how to train your ResNet"):
-  learning rates and `sgd_weight_decay` are per 1024 examples and normalised
+  learning rates and `weight_decay` are per 1024 examples and normalised
   by the momentum: lr_optax = lr / (1024 (1 + 1 / (1 - momentum))), decay per
-  step = sgd_weight_decay * B / (1024 (1 + 1 / (1 - momentum))). A group's
+  step = weight_decay * B / (1024 (1 + 1 / (1 - momentum))). A group's
   `lr_multiplier` (BatchNorm biases: x64) scales its learning rate but not its
   weight decay.
 
@@ -25,6 +25,9 @@ Muon (`optimizer = 'muon'`, airbench94_muon's conv filters) is `muon` below:
 Nesterov momentum, then the update orthogonalised by a few Newton-Schulz
 iterations, with the weights renormalised to norm sqrt(out_channels) before
 every step.
+
+The config is valid (`validation`): names, fields and group patterns were
+checked at the entry.
 """
 
 from __future__ import annotations
@@ -39,13 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cifar_jax.errors import UserError
-
-OPTIMIZERS = ('sgd', 'momentum', 'muon', 'frozen')
-GROUP_FIELDS = ('params', 'optimizer', 'learning_rate', 'lr_multiplier', 'momentum', 'nesterov',
-                'sgd_weight_decay', 'train_epochs', 'schedule_over')
-HYPERPARAMETER_FORMS = ('plain', 'decoupled')
-
+from cifar_jax import models
 
 # ----------------------------------------------------------------------------
 # Learning-rate schedules.
@@ -54,7 +51,7 @@ HYPERPARAMETER_FORMS = ('plain', 'decoupled')
 def create_learning_rate_fn(config: ml_collections.ConfigDict, num_train_examples: int,
                             global_batch_size: int, peak: float | None = None,
                             num_steps: int | None = None) -> optax.Schedule:
-  """The learning-rate schedule, in optimizer steps.
+  """`config.schedule` scaling the peak learning rate, in optimizer steps.
 
   `peak` (default `config.learning_rate`) and `num_steps` (default
   `config.num_train_steps`) let a parameter group follow the same shape with
@@ -63,15 +60,18 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict, num_train_example
   peak = config.learning_rate if peak is None else peak
   num_steps = config.num_train_steps if num_steps is None else num_steps
   batches_per_epoch = num_train_examples / global_batch_size  # a float, as in the tutorial
-  if config.lr_schedule == 'staircase_exponential':
+  schedule = config.schedule
+  if schedule.name == 'constant':
+    return optax.constant_schedule(peak)
+  if schedule.name == 'staircase_exponential':
     return optax.exponential_decay(
         init_value=peak,
-        transition_steps=max(1, int(batches_per_epoch * config.num_epochs_per_decay)),
-        decay_rate=config.lr_decay_factor,
+        transition_steps=max(1, int(batches_per_epoch * schedule.epochs_per_decay)),
+        decay_rate=schedule.decay_factor,
         staircase=True,
     )
-  if config.lr_schedule == 'warmup_cosine':
-    warmup_steps = int(batches_per_epoch * config.warmup_epochs)
+  if schedule.name == 'warmup_cosine':
+    warmup_steps = int(batches_per_epoch * schedule.warmup_epochs)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=peak,
@@ -79,13 +79,8 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict, num_train_example
         decay_steps=max(num_steps, warmup_steps + 1),
         end_value=0.0,
     )
-  if config.lr_schedule == 'linear_warmup_decay':
-    return linear_warmup_decay(peak, num_steps, config.lr_warmup_fraction,
-                               config.lr_start_scale, config.lr_end_scale)
-  raise UserError(
-      f'Unknown config.lr_schedule {config.lr_schedule!r}; use staircase_exponential, '
-      'warmup_cosine or linear_warmup_decay.'
-  )
+  return linear_warmup_decay(peak, num_steps, schedule.warmup_fraction, schedule.start_scale,
+                             schedule.end_scale)
 
 
 def linear_warmup_decay(peak: float, num_steps: int, warmup_fraction: float,
@@ -181,59 +176,26 @@ def muon(learning_rate: optax.ScalarOrSchedule, momentum: float, nesterov: bool 
 # Groups.
 
 
-def parameter_paths(params: Any) -> list[str]:
-  """'module/param' path of every leaf, in tree order."""
-  flat, _ = jax.tree_util.tree_flatten_with_path(params)
-  return ['/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in flat]
-
-
 def _groups(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
   """Every group with the top-level fields filled in for what it leaves out."""
   defaults = {'optimizer': config.optimizer, 'learning_rate': config.learning_rate,
               'lr_multiplier': 1.0, 'momentum': config.momentum, 'nesterov': config.nesterov,
-              'sgd_weight_decay': config.sgd_weight_decay, 'train_epochs': 0.0,
+              'weight_decay': config.weight_decay, 'train_epochs': 0.0,
               'schedule_over': 'run', 'params': ()}
-  groups = {}
-  for name, group in dict(config.optimizer_groups).items():
-    group = dict(group)
-    unknown = sorted(set(group) - set(GROUP_FIELDS))
-    if unknown:
-      raise UserError(f'config.optimizer_groups.{name} has unknown fields {unknown}; a group '
-                      f'takes {list(GROUP_FIELDS)}.')
-    if not group.get('params'):
-      raise UserError(f'config.optimizer_groups.{name}.params is empty; give glob patterns of '
-                      'parameter paths such as "*norm*/bias".')
-    groups[name] = ml_collections.ConfigDict({**defaults, **group})
+  groups = {name: ml_collections.ConfigDict({**defaults, **dict(group)})
+            for name, group in dict(config.optimizer_groups).items()}
   groups['default'] = ml_collections.ConfigDict({**defaults, 'params': ('*',)})
-  for name, group in groups.items():
-    if group.optimizer not in OPTIMIZERS:
-      raise UserError(f'Unknown optimizer {group.optimizer!r} (group {name}); use one of '
-                      f'{list(OPTIMIZERS)}.')
-    if group.schedule_over not in ('run', 'train_epochs'):
-      raise UserError(f'config.optimizer_groups.{name}.schedule_over is '
-                      f'{group.schedule_over!r}; use run or train_epochs.')
-    if group.optimizer == 'muon' and group.sgd_weight_decay:
-      raise UserError(f'Group {name} uses muon, which has no weight decay; set its '
-                      'sgd_weight_decay to 0.')
   return groups
 
 
 def group_labels(config: ml_collections.ConfigDict, params: Any) -> Any:
-  """The group name of every parameter (a tree like `params`)."""
+  """The group name of every parameter (a tree like `params`; groups are disjoint)."""
   groups = _groups(config)
-  paths = parameter_paths(params)
   labels = []
-  for path in paths:
+  for path in models.parameter_paths(params):
     matches = [name for name, group in groups.items() if name != 'default'
                and any(fnmatch.fnmatchcase(path, pattern) for pattern in group.params)]
-    if len(matches) > 1:
-      raise UserError(f'Parameter {path} is in optimizer groups {matches}; make the groups\' '
-                      'params patterns disjoint.')
     labels.append(matches[0] if matches else 'default')
-  for name in groups:
-    if name != 'default' and name not in labels:
-      raise UserError(f'config.optimizer_groups.{name} matches no parameter (patterns '
-                      f'{list(groups[name].params)}); the model has {paths}.')
   return jax.tree.unflatten(jax.tree.structure(params), labels)
 
 
@@ -242,9 +204,6 @@ def _group_optimizer(config, group, num_train_examples, global_batch_size, steps
   """(optimizer, its learning-rate schedule) of one group."""
   if group.optimizer == 'frozen':
     return optax.set_to_zero(), lambda _: jnp.zeros([], jnp.float32)
-  if config.hyperparameter_form not in HYPERPARAMETER_FORMS:
-    raise UserError(f'Unknown config.hyperparameter_form {config.hyperparameter_form!r}; use '
-                    f'one of {list(HYPERPARAMETER_FORMS)}.')
   uses_momentum = group.optimizer in ('momentum', 'muon')
   scale = 1.0
   if config.hyperparameter_form == 'decoupled':
@@ -261,7 +220,7 @@ def _group_optimizer(config, group, num_train_examples, global_batch_size, steps
   else:
     tx = optax.sgd(learning_rate, momentum=group.momentum if uses_momentum else None,
                    nesterov=group.nesterov and uses_momentum)
-    decay_per_step = group.sgd_weight_decay * scale * global_batch_size
+    decay_per_step = group.weight_decay * scale * global_batch_size
     if decay_per_step:
       tx = optax.chain(optax.add_decayed_weights(decay_per_step / peak), tx)
   if train_steps:

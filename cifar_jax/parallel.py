@@ -76,8 +76,6 @@ def select_devices(num_devices: int, platform: str | None = None) -> list[jax.De
     raise UserError(f'No {platform!r} devices here ({e}); check config.eval.platform.') from e
   if num_devices == -1:
     return available
-  if num_devices < 1:
-    raise UserError(f'config.num_devices is {num_devices}; use -1 (all local devices) or N >= 1.')
   if num_devices > len(available):
     logging.warning(
         'config.num_devices=%d but only %d %s device(s) exist; using %d.',
@@ -88,10 +86,9 @@ def select_devices(num_devices: int, platform: str | None = None) -> list[jax.De
 
 # XLA options for computations compiled for CPUs. With YNNPACK enabled for
 # dots (off by default in jaxlib 0.10; newer XLA turns it on), convolutions go
-# through it too instead of single-threaded Eigen: on a 2-core AVX2 machine the
-# tutorial network's 5x5 convolutions become ~2-3x faster forward and
-# backward. float32 throughout; only summation order changes. A user's own
-# setting of the same option in XLA_FLAGS wins.
+# through it too instead of single-threaded Eigen, and use every core
+# (docs/performance.md). float32 throughout; only summation order changes. A
+# user's own setting of the same option in XLA_FLAGS wins.
 CPU_COMPILER_OPTIONS = {
     'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 
@@ -126,30 +123,6 @@ def compiler_options(platform: str) -> dict[str, str]:
   return {k: v for k, v in CPU_COMPILER_OPTIONS.items() if k not in user_flags}
 
 
-class _CompiledPerSignature:
-  """A pmapped function compiled with XLA options, once per argument signature.
-
-  `jax.pmap` takes no compiler options, but its ahead-of-time path does
-  (`.lower(...).compile(compiler_options=...)`); this keeps one executable per
-  tree structure, shapes and dtypes of the arguments, like pmap's own cache.
-  """
-
-  def __init__(self, mapped: Callable[..., Any], options: dict[str, str]):
-    self._mapped = mapped
-    self._options = options
-    self._executables: dict[Any, Any] = {}
-
-  def __call__(self, *args):
-    leaves, treedef = jax.tree.flatten(args)
-    signature = (treedef, tuple((np.shape(x), np.asarray(x).dtype if np.isscalar(x) else x.dtype)
-                                for x in leaves))
-    executable = self._executables.get(signature)
-    if executable is None:
-      executable = self._mapped.lower(*args).compile(compiler_options=self._options)
-      self._executables[signature] = executable
-    return executable(*args)
-
-
 # How many calls of one mapped function may be dispatched and not yet finished.
 # JAX dispatches asynchronously, so a loop that never reads a result can queue
 # any number of steps. XLA's CPU runtime admits 32 computations per device
@@ -157,33 +130,49 @@ class _CompiledPerSignature:
 # threads that also start the queued computations; in a multi-process run
 # (gloo collectives) that deadlocks as soon as a process gets ~35 steps ahead:
 # both processes sit idle in the step call forever (benchmarks/
-# multiprocess_stress.py; README, "Multiple GPUs and multiple hosts"). Eight
-# queued steps keep any device busy; more only postpone the host's next look.
+# multiprocess_stress.py; docs/multi_host.md). Eight queued steps keep any
+# device busy; more only postpone the host's next look.
 MAX_CALLS_IN_FLIGHT = 8
 
 
-class _BoundedDispatch:
-  """A mapped function that waits for call t - MAX_CALLS_IN_FLIGHT before returning call t.
+class _Mapped:
+  """A pmapped function that compiles with XLA options and bounds how far the host runs ahead.
 
-  Results are identical; only how far the host may run ahead changes. Waits on
-  the oldest call's outputs that were not donated to a later call (a donated
-  output is consumed by a call that finishes after it).
+  `jax.pmap` takes no compiler options, but its ahead-of-time path does
+  (`.lower(...).compile(compiler_options=...)`); with `options`, one
+  executable is kept per tree structure, shapes and dtypes of the arguments,
+  like pmap's own cache. Call t waits for call t - MAX_CALLS_IN_FLIGHT to
+  finish before returning (on the oldest call's outputs that were not donated
+  to a later call: a donated output is consumed by a call that finishes after
+  it). Results are those of the plain pmapped function.
   """
 
-  def __init__(self, mapped: Callable[..., Any], max_in_flight: int = MAX_CALLS_IN_FLIGHT):
+  def __init__(self, mapped: Callable[..., Any], options: dict[str, str],
+               max_in_flight: int = MAX_CALLS_IN_FLIGHT):
     self._mapped = mapped
+    self._options = options
+    self._executables: dict[Any, Any] = {}
     self._max_in_flight = max_in_flight
     self._in_flight: collections.deque[list[jax.Array]] = collections.deque()
 
+  def _executable(self, args: tuple) -> Callable[..., Any]:
+    if not self._options:
+      return self._mapped
+    leaves, treedef = jax.tree.flatten(args)
+    signature = (treedef, tuple((np.shape(x), np.asarray(x).dtype if np.isscalar(x) else x.dtype)
+                                for x in leaves))
+    executable = self._executables.get(signature)
+    if executable is None:
+      executable = self._mapped.lower(*args).compile(compiler_options=self._options)
+      self._executables[signature] = executable
+    return executable
+
   def __call__(self, *args):
-    outputs = self._mapped(*args)
+    outputs = self._executable(args)(*args)
     self._in_flight.append([x for x in jax.tree.leaves(outputs) if isinstance(x, jax.Array)])
     while len(self._in_flight) > self._max_in_flight:
       jax.block_until_ready([x for x in self._in_flight.popleft() if not x.is_deleted()])
     return outputs
-
-  def __getattr__(self, name: str) -> Any:
-    return getattr(self._mapped, name)
 
 
 def pmap(fn: Callable[..., Any], devices: Sequence[jax.Device],
@@ -202,11 +191,10 @@ def pmap(fn: Callable[..., Any], devices: Sequence[jax.Device],
       raise UserError(
           f'A multi-process run uses every local device ({jax.local_device_count()}), not '
           f'{len(devices)}; set config.num_devices=-1.')
-    return _BoundedDispatch(
-        jax.pmap(fn, axis_name=AXIS_NAME, devices=None, donate_argnums=donate_argnums))
+    return _Mapped(jax.pmap(fn, axis_name=AXIS_NAME, devices=None,
+                            donate_argnums=donate_argnums), options={})
   mapped = jax.pmap(fn, axis_name=AXIS_NAME, devices=devices, donate_argnums=donate_argnums)
-  options = compiler_options(devices[0].platform)
-  return _BoundedDispatch(_CompiledPerSignature(mapped, options) if options else mapped)
+  return _Mapped(mapped, compiler_options(devices[0].platform))
 
 
 def _device_axis_sharding(devices: Sequence[jax.Device]) -> NamedSharding:

@@ -18,18 +18,15 @@ from typing import Any
 from absl import logging
 import jax
 
-from cifar_jax.errors import UserError
-
 
 class StepProfiler:
-  """Starts the trace before the first chosen step and stops it after the last."""
+  """Starts the trace before the first chosen step and stops it after the last.
+
+  `profile_steps` is () or (start, count), count >= 1 (`validation` checks it).
+  """
 
   def __init__(self, profile_steps: tuple[int, ...], workdir: str, enabled: bool = True):
     profile_steps = tuple(profile_steps)
-    if profile_steps and (len(profile_steps) != 2 or profile_steps[0] < 0
-                          or profile_steps[1] < 1):
-      raise UserError(f'config.profile_steps is {profile_steps}; use () (off) or (start, count) '
-                      'with start >= 0 and count >= 1.')
     self._range = (profile_steps[0], profile_steps[0] + profile_steps[1]) if profile_steps else None
     self.directory = os.path.join(workdir, 'profile')
     self._enabled = enabled
@@ -49,14 +46,17 @@ class StepProfiler:
     with jax.profiler.StepTraceAnnotation('train', step_num=first_step + 1):
       yield
 
-  def after_call(self, last_step: int, outputs: Any) -> None:
-    """Stops the trace once the call that reached the last chosen step has finished."""
-    if self._tracing and last_step >= self._range[1]:
-      jax.block_until_ready(outputs)  # the trace ends when the device work does
-      self.stop()
-      logging.info('Profile of steps %d-%d in %s (TensorBoard: profile tab; or open the '
-                   '.trace.json.gz in ui.perfetto.dev).', self._range[0] + 1, self._range[1],
-                   self.directory)
+  def should_stop(self, last_step: int) -> bool:
+    """True after the call that reached the last chosen step."""
+    return self._tracing and last_step >= self._range[1]
+
+  def stop_after(self, outputs: Any) -> None:
+    """Stops the trace once the device work behind `outputs` has finished."""
+    jax.block_until_ready(outputs)  # the trace ends when the device work does
+    self.stop()
+    logging.info('Profile of steps %d-%d in %s (TensorBoard: profile tab; or open the '
+                 '.trace.json.gz in ui.perfetto.dev).', self._range[0] + 1, self._range[1],
+                 self.directory)
 
   def stop(self) -> None:
     if self._tracing:

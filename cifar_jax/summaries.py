@@ -10,7 +10,7 @@
 
 The event files are written with TensorBoard's own record format and protos
 (`TensorBoardWriter`), not through TensorFlow: clu's `SummaryWriter` imports
-TensorFlow (~4 s here, on the path to the first step of every restart) and
+TensorFlow (seconds on the path to the first step of every restart) and
 machines with JAX and TensorBoard but no TensorFlow (e.g. GPU images) would get
 no summaries at all.
 """
@@ -48,6 +48,8 @@ def read_records(path: str) -> list[dict[str, Any]]:
       except json.JSONDecodeError:
         continue
   return records
+
+
 _warned_no_tensorboard = False
 
 
@@ -142,6 +144,12 @@ class Writer:
 
   def close(self) -> None:
     self._each('close')
+
+  def __enter__(self) -> Writer:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
 
 class TensorBoardWriter:

@@ -25,18 +25,16 @@ import math
 
 import ml_collections
 
-from experiments import cifar10
+from experiments import base
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = cifar10.get_config()
+  config = base.get_config()
   config.crop_size = 32
   config.preprocess = 'channel_normalization'
   config.augment.translate = 2
   config.augment.flip_left_right = True
   config.augment.alternating_flip = True
-  config.augment.max_brightness_delta = 0.0
-  config.augment.random_contrast = False
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'airbench94'
@@ -60,13 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.nesterov = True
   config.hyperparameter_form = 'decoupled'
   config.learning_rate = 11.5  # per 1024 examples
-  config.sgd_weight_decay = 0.0153  # per 1024 examples
-  config.weight_decay = 0.0
-  config.weight_decay_modules = ()
-  config.lr_schedule = 'linear_warmup_decay'
-  config.lr_warmup_fraction = 0.23
-  config.lr_start_scale = 0.2
-  config.lr_end_scale = 0.07
+  config.weight_decay = 0.0153  # per 1024 examples
+  config.schedule = ml_collections.ConfigDict({
+      'name': 'linear_warmup_decay', 'warmup_fraction': 0.23, 'start_scale': 0.2,
+      'end_scale': 0.07})
   config.label_smoothing = 0.2
   config.loss_reduction = 'sum'
   config.optimizer_groups = ml_collections.ConfigDict({
@@ -77,7 +72,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.lookahead.every_steps = 5
   config.lookahead.decay_base = 0.95**5
   config.lookahead.decay_power = 3.0
-  config.ema.kind = 'none'
 
   config.log_every_steps = 10
   config.checkpoint_every_steps = 100

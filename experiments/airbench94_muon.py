@@ -33,18 +33,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.momentum = 0.85
   config.nesterov = True
   config.learning_rate = 0.67
-  config.sgd_weight_decay = 2e-6  # per example: 0.004 per step at batch 2000
-  config.lr_schedule = 'linear_warmup_decay'
-  config.lr_warmup_fraction = 0.0
-  config.lr_start_scale = 1.0
-  config.lr_end_scale = 0.0
+  config.weight_decay = 2e-6  # per example: 0.004 per step at batch 2000
+  config.schedule = ml_collections.ConfigDict({
+      'name': 'linear_warmup_decay', 'warmup_fraction': 0.0, 'start_scale': 1.0,
+      'end_scale': 0.0})
   config.optimizer_groups = ml_collections.ConfigDict({
       'whiten_kernel': {'params': ('whiten/kernel',), 'optimizer': 'frozen'},
       'whiten_bias': {'params': ('whiten/bias',), 'learning_rate': 0.053, 'train_epochs': 3.0,
                       'schedule_over': 'train_epochs'},
       'norm_biases': {'params': ('*norm*/bias',), 'learning_rate': 0.053},
       'filters': {'params': ('group*_conv*/kernel',), 'optimizer': 'muon', 'learning_rate': 0.24,
-                  'momentum': 0.6, 'nesterov': True, 'sgd_weight_decay': 0.0},
+                  'momentum': 0.6, 'nesterov': True, 'weight_decay': 0.0},
   })
   config.lookahead.every_steps = 0
   return config

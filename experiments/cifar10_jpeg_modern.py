@@ -14,8 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer = 'momentum'
   config.momentum = 0.9
   config.nesterov = True
-  config.lr_schedule = 'warmup_cosine'
   config.learning_rate = 0.05
-  config.warmup_epochs = 0.5
+  config.schedule = ml_collections.ConfigDict({'name': 'warmup_cosine', 'warmup_epochs': 0.5})
   config.label_smoothing = 0.1
   return config

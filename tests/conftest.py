@@ -3,16 +3,29 @@
 XLA_FLAGS must be set before jax is first imported, so it is set here.
 """
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
+
+import numpy as np
 
 os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One persistent compilation cache for the session, in-process and in the commands the
+# tests start (they inherit the environment; a cache directory given to JAX wins over
+# config.compilation_cache_dir): the same tiny program, compiled once, loads in
+# milliseconds in the next test. Results are those of a fresh compilation.
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix='cifar_jax_tests_compilation_cache_')
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _COMPILATION_CACHE)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-from cifar_jax import checkpoints, datasets, input_pipeline, parallel, train, train_state  # noqa: E402,E501
+from cifar_jax import builder, checkpoints, datasets, input_pipeline, parallel  # noqa: E402
 from experiments import airbench94_muon, airbench94_smoke, smoke  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,23 +77,26 @@ def tiny_airbench_config(muon=False, **overrides):
   if muon:
     muon_config = airbench94_muon.get_config()
     for field in ('model', 'hyperparameter_form', 'optimizer', 'momentum', 'nesterov',
-                  'learning_rate', 'sgd_weight_decay', 'lr_schedule', 'lr_warmup_fraction',
-                  'lr_start_scale', 'lr_end_scale', 'optimizer_groups', 'lookahead'):
+                  'learning_rate', 'weight_decay', 'schedule', 'optimizer_groups', 'lookahead'):
       base[field] = muon_config[field]
   return tiny_config(base, **{'eval.batch_size': 50, **overrides})
 
 
 def run_steps(config, num_steps, fixed_indices=None):
-  """k steps of the parallel train step; returns (host state, per-step losses)."""
+  """k steps of the parallel train step; returns (host state, per-step losses).
+
+  `fixed_indices` [devices, batch]: the same examples at every step.
+  """
   devices = parallel.select_devices(config.num_devices)
   split = datasets.load_split(config.dataset, config.dataset.train_split)
-  setup = train.setup_training(config, split, devices)
+  setup = builder.build(config, split, devices)
   state = parallel.replicate(setup.state, devices)
   data = input_pipeline.put_on_devices(split, devices)
   losses = []
   for step in range(num_steps):
-    indices = setup.schedule.indices(step) if fixed_indices is None else fixed_indices
-    state, metrics = setup.train_step(state, data, indices)
+    indices = (setup.batches.indices(step) if fixed_indices is None
+               else np.asarray(fixed_indices)[:, None])
+    state, metrics = setup.parallel_steps(state, data, indices)
     losses.append(float(metrics['loss'][0, 0]))
   return parallel.unreplicate(state), losses
 
@@ -89,6 +105,6 @@ def restore_latest(workdir, config=None):
   """The state of the latest checkpoint in WORKDIR (a `config`, default tiny_config(), model)."""
   config = config if config is not None else tiny_config()
   manager = checkpoints.create_manager(workdir, read_only=True)
-  template, _ = train_state.abstract_train_state(config, 10)
+  template = builder.build(config, num_classes=10).state
   state, _ = checkpoints.restore(manager, manager.latest_step(), template, config)
   return state

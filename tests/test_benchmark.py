@@ -13,7 +13,7 @@ from tests.conftest import REPO_ROOT, tiny_airbench_config, tiny_config
 
 def test_run_reports_every_figure_and_a_parseable_last_line():
   figures = benchmark.run(tiny_config(), steps=2, repeats=2, warmup_steps=1, synthetic=True,
-                          synthetic_train_size=64, synthetic_eval_size=40)
+                          synthetic_train_size=64, synthetic_eval_size=40, matmul_size=128)
   for name in ('train_step', 'end_to_end', 'eval'):
     rate = figures[name]
     assert 0 < rate['min'] <= rate['median'] <= rate['max'] < math.inf
@@ -31,7 +31,8 @@ def test_run_reports_every_figure_and_a_parseable_last_line():
 
 def test_airbench_configs_are_measured_and_matched_with_their_pytorch_recipe():
   figures = benchmark.run(tiny_airbench_config(), steps=1, repeats=1, warmup_steps=1,
-                          synthetic=True, synthetic_train_size=64, synthetic_eval_size=40)
+                          synthetic=True, synthetic_train_size=64, synthetic_eval_size=40,
+                          matmul_size=128)
   assert figures['gflop_per_example'] > 0 and figures['eval']['median'] > 0
   command = benchmark._pytorch_command(tiny_airbench_config(muon=True), 3, 2)
   assert command[0].endswith('airbench_reference.py')
@@ -51,7 +52,8 @@ def test_command_line(tmp_path):
        '--config.model.conv_features=8', '--config.model.local3_features=16',
        '--config.model.local4_features=8', '--config.per_device_batch_size=8',
        '--config.dataset.cache_dir=', '--synthetic', '--synthetic_train_size=64',
-       '--synthetic_eval_size=40', '--steps=2', '--repeats=1', '--warmup_steps=1'],
+       '--synthetic_eval_size=40', '--steps=2', '--repeats=1', '--warmup_steps=1',
+       '--matmul_size=128'],
       cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().splitlines()[-1].startswith('train_step_img_per_s=')

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import evaluate, parallel, summaries, train
+from cifar_jax import evaluate, parallel, scoring, summaries, train, validation
 from cifar_jax.datasets import Split
 from cifar_jax.errors import UserError
 from tests.conftest import tiny_config
@@ -38,26 +38,32 @@ def test_precision_counts_every_example_exactly_once(num_devices, batch_size):
   split = _split(250, num_correct=137)
   config = tiny_config()
   config.eval.batch_size = batch_size
-  evaluator = evaluate.Evaluator(config, split, BrightPixelModel(),
-                                 parallel.select_devices(num_devices))
+  evaluator = scoring.Evaluator(config, split, BrightPixelModel(),
+                                parallel.select_devices(num_devices))
   result = evaluator.score({'unused': jnp.zeros(())})
-  assert result['count'] == 250
-  assert result['precision'] == 137 / 250
+  assert result.count == 250
+  assert result.precision == 137 / 250
 
 
 def test_padded_batches_cover_each_index_once():
-  indices, mask = evaluate.padded_batches(10, 4, 3)  # per device 2, global 6
+  indices, mask = scoring.padded_batches(10, 4, 3)  # per device 2, global 6
   assert indices.shape == (2, 3, 2)
   assert sorted(indices[mask].tolist()) == list(range(10))
   assert mask.sum() == 10
 
 
+def _score(precision):
+  return scoring.Score(precision=precision, loss=1.0, count=10, confusion=np.eye(2),
+                       predictions=np.zeros(10))
+
+
 def test_result_line_format():
-  result = {'precision': 0.8601, 'precision_raw': 0.842}
-  assert evaluate.format_result(2000, result) == (
-      'step 2000, precision @ 1 = 0.860 (raw parameters: 0.842)')
-  assert evaluate.format_result(2000, result, 'raw') == (
-      'step 2000, precision @ 1 = 0.842 (EMA parameters: 0.860)')
+  result = scoring.Result(tta='none', ema=_score(0.8601), raw=_score(0.842))
+  assert result.line(2000) == 'step 2000, precision @ 1 = 0.860 (raw parameters: 0.842)'
+  raw_first = scoring.Result(tta='none', ema=_score(0.8601), raw=_score(0.842), headline='raw')
+  assert raw_first.line(2000) == 'step 2000, precision @ 1 = 0.842 (EMA parameters: 0.860)'
+  no_ema = scoring.Result(tta='mirror', ema=_score(0.842), raw=_score(0.842), has_ema=False)
+  assert no_ema.line(7) == 'step 7, precision @ 1 = 0.8420 (no EMA; TTA mirror)'
 
 
 def _records(workdir):
@@ -73,7 +79,7 @@ def _trained(tmp_path, **overrides):
 def test_run_once_scores_the_latest_checkpoint_once(tmp_path):
   workdir = _trained(tmp_path)
   results = evaluate.evaluate(tiny_config(**{'eval.run_once': True}), workdir)
-  assert list(results) == [20] and results[20]['count'] == 200
+  assert list(results) == [20] and results[20].count == 200
   assert evaluate.evaluate(tiny_config(**{'eval.run_once': True}), workdir) == {}
   records = _records(workdir)
   assert [(r['step'], r['status']) for r in records] == [(20, 'scored')]
@@ -95,7 +101,7 @@ def test_scores_every_checkpoint_then_stops_after_the_final_one(tmp_path):
   # The in-process evaluator and the evaluator process agree.
   in_process = train.train_and_evaluate(tiny_config(), str(tmp_path / 'again'))
   again = _records(str(tmp_path / 'again'))
-  assert again[-1]['precision'] == results[20]['precision']
+  assert again[-1]['precision'] == results[20].precision
   assert int(in_process.step) == 20
   records = _records(workdir)
   assert [r['step'] for r in records] == [10, 20]
@@ -162,9 +168,15 @@ def test_figures_render():
   assert grid.shape[0] > 32 * 3 and grid.shape[2] == 3
 
 
-def test_evaluate_without_a_workdir_says_so(tmp_path):
+def test_evaluate_without_a_workdir_says_so(tmp_path, capsys):
+  started = time.time()
   with pytest.raises(UserError, match='does not exist'):
-    evaluate.evaluate(tiny_config(), str(tmp_path / 'nope'))
+    evaluate.evaluate(tiny_config(**{'eval.timeout_secs': 1.0, 'eval.poll_secs': 0.2}),
+                      str(tmp_path / 'nope'))
+  assert 1.0 <= time.time() - started < 30  # it waited for the trainer to create it
+  assert capsys.readouterr().out.count('waiting for ') == 1  # and said so once
+  with pytest.raises(UserError, match='does not exist'):  # --config.eval.run_once: at once
+    evaluate.evaluate(tiny_config(**{'eval.run_once': True}), str(tmp_path / 'nope'))
 
 
 # ----------------------------------------------------------------------------
@@ -183,9 +195,9 @@ def _first_columns(x):
 def test_tta_of_a_flip_invariant_model_equals_no_tta():
   images = _images()
   invariant = lambda x: (x + x[:, :, ::-1]).reshape(x.shape[0], -1)[:, :10]  # noqa: E731
-  np.testing.assert_allclose(evaluate.tta_logits(invariant, images, 'mirror'),
-                             evaluate.tta_logits(invariant, images, 'none'), rtol=1e-6)
-  assert not np.allclose(evaluate.tta_logits(_first_columns, images, 'mirror'),
+  np.testing.assert_allclose(scoring.tta_logits(invariant, images, 'mirror'),
+                             scoring.tta_logits(invariant, images, 'none'), rtol=1e-6)
+  assert not np.allclose(scoring.tta_logits(_first_columns, images, 'mirror'),
                          _first_columns(images))
 
 
@@ -195,10 +207,10 @@ def test_mirror_translate_by_hand():
   views = [images, padded[:, :6, :6], padded[:, 2:, 2:]]
   mirrored = [0.5 * _first_columns(v) + 0.5 * _first_columns(v[:, :, ::-1]) for v in views]
   expected = 0.5 * mirrored[0] + 0.25 * mirrored[1] + 0.25 * mirrored[2]
-  np.testing.assert_allclose(evaluate.tta_logits(_first_columns, images, 'mirror_translate'),
+  np.testing.assert_allclose(scoring.tta_logits(_first_columns, images, 'mirror_translate'),
                              expected, rtol=1e-6)
   with pytest.raises(UserError, match='config.eval.tta'):
-    evaluate.tta_logits(_first_columns, images, 'flip')
+    validation.validate(tiny_config(**{'eval.tta': 'flip'}))
 
 
 def test_a_step_deleted_while_listing_is_listed_again():

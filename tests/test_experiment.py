@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from cifar_jax import datasets, evaluate, experiment, input_pipeline, parallel, train_state
+from cifar_jax import builder, datasets, experiment, input_pipeline, parallel, scoring
 from cifar_jax.errors import UserError
 from tests.conftest import REPO_ROOT, restore_latest, tiny_airbench_config, tiny_config
 
@@ -20,6 +20,8 @@ def test_load_config_by_path_with_overrides():
   # A variant that imports its base as experiments.<name>.
   assert experiment.load_config(os.path.join(REPO_ROOT, 'experiments',
                                              'cifar10_jpeg_modern.py')).nesterov
+  with pytest.raises(UserError, match='config.num_train_steps is 0'):  # checked as on the CLI
+    experiment.load_config(SMOKE, {'num_train_steps': 0})
   with pytest.raises(UserError, match='Unknown config field'):
     experiment.load_config(SMOKE, {'model.depth': 3})
   with pytest.raises(UserError, match='No config file'):
@@ -30,14 +32,11 @@ def test_augmented_batch_is_the_trainers_first_batch():
   config = tiny_config()
   split = experiment.load_data(config, 'train')
   images, labels = experiment.augmented_batch(config, split, step=3, count=5)
-  schedule = input_pipeline.BatchSchedule(split.num_examples, config.per_device_batch_size, 1,
-                                          config.seed)
-  indices = schedule.indices(3)[0]
-  rng = train_state.create_train_state(config, *train_state.create_model_and_optimizer(
-      config, split.num_classes, split.num_examples, schedule.global_batch_size)[:2]).rng
+  setup = builder.build(config, split)
+  indices = setup.batches.indices(3)[0, 0]
   expected = input_pipeline.train_batch(
-      input_pipeline.DeviceData(split.images, split.labels), indices, rng, 3,
-      **input_pipeline.augment_options(config, schedule.steps_per_epoch))
+      input_pipeline.DeviceData(split.images, split.labels), indices, setup.state.rng, 3,
+      setup.options.augmentation)
   np.testing.assert_allclose(images, expected['image'][:5], rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(labels, expected['label'][:5])
   assert experiment.load_data(config, 'eval').num_examples == 200
@@ -48,11 +47,10 @@ def test_create_train_state_is_the_trainers_initial_state():
   split = experiment.load_data(config)
   model, state = experiment.create_train_state(config, split)
   assert int(state.step) == 0
-  expected = train_state.create_train_state(config, *train_state.create_model_and_optimizer(
-      config, split.num_classes, split.num_examples, config.per_device_batch_size)[:2])
+  expected = builder.build(config, split, parallel.select_devices(1)).state  # the trainer's
   jax.tree.map(np.testing.assert_array_equal, state.params, expected.params)
   jax.tree.map(np.testing.assert_array_equal, state.ema_params, expected.params)
-  logits = model.apply({'params': state.params}, np.zeros((2, 24, 24, 3), np.float32))
+  logits = model.apply(state.variables(), np.zeros((2, 24, 24, 3), np.float32))
   assert logits.shape == (2, 10)
 
 
@@ -103,8 +101,8 @@ def test_predict_agrees_with_the_evaluator(tiny_run):
   probabilities = experiment.predict(run, split.images, which='raw', batch_size=64)
   assert probabilities.shape == (200, 10)
   np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
-  evaluator = evaluate.Evaluator(run.config, split, run.model, parallel.select_devices(1))
-  predictions, _ = evaluator.predict(run.params('raw'))
+  evaluator = scoring.Evaluator(run.config, split, run.model, parallel.select_devices(1))
+  predictions, _ = evaluator.predict(run.variables('raw'))
   np.testing.assert_array_equal(probabilities.argmax(-1), predictions)
 
 
@@ -140,8 +138,8 @@ def test_an_airbench_checkpoint_predicts_with_batch_stats_and_tta(tmp_path):
   run = experiment.load_checkpoint(workdir)
   split = datasets.load_split(run.config.dataset, run.config.dataset.eval_split)
   assert run.config.eval.tta == 'mirror_translate'
-  evaluator = evaluate.Evaluator(run.config, split, run.model, parallel.select_devices(1))
-  predictions, _ = evaluator.predict(run.params('raw'), run.state.batch_stats)
+  evaluator = scoring.Evaluator(run.config, split, run.model, parallel.select_devices(1))
+  predictions, _ = evaluator.predict(run.variables('raw'))
   tta = experiment.predict(run, split.images, which='raw')
   np.testing.assert_array_equal(tta.argmax(-1), predictions)
   plain = experiment.predict(run, split.images, which='raw', tta='none')

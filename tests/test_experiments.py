@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cifar_jax import datasets, train, train_state
+from cifar_jax import builder, datasets, train, validation
 from tests.conftest import REPO_ROOT, tiny_config
 
 CONFIGS = sorted(os.path.basename(p)[:-3]
@@ -15,12 +15,11 @@ CONFIGS = sorted(os.path.basename(p)[:-3]
 
 
 @pytest.mark.parametrize('name', CONFIGS)
-def test_config_builds_a_model_and_optimizer(name):
+def test_config_is_valid_and_builds_a_model_and_optimizer(name):
   config = importlib.import_module(f'experiments.{name}').get_config()
-  state, model = train_state.abstract_train_state(config, num_classes=10,
-                                                  num_train_examples=50_000,
-                                                  global_batch_size=128)
-  assert int(state.step.size) == 1 and model is not None
+  validation.validate(config)
+  setup = builder.build(config, num_classes=10)
+  assert int(setup.state.step.size) == 1 and setup.model is not None
 
 
 def test_svhn_trains_and_evaluates_on_mock_data(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""benchmarks/faults.py: a small fault-injection run (its full counts are in the README)."""
+"""benchmarks/faults.py: a small fault-injection run (its full counts are in docs/preemption.md)."""
 
 import os
 import sys

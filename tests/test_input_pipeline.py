@@ -1,14 +1,16 @@
 """Augmentation ops against TensorFlow's tf.image, and the batch schedule."""
 
+import dataclasses
 import functools
 
 import jax
 import numpy as np
 import pytest
 
-from cifar_jax import input_pipeline, parallel
+from cifar_jax import input_pipeline, parallel, validation
 from cifar_jax.datasets import Split
 from cifar_jax.errors import UserError
+from tests.conftest import tiny_config
 
 tf = pytest.importorskip('tensorflow')
 
@@ -62,14 +64,15 @@ def test_random_crop_is_a_window_of_the_image(images):
 
 
 def test_augmentation_ranges(images):
-  options = dict(crop_size=24, flip=True, max_brightness_delta=63.0, contrast_range=(0.2, 1.8))
-  out = input_pipeline.augment_batch(images, np.arange(6), jax.random.PRNGKey(0), 0, **options)
+  options = input_pipeline.Augmentation(crop_size=24, flip=True, max_brightness_delta=63.0,
+                                        contrast_range=(0.2, 1.8))
+  out = input_pipeline.augment_batch(images, np.arange(6), jax.random.PRNGKey(0), 0, options)
   assert out.shape == (6, 24, 24, 3)
   np.testing.assert_allclose(out[1:].mean(axis=(1, 2, 3)), 0.0, atol=1e-4)
   np.testing.assert_allclose(out[1:].std(axis=(1, 2, 3)), 1.0, atol=1e-3)
   # Same key and example ids: same result, whatever the order within the batch.
   permuted = input_pipeline.augment_batch(images[::-1], np.arange(6)[::-1],
-                                          jax.random.PRNGKey(0), 0, **options)
+                                          jax.random.PRNGKey(0), 0, options)
   np.testing.assert_allclose(permuted[::-1], out, atol=1e-6)
 
 
@@ -77,13 +80,14 @@ def test_batch_schedule_permutes_each_epoch_deterministically():
   schedule = input_pipeline.BatchSchedule(num_examples=103, per_device_batch_size=5,
                                           num_local_devices=2, seed=3)
   assert schedule.global_batch_size == 10 and schedule.steps_per_epoch == 10
-  epoch0 = np.concatenate([schedule.indices(s).ravel() for s in range(10)])
-  epoch1 = np.concatenate([schedule.indices(s).ravel() for s in range(10, 20)])
+  epoch0 = schedule.indices(0, 10).transpose(1, 0, 2).ravel()  # [devices, steps, batch]
+  epoch1 = schedule.indices(10, 10).transpose(1, 0, 2).ravel()
   assert len(set(epoch0)) == 100 and len(set(epoch1)) == 100  # no repeats in an epoch
   assert not np.array_equal(epoch0, epoch1)
   again = input_pipeline.BatchSchedule(103, 5, 2, seed=3)
   np.testing.assert_array_equal(again.indices(13), schedule.indices(13))
-  assert schedule.indices(0).shape == (2, 5)
+  assert schedule.indices(0).shape == (2, 1, 5)
+  np.testing.assert_array_equal(schedule.indices(3, 2)[:, 1], schedule.indices(4)[:, 0])
 
 
 def test_batch_schedule_splits_the_global_batch_across_processes():
@@ -103,7 +107,8 @@ def test_train_batch_gathers_on_each_device():
   data = input_pipeline.put_on_devices(split, devices)
   indices = np.array([[3, 4, 5], [17, 18, 19]], np.int32)
   gather = parallel.pmap(
-      lambda d, i: input_pipeline.eval_batch(d, i, crop_size=24), devices)
+      lambda d, i: input_pipeline.eval_batch(d, i, input_pipeline.EvalPreprocessing(24)),
+      devices)
   batch = gather(data, indices)
   np.testing.assert_array_equal(batch['label'], split.labels[indices])
   expected = jax.vmap(functools.partial(input_pipeline.preprocess_eval_image, crop_size=24))(
@@ -115,9 +120,9 @@ def test_train_batch_gathers_on_each_device():
 # ----------------------------------------------------------------------------
 # airbench's options.
 
-AIRBENCH = dict(crop_size=32, flip=True, max_brightness_delta=0.0, contrast_range=(),
-                normalization={'preprocess': 'channel_normalization',
-                               'channel_mean': (0.5, 0.25, 0.0), 'channel_std': (0.5, 0.25, 1.0)})
+AIRBENCH = input_pipeline.Augmentation(
+    crop_size=32, flip=True, normalization=input_pipeline.Normalization(
+        'channel_normalization', channel_mean=(0.5, 0.25, 0.0), channel_std=(0.5, 0.25, 1.0)))
 
 
 def _normalized(images):
@@ -130,10 +135,10 @@ def test_alternating_flip_schedule():
   images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
   ids = np.arange(100, 116)
   key = jax.random.PRNGKey(3)
-  options = dict(AIRBENCH, alternating_flip=True, steps_per_epoch=5)
+  options = dataclasses.replace(AIRBENCH, alternating_flip=True, steps_per_epoch=5)
   flips = {}
   for step in (0, 4, 5, 9, 10, 15):
-    out = np.asarray(input_pipeline.augment_batch(images, ids, key, step, **options))
+    out = np.asarray(input_pipeline.augment_batch(images, ids, key, step, options))
     flipped = np.array([np.allclose(o, _normalized(i[:, ::-1]), atol=1e-5)
                         for o, i in zip(out, images, strict=True)])
     plain = np.array([np.allclose(o, _normalized(i), atol=1e-5)
@@ -153,9 +158,9 @@ def test_alternating_flip_schedule():
 def test_translation_is_a_window_of_the_reflect_padded_image():
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-  options = dict(AIRBENCH, flip=False, translate=2)
+  options = dataclasses.replace(AIRBENCH, flip=False, translate=2)
   out = np.asarray(input_pipeline.augment_batch(images, np.arange(8), jax.random.PRNGKey(0), 0,
-                                                **options))
+                                                options))
   shifts = set()
   for o, image in zip(out, images, strict=True):
     padded = _normalized(np.pad(image, ((2, 2), (2, 2), (0, 0)), mode='reflect'))
@@ -169,7 +174,7 @@ def test_translation_is_a_window_of_the_reflect_padded_image():
 def test_channel_normalization_and_its_bad_name():
   image = np.full((32, 32, 3), 255, np.uint8)
   out = input_pipeline.preprocess_eval_image(image, crop_size=32,
-                                             normalization=AIRBENCH['normalization'])
+                                             normalization=AIRBENCH.normalization)
   np.testing.assert_allclose(out[0, 0], [1.0, 3.0, 1.0])
   with pytest.raises(UserError, match='config.preprocess'):
-    input_pipeline.normalize(image, 'imagenet')
+    validation.validate(tiny_config(preprocess='imagenet'))

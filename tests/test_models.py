@@ -9,8 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cifar_jax import models
+from cifar_jax import models, validation
 from cifar_jax.errors import UserError
+from tests.conftest import tiny_airbench_config, tiny_config
 
 
 def _init(model, size=24):
@@ -61,13 +62,20 @@ def test_lrn_matches_tensorflow():
       models.local_response_normalization(x, 2, 2.0, 0.1, 0.5), expected, rtol=1e-5, atol=1e-6)
 
 
+def _with_model(**model):
+  config = tiny_config()
+  config.model = ml_collections.ConfigDict(model)
+  return config
+
+
 def test_registry_builds_by_name_and_rejects_unknown_names():
   model = models.create_model(ml_collections.ConfigDict({'name': 'tutorial_cnn'}), 10)
   assert isinstance(model, models.TutorialCNN)
+  validation.validate(_with_model(name='tutorial_cnn'))  # every model field has a default
   with pytest.raises(UserError, match='Unknown model'):
-    models.create_model(ml_collections.ConfigDict({'name': 'resnet9000'}), 10)
+    validation.validate(_with_model(name='resnet9000'))
   with pytest.raises(UserError, match='does not fit'):
-    models.create_model(ml_collections.ConfigDict({'name': 'tutorial_cnn', 'depth': 3}), 10)
+    validation.validate(_with_model(name='tutorial_cnn', depth=3))
 
 
 def _reference_pool(x, window, stride):
@@ -127,7 +135,7 @@ def test_fast_formulation_gives_the_reference_logits_and_gradients():
 
 def test_unknown_formulation_is_a_user_error():
   with pytest.raises(UserError, match='formulation'):
-    _init(models.TutorialCNN(formulation='turbo'))
+    validation.validate(_with_model(name='tutorial_cnn', formulation='turbo'))
 
 
 # ----------------------------------------------------------------------------
@@ -215,8 +223,9 @@ def test_airbench94_muon_head_has_unit_standard_deviation():
 
 
 def test_airbench94_rejects_unknown_initialisations():
+  config = tiny_airbench_config(**{'model.whiten_bias_init': 'ones'})
   with pytest.raises(UserError, match='whiten_bias_init'):
-    _init(models.Airbench94(widths=(8, 16, 16), whiten_bias_init='ones'), 32)
+    validation.validate(config)
 
 
 # ----------------------------------------------------------------------------
@@ -254,5 +263,4 @@ def test_bfloat16_computes_in_bfloat16_with_float32_parameters_and_logits(name, 
 
 def test_unknown_dtype_is_a_user_error():
   with pytest.raises(UserError, match=r"Unknown config.model.dtype 'float16'; use one of"):
-    models.create_model(ml_collections.ConfigDict({'name': 'tutorial_cnn', 'dtype': 'float16'}),
-                        10)
+    validation.validate(_with_model(name='tutorial_cnn', dtype='float16'))

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from cifar_jax import optimizers, train_state
+from cifar_jax import builder, optimizers, validation
 from cifar_jax.errors import UserError
 from tests.conftest import tiny_airbench_config
 
@@ -99,8 +99,7 @@ def test_a_group_trained_for_some_epochs_stops_completely():
 
 def test_muon_recipe_puts_conv_filters_in_muon_and_the_rest_in_sgd():
   config = tiny_airbench_config(muon=True)
-  model, tx, _ = train_state.create_model_and_optimizer(config, 10, 512, 8)
-  state = train_state.create_train_state(config, model, tx)
+  state = builder.build(config, num_classes=10).state
   labels = optimizers.group_labels(config, state.params)
   assert labels['group2_conv2']['kernel'] == 'filters'
   assert labels['whiten'] == {'kernel': 'whiten_kernel', 'bias': 'whiten_bias'}
@@ -126,7 +125,7 @@ def test_linear_warmup_decay_is_airbenchs_schedule():
     ({'a': {'params': ('nothing/*',)}}, r'matches no parameter'),
     ({'a': {'params': ('head/*',)}, 'b': {'params': ('*/kernel',)}}, r'in optimizer groups'),
     ({'a': {'params': ()}}, r'params is empty'),
-    ({'a': {'params': ('head/kernel',), 'optimizer': 'muon', 'sgd_weight_decay': 0.1}},
+    ({'a': {'params': ('head/kernel',), 'optimizer': 'muon', 'weight_decay': 0.1}},
      r'no weight decay'),
     ({'a': {'params': ('head/kernel',), 'schedule_over': 'epochs'}}, r'schedule_over'),
 ])
@@ -134,5 +133,4 @@ def test_bad_groups_are_refused(groups, message):
   config = tiny_airbench_config()
   config.optimizer_groups = ml_collections.ConfigDict(groups)
   with pytest.raises(UserError, match=message):
-    model, tx, _ = train_state.create_model_and_optimizer(config, 10, 512, 8)
-    train_state.create_train_state(config, model, tx)
+    validation.validate(config)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from cifar_jax import parallel, train
+from cifar_jax import parallel, train, validation
 from cifar_jax.errors import UserError
 from tests.conftest import REPO_ROOT, restore_latest, run_steps, tiny_airbench_config, tiny_config
 
@@ -43,7 +43,7 @@ def test_more_devices_than_exist_uses_all_with_a_warning(caplog):
   assert len(parallel.select_devices(64)) == len(jax.local_devices())
   assert 'only' in caplog.text
   with pytest.raises(UserError, match='num_devices'):
-    parallel.select_devices(0)
+    validation.validate(tiny_config(num_devices=0))
 
 
 def test_single_process_needs_no_distributed_setup():
@@ -68,7 +68,7 @@ TINY_FLAGS = [
 
 
 def _start_processes(workdir, *flags, num_train_steps):
-  """The README's two-process command: 2 processes x 2 fake CPU devices, gloo collectives."""
+  """docs/multi_host.md's two-process command: 2 processes x 2 fake CPU devices, gloo."""
   port = _free_port()
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
   return [subprocess.Popen(

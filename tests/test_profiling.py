@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from cifar_jax import profiling, train
+from cifar_jax import train, validation
 from cifar_jax.errors import UserError
 from tests.conftest import tiny_config
 
@@ -34,4 +34,4 @@ def test_no_profile_by_default_and_bad_ranges_are_user_errors(tmp_path):
   assert not os.path.exists(os.path.join(workdir, 'profile'))
   for bad in ((5,), (-1, 2), (0, 0)):
     with pytest.raises(UserError, match=r'config.profile_steps is .*; use \(\) \(off\)'):
-      profiling.StepProfiler(bad, str(tmp_path))
+      validation.validate(tiny_config(profile_steps=bad))

@@ -1,4 +1,4 @@
-"""The pure train step, data parallelism, and the training loop end to end."""
+"""The pure train step, the loop's calls, and the trainer end to end."""
 
 import functools
 import os
@@ -7,37 +7,44 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from cifar_jax import (
+  builder,
   checkpoints,
   datasets,
   evaluate,
   lifecycle,
+  loop,
   models,
   parallel,
+  scoring,
   summaries,
   train,
+  train_step,
 )
 from cifar_jax.errors import UserError
 from tests.conftest import restore_latest, run_steps, tiny_airbench_config, tiny_config
 
 
-def test_weight_decay_is_the_tutorials_l2_loss():
+def test_l2_penalty_is_the_tutorials_l2_loss():
   params = {'local3': {'kernel': np.array([[1.0, 2.0]])}, 'local4': {'kernel': np.array([3.0])},
             'conv1': {'kernel': np.array([100.0])}}
   # 0.004 * (1 + 4 + 9) / 2; conv1 is not decayed.
-  assert float(train.weight_decay_loss(params, ('local3', 'local4'), 0.004)) == (
+  assert float(train_step.l2_penalty(params, ('local3', 'local4'), 0.004)) == (
       pytest.approx(0.028))
 
 
 def test_cross_entropy_with_label_smoothing_by_hand():
   logits = np.array([[2.0, 0.0, -1.0]])
   log_probs = logits - np.log(np.exp(logits).sum())
-  assert float(train.cross_entropy_loss(logits, np.array([0]))) == pytest.approx(-log_probs[0, 0])
+  assert float(train_step.cross_entropy_loss(logits, np.array([0]))) == pytest.approx(
+      -log_probs[0, 0])
   smoothed = (0.9 + 0.1 / 3) * -log_probs[0, 0] + (0.1 / 3) * -(log_probs[0, 1] + log_probs[0, 2])
-  assert float(train.cross_entropy_loss(logits, np.array([0]), 0.1)) == pytest.approx(smoothed)
+  assert float(train_step.cross_entropy_loss(logits, np.array([0]), 0.1)) == pytest.approx(
+      smoothed)
 
 
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss():
@@ -131,15 +138,14 @@ def test_airbench_trains_resumes_bit_identically_and_is_scored_with_tta(tmp_path
   assert set(straight.batch_stats) == {f'group{g}_norm{n}' for g in (1, 2, 3) for n in (1, 2)}
   assert np.any(straight.batch_stats['group1_norm1']['mean'] != 0)
   # The whitening filters are the ones computed at step 0, never trained.
-  initial = train.setup_training(config, datasets.load_split(config.dataset, 'train'),
-                                 parallel.select_devices(1)).state
+  initial = builder.build(config, datasets.load_split(config.dataset, 'train')).state
   np.testing.assert_array_equal(straight.params['whiten']['kernel'],
                                 initial.params['whiten']['kernel'])
   assert np.any(straight.params['whiten']['bias'] != initial.params['whiten']['bias'])
   # The evaluator process scores the final checkpoint with TTA, like the trainer did.
   scored = evaluate.evaluate(tiny_airbench_config(num_train_steps=12, **{'eval.run_once': True}),
                              interrupted_dir)
-  assert scored[12]['precision_raw'] == pytest.approx(records[-1]['precision_raw'])
+  assert scored[12].precision_raw == pytest.approx(records[-1]['precision_raw'])
 
 
 def _sigterm_at(step):
@@ -198,13 +204,13 @@ def test_a_bfloat16_run_is_scored_in_either_precision(tmp_path):
   split = datasets.load_split(config.dataset, config.dataset.eval_split)
   scores = {}
   for dtype in ('bfloat16', 'float32'):
-    scoring = tiny_config(**{'model.dtype': dtype})
-    model = models.create_model(scoring.model, split.num_classes)
-    scores[dtype] = evaluate.Evaluator(scoring, split, model,
-                                       parallel.select_devices(1)).score_state(state)
-  assert scores['bfloat16']['count'] == scores['float32']['count'] == 200
+    config_of_scoring = tiny_config(**{'model.dtype': dtype})
+    model = models.create_model(config_of_scoring.model, split.num_classes)
+    scores[dtype] = scoring.Evaluator(config_of_scoring, split, model,
+                                      parallel.select_devices(1)).score_state(state)
+  assert scores['bfloat16'].count == scores['float32'].count == 200
   # Rounding flips a few close calls at most.
-  assert np.mean(scores['bfloat16']['predictions'] != scores['float32']['predictions']) < 0.05
+  assert np.mean(scores['bfloat16'].lead.predictions != scores['float32'].lead.predictions) < 0.05
 
 
 # ----------------------------------------------------------------------------
@@ -212,19 +218,15 @@ def test_a_bfloat16_run_is_scored_in_either_precision(tmp_path):
 
 
 def test_steps_per_call_steps_of_each_call_end_on_every_cadence():
-  config = tiny_config(steps_per_call=4, log_every_steps=5, checkpoint_every_steps=10,
-                       histogram_every_steps=10, eval_every_steps=6, num_train_steps=20)
-  calls, step = [], 0
-  while step < 20:
-    calls.append(train._steps_in_call(step, config, evaluating=True))  # pylint: disable=protected-access
-    step += calls[-1]
+  # steps_per_call 4; the log every 5, checkpoints and histograms every 10, evaluation every 6.
+  calls = [call.num_steps for call in loop.plan_calls(0, 20, 4, [5, 10, 10, 6, 0])]
   # Call ends: 4 5 | 6 | 10 | 12 | 15 | 18 | 20 (4 at most, never across 5, 6, 10, 12, ...).
   assert calls == [4, 1, 1, 4, 2, 3, 3, 2]
 
 
 def test_several_steps_per_call_give_the_same_run_as_one(tmp_path):
-  config = functools.partial(tiny_config, eval_every_steps=10,
-                             **{'ema.kind': 'optax_debiased', 'lr_schedule': 'warmup_cosine'})
+  config = functools.partial(tiny_config, eval_every_steps=10, schedule=ml_collections.ConfigDict(
+      {'name': 'warmup_cosine', 'warmup_epochs': 0.0}), **{'ema.kind': 'optax_debiased'})
 
   def run(name, steps_per_call):
     workdir = str(tmp_path / name)

@@ -1,0 +1,98 @@
+"""The one builder: model, optimizer, schedule, options, state and the mapped steps of a config.
+
+  setup = builder.build(config, train_split, devices)
+
+is what the trainer, the benchmark and the notebook API train with; the
+evaluator and `experiment.load_checkpoint` use `build(config,
+num_classes=...)` for the state's shapes, the target a checkpoint is restored
+into. Whatever model the config names goes through the same state, step,
+checkpoints and evaluator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import ml_collections
+import optax
+
+from cifar_jax import datasets, input_pipeline, models, optimizers, parallel, train_step
+from cifar_jax.errors import UserError
+from cifar_jax.train_state import TrainState, create_train_state
+
+ParallelSteps = Callable[[TrainState, input_pipeline.DeviceData, jax.Array],
+                         tuple[TrainState, dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What a run is built from.
+
+  `state` is the fresh state on the host (data-dependent initialisation
+  done), or only its shapes and dtypes when built without a training split.
+  `parallel_steps(state, data, indices)` runs the training steps of indices
+  [devices, n, B] (`batches.indices(step, n)`) in one call on every device;
+  the state and data carry a leading device axis (`parallel.replicate`) and
+  the metrics come back [devices, n]. It exists when built with devices.
+  """
+
+  model: nn.Module
+  tx: optax.GradientTransformation
+  learning_rate_fn: optax.Schedule  # the default optimizer group's (what the log reports)
+  batches: input_pipeline.BatchSchedule | None
+  options: train_step.StepOptions
+  state: TrainState
+  parallel_steps: ParallelSteps | None = None
+
+
+def build(config: ml_collections.ConfigDict, train_split: datasets.Split | None = None,
+          devices: Sequence[jax.Device] | None = None, *, num_classes: int | None = None
+          ) -> Setup:
+  """Everything `config` trains with; see `Setup`. `config` is valid (`validation.validate`).
+
+  Without `train_split`, `num_classes` gives the head's size and `state` holds
+  shapes only (the optimizer is built for a one-example epoch: its state has
+  the same shapes).
+  """
+  num_devices = len(devices) if devices else 1
+  if train_split is not None:
+    num_classes = train_split.num_classes
+    batches = input_pipeline.BatchSchedule(
+        num_examples=train_split.num_examples, per_device_batch_size=config.per_device_batch_size,
+        num_local_devices=num_devices, seed=config.seed, num_processes=jax.process_count(),
+        process_index=jax.process_index())
+    if batches.steps_per_epoch < 1:
+      raise UserError(
+          f'The training split has {train_split.num_examples} examples, fewer than one global '
+          f'batch ({batches.global_batch_size}); lower config.per_device_batch_size.')
+    num_examples, global_batch, steps_per_epoch = (
+        train_split.num_examples, batches.global_batch_size, batches.steps_per_epoch)
+  else:
+    batches, num_examples, global_batch, steps_per_epoch = None, 1, 1, 1
+  model = models.create_model(config.model, num_classes)
+  tx, learning_rate_fn = optimizers.create_optimizer(config, num_examples, global_batch)
+  options = train_step.StepOptions.from_config(config, steps_per_epoch)
+  make_state = functools.partial(create_train_state, model, tx, seed=config.seed,
+                                 image_size=config.crop_size,
+                                 with_lookahead=config.lookahead.every_steps > 0)
+  if train_split is None:
+    state = jax.eval_shape(make_state)
+  else:
+    uses_data = hasattr(model, 'data_init')
+    state = make_state(init_images=input_pipeline.init_images(train_split, config)
+                       if uses_data else None)
+  steps = None
+  if devices:
+    # Several steps per call are a lax.scan; XLA's CPU backend runs a loop body several
+    # times slower than the same step as straight-line code, so on CPUs it is unrolled.
+    steps = parallel.pmap(
+        functools.partial(train_step.device_steps, scan=config.steps_per_call > 1,
+                          unroll=devices[0].platform == 'cpu', apply_fn=model.apply, tx=tx,
+                          learning_rate_fn=learning_rate_fn, options=options),
+        devices, donate_argnums=(0,))
+  return Setup(model=model, tx=tx, learning_rate_fn=learning_rate_fn, batches=batches,
+               options=options, state=state, parallel_steps=steps)

@@ -1,0 +1,161 @@
+"""The pure training step, and the device's share of a call of several steps.
+
+`train_step` is a pure function of (state, batch) -> (state, metrics):
+softmax cross-entropy (mean over the batch, or summed as airbench does) plus
+the tutorial's L2 penalty (0.004 * l2_loss of the local3 and local4 kernels),
+gradients combined over all devices (`lax.pmean` of means, `lax.psum` of
+sums: the gradient of the global batch's loss either way), an optax update,
+the model's new BatchNorm statistics, the EMA of the parameters and airbench's
+lookahead. `device_steps` runs n of them on one device's part of n batches,
+gathering and augmenting each batch on the device first; `builder.build` maps
+it over the devices (`parallel.pmap`).
+
+The step reads no config: its options are `StepOptions`, frozen dataclasses
+built once from the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from cifar_jax import input_pipeline, parallel
+from cifar_jax import train_state as train_state_lib
+from cifar_jax.train_state import TrainState
+
+
+def l2_penalty(params: Any, modules: tuple[str, ...], weight: float) -> jax.Array:
+  """weight * sum over `modules` of tf.nn.l2_loss(kernel) = sum(w^2) / 2."""
+  return weight * sum(0.5 * jnp.sum(jnp.square(params[m]['kernel'])) for m in modules)
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0,
+                       reduction: str = 'mean') -> jax.Array:
+  """Softmax cross-entropy over the batch (mean or sum), with optional label smoothing.
+
+  Label smoothing is PyTorch's and optax's: targets (1 - s) one_hot + s / K.
+  """
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  per_example = optax.softmax_cross_entropy(logits, targets)
+  return jnp.sum(per_example) if reduction == 'sum' else jnp.mean(per_example)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossOptions:
+  """The loss's config fields: label smoothing, reduction, the L2 penalty and its modules."""
+
+  label_smoothing: float = 0.0
+  reduction: str = 'mean'  # mean | sum over the global batch
+  l2_penalty: float = 0.0
+  l2_penalty_modules: tuple[str, ...] = ()
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> LossOptions:
+    return cls(config.label_smoothing, config.loss_reduction, config.l2_penalty,
+               tuple(config.l2_penalty_modules))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """Everything a training step needs of the config."""
+
+  loss: LossOptions
+  ema: train_state_lib.EmaOptions
+  lookahead: train_state_lib.LookaheadOptions
+  augmentation: input_pipeline.Augmentation
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, steps_per_epoch: int) -> StepOptions:
+    return cls(loss=LossOptions.from_config(config),
+               ema=train_state_lib.EmaOptions.from_config(config),
+               lookahead=train_state_lib.LookaheadOptions.from_config(config),
+               augmentation=input_pipeline.Augmentation.from_config(config, steps_per_epoch))
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    apply_fn: Callable[..., jax.Array],
+    tx: optax.GradientTransformation,
+    learning_rate_fn: optax.Schedule,
+    options: StepOptions,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One synchronous SGD step on this device's part of the global batch.
+
+  Must run under `parallel.pmap` (it combines over `parallel.AXIS_NAME`;
+  BatchNorm layers average their statistics over it). The reported loss and
+  cross-entropy are per example whatever the reduction.
+  """
+  loss_options = options.loss
+  summed = loss_options.reduction == 'sum'
+
+  def loss_fn(params):
+    logits, model_state = apply_fn(state.variables(params), batch['image'], train=True,
+                                   mutable=['batch_stats'])
+    cross_entropy = cross_entropy_loss(logits, batch['label'], loss_options.label_smoothing,
+                                       loss_options.reduction)
+    penalty = l2_penalty(params, loss_options.l2_penalty_modules, loss_options.l2_penalty)
+    return cross_entropy + penalty, (cross_entropy, logits, model_state)
+
+  (loss, (cross_entropy, logits, model_state)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  grads = (jax.lax.psum if summed else jax.lax.pmean)(grads, parallel.AXIS_NAME)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  step = state.step + 1
+  ema_params = train_state_lib.update_ema(state.ema_params, params, step, options.ema)
+  new_state = state.replace(step=step, params=params, opt_state=opt_state,
+                            ema_params=ema_params,
+                            batch_stats=model_state.get('batch_stats', state.batch_stats))
+  new_state = train_state_lib.apply_lookahead(new_state, options.lookahead)
+  batch_size = batch['label'].shape[0]
+  per_example = (lambda x: x / batch_size) if summed else (lambda x: x)  # noqa: E731
+  metrics = {
+      'loss': per_example(loss),
+      'cross_entropy': per_example(cross_entropy),
+      'precision': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+      'learning_rate': learning_rate_fn(state.step),
+  }
+  metrics = jax.lax.pmean(metrics, parallel.AXIS_NAME)
+  return new_state, metrics
+
+
+def _augmented_step(state: TrainState, images: jax.Array, labels: jax.Array,
+                    indices: jax.Array, *, options: StepOptions, **step_kwargs
+                    ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """Augment this device's gathered examples (uint8 `images` at `indices`), then `train_step`."""
+  # Keyed by the example's index, not the device, so that any number of
+  # devices sees the same augmented global batch.
+  batch = {'image': input_pipeline.augment_batch(images, indices, state.rng, state.step,
+                                                 options.augmentation),
+           'label': labels}
+  return train_step(state, batch, options=options, **step_kwargs)
+
+
+def device_steps(state: TrainState, data: input_pipeline.DeviceData, indices: jax.Array, *,
+                 scan: bool, unroll: bool, **step_kwargs
+                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One training step for each row of this device's `indices` [n, B]; metrics stacked [n].
+
+  With `scan`, a `lax.scan` over the rows (every step's examples gathered
+  first; `unroll`: as straight-line code); without, the one row of a single
+  step with no loop around it. `step_kwargs` are `train_step`'s.
+  """
+  step = functools.partial(_augmented_step, **step_kwargs)
+  if not scan:
+    (step_indices,) = indices
+    state, metrics = step(state, data.images[step_indices], data.labels[step_indices],
+                          step_indices)
+    return state, jax.tree.map(lambda x: x[None], metrics)
+  return jax.lax.scan(lambda carry, xs: step(carry, *xs), state,
+                      (data.images[indices], data.labels[indices], indices), unroll=unroll)
