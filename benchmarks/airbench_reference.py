@@ -4,6 +4,9 @@ r"""airbench94 in PyTorch beside cifar_jax: a faithfulness check and a speed ref
   python benchmarks/airbench_reference.py --torch_python=/path/to/venv-with-torch/bin/python
   # speed of the original network's training step (run by `cifar_jax.benchmark --pytorch`)
   python benchmarks/airbench_reference.py --speed --recipe=airbench94 --batch=1024
+  # the original's whole training run, for seeds 0..5, as records cifar_jax.compare reads
+  python benchmarks/airbench_reference.py --train --seeds=6 --train_epochs=3 --out=DIR \
+      --dataset_path=PATH/cifar10-jpeg-train.tar.gz --torch_python=/path/to/venv/bin/python
 
 torch is never a dependency of cifar_jax. The PyTorch half is written from the
 originals' mathematics (Keller Jordan's `cifar10-airbench`: legacy/airbench94.py
@@ -496,18 +499,26 @@ def export_splits(config_path: str, overrides: dict, path: str, seed: int = 0) -
 
   config = experiment.load_config(os.path.join(REPO_ROOT, config_path), overrides)
   train_split = datasets.load_split(config.dataset, config.dataset.train_split)
-  eval_split = datasets.load_split(config.dataset, config.dataset.eval_split)
+  eval_split = datasets.load_eval_split(config.dataset)
   order = np.random.default_rng(seed).permutation(train_split.num_examples)
   np.savez(path, train_images=train_split.images[order], train_labels=train_split.labels[order],
            eval_images=eval_split.images, eval_labels=eval_split.labels)
   return {'train': train_split.num_examples, 'eval': eval_split.num_examples}
 
 
-def train_torch(path: str, train_epochs: float, seed: int) -> dict[str, float]:
-  """legacy/airbench94.py's main() on the exported splits (float32, CPU): TTA 0 and 2 precision."""
+def train_torch(path: str, train_epochs: float, seed: int,
+                widths: tuple[int, ...] = (64, 256, 256)) -> dict[str, float]:
+  """legacy/airbench94.py's main() on the exported splits: TTA 0 and 2 precision, seconds.
+
+  On a GPU it runs as the original does there: the network in half precision
+  with float32 BatchNorm, images and activations channels_last; on a CPU in
+  float32 (`half` in the result says which).
+  """
   import torch  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # noqa: N812  pylint: disable=import-outside-toplevel
 
+  device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+  half = device.type == 'cuda'
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(seed)
   data = np.load(path)
@@ -515,10 +526,10 @@ def train_torch(path: str, train_epochs: float, seed: int) -> dict[str, float]:
   std = torch.tensor((0.2470, 0.2435, 0.2616)).view(1, 3, 1, 1)
   to_input = lambda x: (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - mean) / std  # noqa: E731
   train_images, train_labels = to_input(data['train_images']), torch.from_numpy(
-      data['train_labels']).long()
+      data['train_labels']).long().to(device)
   eval_images, eval_labels = to_input(data['eval_images']), torch.from_numpy(
-      data['eval_labels']).long()
-  config = {'model': {'whiten_patch_size': 2, 'widths': (64, 256, 256),
+      data['eval_labels']).long().to(device)
+  config = {'model': {'whiten_patch_size': 2, 'widths': tuple(widths),
                       'batch_norm_epsilon': 1e-12, 'batch_norm_momentum': 0.6,
                       'head_multiplier': 1 / 9}}
   net = _torch_network(config)
@@ -537,6 +548,16 @@ def train_torch(path: str, train_epochs: float, seed: int) -> dict[str, float]:
     eigenvectors = eigenvectors.T.reshape(c * h * w, c, h, w).flip(0)
     scaled = eigenvectors / torch.sqrt(eigenvalues + 5e-4)
     net.whiten.weight.copy_(torch.cat((scaled, -scaled)))
+  net = net.to(device)
+  if half:  # make_net(): half precision, BatchNorm in float32, channels_last
+    net = net.half().to(memory_format=torch.channels_last)
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.float()
+  as_input = lambda x: (x.half().contiguous(memory_format=torch.channels_last) if half  # noqa: E731
+                        else x).to(device)
+  train_images, eval_images = as_input(train_images), as_input(eval_images)
+  synchronize = torch.cuda.synchronize if half else (lambda: None)
   batch = 1024
   steps_per_epoch = len(train_images) // batch
   total = math.ceil(steps_per_epoch * train_epochs)
@@ -549,19 +570,20 @@ def train_torch(path: str, train_epochs: float, seed: int) -> dict[str, float]:
   def lookahead(decay):
     with torch.no_grad():
       for (_, s), v in zip(slow.items(), net.state_dict().values(), strict=True):
-        if v.dtype == torch.float32:
+        if v.dtype in (torch.float32, torch.float16):
           s.lerp_(v, 1 - decay)
           v.copy_(s)
 
   # CifarLoader: pre-flip once, pad 2 (reflect), a random translation per epoch,
   # every image flipped in odd epochs, a fresh permutation per epoch, drop last.
-  flip = torch.rand(len(train_images)) < 0.5
+  flip = (torch.rand(len(train_images)) < 0.5).to(device)
   flipped = torch.where(flip.view(-1, 1, 1, 1), train_images.flip(-1), train_images)
   padded = F.pad(flipped, (2,) * 4, 'reflect')
   step = 0
+  synchronize()
   started = time.time()
   for epoch in range(math.ceil(train_epochs)):
-    shifts = torch.randint(0, 5, (len(padded), 2))
+    shifts = torch.randint(0, 5, (len(padded), 2)).to(device)
     epoch_images = torch.empty_like(train_images)
     for sy in range(5):
       for sx in range(5):
@@ -569,7 +591,7 @@ def train_torch(path: str, train_epochs: float, seed: int) -> dict[str, float]:
         epoch_images[mask] = padded[mask, :, sy:sy + 32, sx:sx + 32]
     if epoch % 2 == 1:
       epoch_images = epoch_images.flip(-1)
-    order = torch.randperm(len(epoch_images))
+    order = torch.randperm(len(epoch_images)).to(device)
     net.train()
     for i in range(steps_per_epoch):
       indices = order[i * batch:(i + 1) * batch]
@@ -589,6 +611,8 @@ def train_torch(path: str, train_epochs: float, seed: int) -> dict[str, float]:
         break
     print(f'epoch {epoch}, step {step}, loss {loss.item() / batch:.3f}, '
           f'{time.time() - started:.0f} s', file=sys.stderr, flush=True)
+  synchronize()
+  train_seconds = time.time() - started
   net.eval()
 
   @torch.no_grad()
@@ -604,8 +628,74 @@ def train_torch(path: str, train_epochs: float, seed: int) -> dict[str, float]:
                                                + mirror(p[:, :, 2:, 2:])))
     return (torch.cat(logits).argmax(1) == eval_labels).float().mean().item()
 
-  return {'precision_tta0': precision(0), 'precision_tta2': precision(2), 'steps': total,
-          'train_seconds': time.time() - started}
+  scores = {'precision_tta0': precision(0), 'precision_tta2': precision(2)}
+  synchronize()
+  return {**scores, 'steps': total, 'train_seconds': train_seconds,
+          'seconds_to_scores': time.time() - started, 'half': half, 'device': str(device)}
+
+
+def train_seeds(args: argparse.Namespace) -> int:
+  """--train: the original recipe for each seed; with --out, records `cifar_jax.compare` reads.
+
+  Each seed is a PyTorch process of its own (its data order, flips, whitening
+  images and initialisation drawn from the seed). Results accumulate in
+  OUT/seeds.jsonl, so a rerun with more seeds adds to them; OUT/eval/
+  metrics.jsonl then holds one record per test-time augmentation (none,
+  mirror_translate) with every seed's precision@1 as a replica.
+  """
+  overrides = {f'dataset.{name}': value for name, value in (
+      ('path', args.dataset_path), ('train_split', args.train_split),
+      ('eval_split', args.eval_split), ('eval_path', args.eval_path)) if value}
+  done = _seed_results(args.out)
+  for seed in range(args.seed, args.seed + args.seeds):
+    if seed in done:
+      continue
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, 'splits.npz')
+      sizes = export_splits(args.config, overrides, path, seed)
+      result = subprocess.run(
+          [args.torch_python, os.path.abspath(__file__), '--train_export', path,
+           f'--train_epochs={args.train_epochs}', f'--seed={seed}', f'--widths={args.widths}'],
+          stdout=subprocess.PIPE, text=True, check=False)
+    if result.returncode:
+      print(f'error: the PyTorch run of seed {seed} failed with {args.torch_python}.',
+            file=sys.stderr)
+      return 1
+    figures = {**json.loads(result.stdout.strip().splitlines()[-1]), **sizes, 'seed': seed,
+               'train_epochs': args.train_epochs}
+    print(json.dumps(figures), flush=True)
+    done[seed] = figures
+    if args.out:
+      os.makedirs(args.out, exist_ok=True)
+      with open(os.path.join(args.out, 'seeds.jsonl'), 'a') as f:
+        f.write(json.dumps(figures) + '\n')
+  if args.out:
+    write_records(args.out, [done[s] for s in sorted(done)])
+  return 0
+
+
+def _seed_results(out: str) -> dict[int, dict]:
+  path = os.path.join(out, 'seeds.jsonl') if out else ''
+  if not path or not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return {r['seed']: r for r in map(json.loads, f)}
+
+
+def write_records(out: str, results: list[dict]) -> None:
+  """OUT/eval/metrics.jsonl as the evaluator writes it for a run of len(results) replicas."""
+  os.makedirs(os.path.join(out, 'eval'), exist_ok=True)
+  with open(os.path.join(out, 'eval', 'metrics.jsonl'), 'w') as f:
+    for tta, key in (('none', 'precision_tta0'), ('mirror_translate', 'precision_tta2')):
+      values = [r[key] for r in results]
+      record = {'step': results[0]['steps'], 'status': 'scored', 'tta': tta,
+                'count': results[0]['eval'], 'precision': float(np.mean(values)),
+                'precision_raw': float(np.mean(values)), 'num_replicas': len(values),
+                'seeds': [r['seed'] for r in results], 'wall_time': time.time()}
+      if len(values) > 1:
+        record.update({f'{name}/replica_{i}': v for i, v in enumerate(values)
+                       for name in ('precision', 'precision_raw')})
+      f.write(json.dumps(record) + '\n')
 
 
 def main() -> int:
@@ -624,8 +714,18 @@ def main() -> int:
   parser.add_argument('--config', default='experiments/airbench94_jpeg.py',
                       help='--train: the config whose splits it trains and scores on')
   parser.add_argument('--dataset_path', default=None, help='--train: config.dataset.path')
+  parser.add_argument('--train_split', default=None, help='--train: config.dataset.train_split')
+  parser.add_argument('--eval_split', default=None, help='--train: config.dataset.eval_split')
+  parser.add_argument('--eval_path', default=None, help='--train: config.dataset.eval_path')
   parser.add_argument('--train_epochs', type=float, default=9.9)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--widths', default='64,256,256',
+                      help='--train: the conv groups\' widths (smaller: a quick check)')
+  parser.add_argument('--seeds', type=int, default=1,
+                      help='--train: runs of seeds seed .. seed+N-1, one after the other')
+  parser.add_argument('--out', default='',
+                      help='--train: a folder for the runs\' evaluator records (what '
+                           'python -m cifar_jax.compare reads); seeds already in it are kept')
   parser.add_argument('--train_export', help='(internal) --train\'s PyTorch half')
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--repeats', type=int, default=3)
@@ -637,23 +737,11 @@ def main() -> int:
       measure_speed(recipe, batch, args.steps, args.repeats)
     return 0
   if args.train_export:
-    print(json.dumps(train_torch(args.train_export, args.train_epochs, args.seed)))
+    print(json.dumps(train_torch(args.train_export, args.train_epochs, args.seed,
+                                 tuple(int(w) for w in args.widths.split(',')))))
     return 0
   if args.train:
-    overrides = {'dataset.path': args.dataset_path} if args.dataset_path else {}
-    with tempfile.TemporaryDirectory() as tmp:
-      path = os.path.join(tmp, 'splits.npz')
-      sizes = export_splits(args.config, overrides, path, args.seed)
-      result = subprocess.run(
-          [args.torch_python, os.path.abspath(__file__), '--train_export', path,
-           f'--train_epochs={args.train_epochs}', f'--seed={args.seed}'],
-          stdout=subprocess.PIPE, text=True, check=False)
-    if result.returncode:
-      print(f'error: the PyTorch run failed with {args.torch_python}.', file=sys.stderr)
-      return 1
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
-    print(json.dumps({**figures, **sizes, 'train_epochs': args.train_epochs}))
-    return 0
+    return train_seeds(args)
   if args.compare:
     rows = compare_torch(args.compare)
     print(json.dumps(rows))

@@ -15,7 +15,9 @@ In the order they act after a call:
 class here with a `create` classmethod (and, usually, a config field for its
 cadence), added to `ACTIONS`; the loop needs no change (docs/development.md).
 Every process of a multi-process run has the same actions with the same
-cadences, so that all make the same calls; only process 0 writes.
+cadences, so that all make the same calls; only process 0 writes. With
+replicas (`config.num_replicas`), the log line gives their mean loss and the
+examples/sec of all of them; the input grid and histograms are replica 0's.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from cifar_jax import (
   profiling,
   scoring,
   summaries,
+  train_state,
 )
 from cifar_jax.loop import PeriodicAction, Progress
 
@@ -66,6 +69,10 @@ class Run:
   @property
   def is_main(self) -> bool:
     return jax.process_index() == 0
+
+  def first_replica(self, tree):
+    """Replica 0's part of a tree with a replica axis (the tree itself for one run)."""
+    return train_state.replica(tree, 0) if self.config.num_replicas > 1 else tree
 
 
 class StartupReport(PeriodicAction):
@@ -107,11 +114,12 @@ class InputImages(PeriodicAction):
 
   def __call__(self, progress: Progress) -> None:
     run = self._run
-    batches = run.setup.batches
-    indices = batches.indices(0)[:, 0].reshape(-1)[:run.config.input_image_grid_size]
+    step_indices = run.first_replica(np.moveaxis(run.setup.batches.indices(0), 0, -2))
+    indices = step_indices[0].reshape(-1)[:run.config.input_image_grid_size]
     images = input_pipeline.augmented_examples(
         run.train_split.images[indices], indices,
-        parallel.unreplicate(progress.replicated_state.rng), 0, run.setup.options.augmentation)
+        run.first_replica(parallel.unreplicate(progress.replicated_state.rng)), 0,
+        run.setup.options.augmentation)
     run.writer.write_images(1, {'augmented_inputs': summaries.image_grid_ready(images)})
 
 
@@ -135,8 +143,10 @@ class LogLine(PeriodicAction):
     if not self._run.is_main:
       return
     examples_per_sec, sec_per_batch, timed = progress.throughput()
+    replicas = self._run.config.num_replicas
+    runs = f'mean of {replicas} runs; ' if replicas > 1 else ''
     summaries.print_line(
-        f'step {progress.step}, loss = {means["loss"]:.2f} ({examples_per_sec:.1f} '
+        f'step {progress.step}, loss = {means["loss"]:.2f} ({runs}{examples_per_sec:.1f} '
         f'examples/sec; {sec_per_batch:.3f} sec/batch{"" if timed else ", compilation included"})')
     scalars = {**means, 'examples_per_sec': examples_per_sec} if timed else means
     self._run.writer.write_scalars(progress.step, scalars)
@@ -161,7 +171,7 @@ class Histograms(PeriodicAction):
   def __call__(self, progress: Progress) -> None:
     if not self._run.is_main:
       return
-    state = progress.state()
+    state = self._run.first_replica(progress.state())
     arrays = {'params/' + '/'.join(str(p.key) for p in path): np.asarray(leaf)
               for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]}
     _, intermediates = self._run.setup.model.apply(
@@ -207,7 +217,7 @@ class Evaluate(PeriodicAction):
   def __init__(self, run: Run):
     self._run = run
     self.every_steps = run.config.eval_every_steps
-    split = datasets.load_split(run.config.dataset, run.config.dataset.eval_split)
+    split = datasets.load_eval_split(run.config.dataset)
     self._evaluator = scoring.Evaluator(run.config, split, run.setup.model, run.devices)
     self._writer = summaries.create_writer(os.path.join(run.workdir, 'eval'),
                                            enabled=run.is_main)

@@ -15,9 +15,12 @@ After warm-up it times, over `--repeats` windows of `--steps` steps each
   eval         `scoring.Evaluator.predict` over the whole eval split (with the
                config's test-time augmentation, `config.eval.tta`).
 
-It also reports compile seconds, peak host memory, and the achieved GFLOP/s of
-the train step (XLA's FLOP count of the step) next to a 2048x2048 float32
-matmul measured in the same run. `--synthetic` swaps the dataset for random
+It also reports compile seconds, peak host (and, on GPUs/TPUs, device) memory,
+and the achieved GFLOP/s of the train step (XLA's FLOP count of the step) next
+to a 2048x2048 float32 matmul measured in the same run. With
+`--config.num_replicas=R` every figure counts the images of all R runs, and
+"one run" is each run's share of the time of `config.num_train_steps` steps
+(compare with R = 1 for R runs one after the other). `--synthetic` swaps the dataset for random
 images of the same shape (no data needed; TensorFlow not needed). With
 `--pytorch`, the same network's training step in PyTorch runs afterwards in
 its own process (`benchmarks/pytorch_reference.py` for the tutorial net,
@@ -52,6 +55,7 @@ from cifar_jax import (
   loop,
   parallel,
   scoring,
+  train_state,
   train_step,
   validation,
 )
@@ -117,20 +121,23 @@ def _load_splits(config: ml_collections.ConfigDict, synthetic: bool, train_size:
     config.dataset.synthetic_test_size = eval_size
     config.dataset.train_split, config.dataset.eval_split = 'train', 'test'
   return (datasets.load_split(config.dataset, config.dataset.train_split),
-          datasets.load_split(config.dataset, config.dataset.eval_split))
+          datasets.load_eval_split(config.dataset))
 
 
 def _step_flops_per_example(setup: builder.Setup, batch: dict[str, jax.Array]) -> float:
-  """XLA's FLOP count of one device's loss gradient (training mode), per example."""
+  """XLA's FLOP count of one device's loss gradient (training mode), per example of one run."""
   model = setup.model.clone(axis_name=None) if hasattr(setup.model, 'axis_name') else setup.model
   loss_options = setup.options.loss
+  state = setup.state
+  if jax.tree.leaves(state)[0].ndim:  # replicas: the first run's
+    state = train_state.replica(state, 0)
 
   def loss(params):
-    logits, _ = model.apply(setup.state.variables(params), batch['image'], train=True,
+    logits, _ = model.apply(state.variables(params), batch['image'], train=True,
                             mutable=['batch_stats'])
     return train_step.cross_entropy_loss(logits, batch['label'], loss_options.label_smoothing)
   try:
-    cost = jax.jit(jax.grad(loss)).lower(setup.state.params).cost_analysis()
+    cost = jax.jit(jax.grad(loss)).lower(state.params).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost['flops']) / batch['image'].shape[0]
   except Exception:  # pylint: disable=broad-except
@@ -158,17 +165,24 @@ def _end_to_end(setup: builder.Setup, data: input_pipeline.DeviceData,
 
 
 def _pure_train_step(setup: builder.Setup, data: input_pipeline.DeviceData,
-                     devices: list[jax.Device], steps: int, repeats: int, warmup_steps: int
+                     devices: list[jax.Device], config: ml_collections.ConfigDict, steps: int,
+                     repeats: int, warmup_steps: int
                      ) -> tuple[list[float], dict[str, jax.Array]]:
-  """Seconds per step of `train_step.train_step` on one augmented batch; that batch."""
+  """Seconds per step of `train_step.train_step` on one augmented batch; that batch.
+
+  With replicas, every replica steps on that batch (`train_step.map_replicas`).
+  """
   make_batch = parallel.pmap(functools.partial(
       input_pipeline.train_batch, rng=jax.random.PRNGKey(0), step=0,
       augmentation=setup.options.augmentation), devices)
-  batch = make_batch(data, setup.batches.indices(0)[:, 0])
-  pure_step = parallel.pmap(
-      functools.partial(train_step.train_step, apply_fn=setup.model.apply, tx=setup.tx,
-                        learning_rate_fn=setup.learning_rate_fn, options=setup.options),
-      devices, donate_argnums=(0,))
+  indices = setup.batches.indices(0)  # [devices, (replicas,) 1, batch]
+  batch = make_batch(data, indices.reshape(len(devices), -1, indices.shape[-1])[:, 0])
+  step = functools.partial(train_step.train_step, apply_fn=setup.model.apply, tx=setup.tx,
+                           learning_rate_fn=setup.learning_rate_fn, options=setup.options)
+  if config.num_replicas > 1:
+    each = train_step.map_replicas(step, config.replica_execution, devices[0].platform == 'cpu')
+    step = lambda state, batch: each((state,), batch)  # noqa: E731
+  pure_step = parallel.pmap(step, devices, donate_argnums=(0,))
   p_state = parallel.replicate(setup.state, devices)
 
   def pure_steps(n):
@@ -193,17 +207,22 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 30, repeats: int = 5,
                                          synthetic_eval_size)
   setup = builder.build(config, train_split, devices)
   data = input_pipeline.put_on_devices(train_split, devices)
-  global_batch = setup.batches.global_batch_size
+  replicas = config.num_replicas
+  examples = setup.batches.examples_per_step  # the global batch of every replica
   figures: dict[str, Any] = {
       'platform': devices[0].platform, 'device_kind': devices[0].device_kind,
-      'devices': len(devices), 'global_batch': global_batch,
+      'devices': len(devices), 'global_batch': setup.batches.global_batch_size,
+      'num_replicas': replicas, 'replica_execution': config.replica_execution,
       'matmul_gflops': matmul_gflops(matmul_size)}
   figures['compile_s'], end_to_end = _end_to_end(setup, data, devices, config, steps, repeats,
                                                  warmup_steps)
-  train_seconds, batch = _pure_train_step(setup, data, devices, steps, repeats, warmup_steps)
-  figures['train_step'] = _rate(global_batch, train_seconds)
-  figures['end_to_end'] = _rate(global_batch, end_to_end)
+  train_seconds, batch = _pure_train_step(setup, data, devices, config, steps, repeats,
+                                          warmup_steps)
+  figures['train_step'] = _rate(examples, train_seconds)
+  figures['end_to_end'] = _rate(examples, end_to_end)
   figures['sec_per_batch'] = statistics.median(train_seconds)
+  # Each run's share of the time: its num_train_steps at the R runs' pace, divided by R.
+  figures['run_s'] = config.num_train_steps * statistics.median(end_to_end) / replicas
   flops = _step_flops_per_example(setup, jax.tree.map(lambda x: x[0], batch))
   figures['gflop_per_example'] = flops / 1e9
   figures['achieved_gflops'] = flops * figures['train_step']['median'] / 1e9
@@ -213,10 +232,17 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 30, repeats: int = 5,
   eval_seconds = _timed_windows(
       lambda n: [evaluator.predict(setup.state.variables()) for _ in range(n)], 1,
       max(2, repeats // 2))
-  figures['eval'] = _rate(eval_split.num_examples, eval_seconds)
-  figures['epoch_s'] = train_split.num_examples / figures['end_to_end']['median']
+  figures['eval'] = _rate(eval_split.num_examples * replicas, eval_seconds)
+  figures['epoch_s'] = train_split.num_examples * replicas / figures['end_to_end']['median']
   figures['peak_host_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  figures['peak_device_mib'] = _peak_device_mib(devices)
   return figures
+
+
+def _peak_device_mib(devices: list[jax.Device]) -> float | None:
+  """The devices' peak allocated memory (GPUs, TPUs); None where JAX keeps no count (CPUs)."""
+  peaks = [(d.memory_stats() or {}).get('peak_bytes_in_use') for d in devices]
+  return sum(peaks) / 2**20 if all(p is not None for p in peaks) else None
 
 
 def _pytorch_command(config: ml_collections.ConfigDict, steps: int, repeats: int
@@ -255,19 +281,27 @@ def format_figures(figures: dict[str, Any]) -> str:
   def row(name, rate, unit='images/s'):
     return (f'{name:<22} {rate["median"]:9.1f} {unit}  (min {rate["min"]:.1f}, '
             f'max {rate["max"]:.1f})')
-  return '\n'.join([
+  replicas = figures['num_replicas']
+  runs = (f', {replicas} runs at once ({figures["replica_execution"]}; images/s summed over them)'
+          if replicas > 1 else '')
+  lines = [
       f'{figures["devices"]} {figures["platform"]} device(s) ({figures["device_kind"]}), '
-      f'global batch {figures["global_batch"]}',
+      f'global batch {figures["global_batch"]}{runs}',
       f'{"compile":<22} {figures["compile_s"]:9.1f} s',
       row('train step', figures['train_step']),
       row('end to end', figures['end_to_end']),
       row('eval', figures['eval']),
       f'{"one epoch (end to end)":<22} {figures["epoch_s"]:9.1f} s',
+      f'{"one run (end to end)":<22} {figures["run_s"]:9.1f} s (config.num_train_steps; '
+      'its share of the time)',
       f'{"train step FLOPs":<22} {figures["achieved_gflops"]:9.1f} GFLOP/s '
       f'({figures["gflop_per_example"] * 1e3:.1f} MFLOP per example; matmul '
       f'{figures["matmul_gflops"]:.1f} GFLOP/s)',
       f'{"peak host memory":<22} {figures["peak_host_mib"]:9.0f} MiB',
-  ])
+  ]
+  if figures['peak_device_mib'] is not None:
+    lines.append(f'{"peak device memory":<22} {figures["peak_device_mib"]:9.0f} MiB')
+  return '\n'.join(lines)
 
 
 def machine_line(figures: dict[str, Any], pytorch: dict[str, float] | None) -> str:
@@ -279,7 +313,11 @@ def machine_line(figures: dict[str, Any], pytorch: dict[str, float] | None) -> s
       'matmul_gflops': figures['matmul_gflops'],
       'achieved_gflops': figures['achieved_gflops'],
       'peak_host_mib': figures['peak_host_mib'],
+      'num_replicas': figures['num_replicas'],
+      'run_s': figures['run_s'],
   }
+  if figures['peak_device_mib'] is not None:
+    items['peak_device_mib'] = figures['peak_device_mib']
   if pytorch:
     items['pytorch_train_step_img_per_s'] = pytorch['train_step_img_per_s']
   return ' '.join(f'{k}={v:.1f}' for k, v in items.items())

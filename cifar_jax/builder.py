@@ -22,7 +22,7 @@ import optax
 
 from cifar_jax import datasets, input_pipeline, models, optimizers, parallel, train_step
 from cifar_jax.errors import UserError
-from cifar_jax.train_state import TrainState, create_train_state
+from cifar_jax.train_state import TrainState, create_train_state, stack_replicas
 
 ParallelSteps = Callable[[TrainState, input_pipeline.DeviceData, jax.Array],
                          tuple[TrainState, dict[str, jax.Array]]]
@@ -38,6 +38,8 @@ class Setup:
   [devices, n, B] (`batches.indices(step, n)`) in one call on every device;
   the state and data carry a leading device axis (`parallel.replicate`) and
   the metrics come back [devices, n]. It exists when built with devices.
+  With `config.num_replicas` R > 1 every state leaf has a replica axis after
+  the device axis, indices are [devices, R, n, B] and metrics [devices, R, n].
   """
 
   model: nn.Module
@@ -64,7 +66,7 @@ def build(config: ml_collections.ConfigDict, train_split: datasets.Split | None 
     batches = input_pipeline.BatchSchedule(
         num_examples=train_split.num_examples, per_device_batch_size=config.per_device_batch_size,
         num_local_devices=num_devices, seed=config.seed, num_processes=jax.process_count(),
-        process_index=jax.process_index())
+        process_index=jax.process_index(), num_replicas=config.num_replicas)
     if batches.steps_per_epoch < 1:
       raise UserError(
           f'The training split has {train_split.num_examples} examples, fewer than one global '
@@ -76,23 +78,37 @@ def build(config: ml_collections.ConfigDict, train_split: datasets.Split | None 
   model = models.create_model(config.model, num_classes)
   tx, learning_rate_fn = optimizers.create_optimizer(config, num_examples, global_batch)
   options = train_step.StepOptions.from_config(config, steps_per_epoch)
-  make_state = functools.partial(create_train_state, model, tx, seed=config.seed,
-                                 image_size=config.crop_size,
+  make_state = functools.partial(create_train_state, model, tx, image_size=config.crop_size,
                                  with_lookahead=config.lookahead.every_steps > 0)
+  # Replica r is the run of seed + r: its initialisation, whitening images, order, augmentation.
+  seeds = [config.seed + r for r in range(config.num_replicas)]
   if train_split is None:
-    state = jax.eval_shape(make_state)
+    state = jax.eval_shape(lambda: stack_replicas([make_state(seed=s) for s in seeds]))
   else:
     uses_data = hasattr(model, 'data_init')
-    state = make_state(init_images=input_pipeline.init_images(train_split, config)
-                       if uses_data else None)
-  steps = None
-  if devices:
-    # Several steps per call are a lax.scan; XLA's CPU backend runs a loop body several
-    # times slower than the same step as straight-line code, so on CPUs it is unrolled.
-    steps = parallel.pmap(
-        functools.partial(train_step.device_steps, scan=config.steps_per_call > 1,
-                          unroll=devices[0].platform == 'cpu', apply_fn=model.apply, tx=tx,
-                          learning_rate_fn=learning_rate_fn, options=options),
-        devices, donate_argnums=(0,))
+    state = stack_replicas([make_state(seed=s, init_images=input_pipeline.init_images(
+        train_split, config, s) if uses_data else None) for s in seeds])
+  steps = (_parallel_steps(config, model, tx, learning_rate_fn, options, devices) if devices
+           else None)
   return Setup(model=model, tx=tx, learning_rate_fn=learning_rate_fn, batches=batches,
                options=options, state=state, parallel_steps=steps)
+
+
+def _parallel_steps(config: ml_collections.ConfigDict, model: nn.Module,
+                    tx: optax.GradientTransformation, learning_rate_fn: optax.Schedule,
+                    options: train_step.StepOptions, devices: Sequence[jax.Device]
+                    ) -> ParallelSteps:
+  """`train_step.device_steps` (of every replica) mapped over `devices`."""
+  # Several steps per call are a lax.scan; XLA's CPU backend runs a loop body several
+  # times slower than the same step as straight-line code, so on CPUs it is unrolled.
+  steps = functools.partial(train_step.device_steps, scan=config.steps_per_call > 1,
+                            unroll=devices[0].platform == 'cpu', apply_fn=model.apply, tx=tx,
+                            learning_rate_fn=learning_rate_fn, options=options)
+  replicas = config.num_replicas
+  if replicas > 1:
+    steps = functools.partial(train_step.replica_steps, execution=config.replica_execution,
+                              **steps.keywords)
+  memory = (f'config.num_replicas={replicas} runs x config.per_device_batch_size='
+            f'{config.per_device_batch_size} do not fit the memory of a device; lower '
+            f'config.num_replicas or config.per_device_batch_size')
+  return parallel.pmap(steps, devices, donate_argnums=(0,), out_of_memory=memory)

@@ -39,7 +39,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cifar_jax import validation
+from cifar_jax import train_state, validation
 from cifar_jax.errors import UserError, WriteError
 
 TRAIN_COMPLETE_FILE = 'train_complete'
@@ -127,7 +127,7 @@ def save(manager: ocp.CheckpointManager, state: Any, config: ml_collections.Conf
   `CheckpointWriteError` if the save (or the previous one, still finishing)
   fails.
   """
-  step = int(state.step)
+  step = train_state.step_number(state)
   # Orbax finishes the previous save first; its failure is that step's.
   wait_until_finished(manager, earlier_steps[-1] if earlier_steps else None)
   with _write_errors(manager, step):
@@ -323,7 +323,7 @@ class Checkpointer:
   def save(self, state: Any) -> None:
     """Starts the save of `state` (host arrays) at `state.step`."""
     save(self.manager, state, self._config, self._dataset_info, self.saved_steps)
-    self.saved_steps = [*self.saved_steps, int(state.step)]
+    self.saved_steps = [*self.saved_steps, train_state.step_number(state)]
 
   def wait(self) -> None:
     wait_until_finished(self.manager, self.last_saved)

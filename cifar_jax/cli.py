@@ -1,4 +1,4 @@
-"""Command-line parsing for `cifar_jax.main` and `cifar_jax.benchmark`: a mistake is one line.
+"""Command-line parsing for cifar_jax's commands (`main`, `benchmark`, `compare`): one-line errors.
 
 absl and ml_collections report a bad flag value, an unknown flag, a missing or
 broken config file with a traceback (or load the config file only when it is
@@ -58,8 +58,11 @@ def check_config_file(path: str) -> None:
     fail(f'--config={path} defines no get_config(); give {CONFIG_HINT}.')
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing of `argv` (for `app.run(flags_parser=...)`), with one-line errors."""
+def parse_flags(argv: list[str], positional: bool = False) -> list[str]:
+  """absl's parsing of `argv` (for `app.run(flags_parser=...)`), with one-line errors.
+
+  Positional arguments are refused unless `positional` (`cifar_jax.compare`'s folders).
+  """
   path = _config_path(argv)
   if path is not None:
     check_config_file(path)  # before ml_collections loads it with a traceback for any fault
@@ -83,7 +86,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   except Exception as e:  # pylint: disable=broad-except
     fail(f'a --config.* override was rejected ({type(e).__name__}: {e}); check that the field '
          'exists in the config file and that the value has its type.')
-  if len(remaining) > 1:
+  if len(remaining) > 1 and not positional:
     fail(f'unexpected argument(s) {" ".join(remaining[1:])}; options are --flag=value '
          '(run with --help to see them).')
   return remaining

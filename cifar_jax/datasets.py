@@ -87,6 +87,14 @@ def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
   return _cached(os.path.expanduser(cache_dir), f'{source}-{name}-{split}', fingerprint, load)
 
 
+def load_eval_split(dataset_config: ml_collections.ConfigDict) -> Split:
+  """`dataset_config.eval_split`, from `dataset_config.eval_path` where that is set."""
+  if dataset_config.get('eval_path'):
+    dataset_config = ml_collections.ConfigDict({**dataset_config.to_dict(),
+                                                'path': dataset_config.eval_path})
+  return load_split(dataset_config, dataset_config.eval_split)
+
+
 # ----------------------------------------------------------------------------
 # The cache of decoded splits.
 

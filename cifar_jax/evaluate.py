@@ -83,7 +83,7 @@ class _Scorer:
     self.workdir = workdir
     parallel.use_compilation_cache(config.compilation_cache_dir, workdir)
     self.eval_dir = os.path.join(workdir, 'eval')
-    split = datasets.load_split(config.dataset, config.dataset.eval_split)
+    split = datasets.load_eval_split(config.dataset)
     setup = builder.build(config, num_classes=split.num_classes)
     self.template = setup.state
     devices = parallel.select_devices(config.num_devices, config.eval.platform or None)

@@ -38,6 +38,7 @@ from cifar_jax import (
   train_state,
   validation,
 )
+from cifar_jax import compare as compare_lib
 from cifar_jax import train as train_lib
 from cifar_jax.errors import UserError
 
@@ -78,8 +79,10 @@ def load_config(path: str, overrides: dict[str, Any] | None = None
 
 def load_data(config: ml_collections.ConfigDict, split: str = 'train') -> datasets.Split:
   """The config's 'train' or 'eval' split (or any split name) as uint8 arrays in memory."""
-  name = {'train': config.dataset.train_split, 'eval': config.dataset.eval_split}.get(split, split)
-  return datasets.load_split(config.dataset, name)
+  if split == 'eval':
+    return datasets.load_eval_split(config.dataset)
+  return datasets.load_split(config.dataset, config.dataset.train_split if split == 'train'
+                             else split)
 
 
 def augmented_batch(config: ml_collections.ConfigDict, split: datasets.Split, step: int = 0,
@@ -146,11 +149,29 @@ class Checkpoint:
     """What `model.apply` takes: the 'ema' or 'raw' parameters and the model state."""
     return self.state.variables(self.params(which))
 
+  @property
+  def num_replicas(self) -> int:
+    return self.config.num_replicas
 
-def load_checkpoint(workdir: str, step: int | None = None) -> Checkpoint:
+  def replica(self, index: int) -> Checkpoint:
+    """Run `index` of a checkpoint of `config.num_replicas` runs (seed + index), on its own."""
+    if not 0 <= index < self.num_replicas:
+      raise UserError(f'This checkpoint holds {self.num_replicas} run(s): replica is 0 to '
+                      f'{self.num_replicas - 1}, not {index}.')
+    if self.num_replicas == 1:
+      return self
+    config = ml_collections.ConfigDict(self.config.to_dict())
+    config.num_replicas, config.seed = 1, self.config.seed + index
+    return dataclasses.replace(self, config=config,
+                               state=train_state.replica(self.state, index))
+
+
+def load_checkpoint(workdir: str, step: int | None = None, replica: int | None = None
+                    ) -> Checkpoint:
   """The latest (or the given) checkpoint in WORKDIR, with the config saved beside it.
 
-  Safe while a trainer is writing: only finalised checkpoints are read.
+  Safe while a trainer is writing: only finalised checkpoints are read. In a
+  run of several replicas, `replica=r` keeps run r alone (`predict` needs one).
   """
   if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
     raise UserError(f'No checkpoints in {workdir}; train there first or fix the path.')
@@ -170,8 +191,9 @@ def load_checkpoint(workdir: str, step: int | None = None) -> Checkpoint:
     model = setup.model
   finally:
     manager.close()
-  return Checkpoint(config=config, model=model, state=state, step=step,
-                    class_names=class_names)
+  checkpoint = Checkpoint(config=config, model=model, state=state, step=step,
+                          class_names=class_names)
+  return checkpoint if replica is None else checkpoint.replica(replica)
 
 
 def predict(checkpoint: Checkpoint, images: np.ndarray, which: str = 'ema',
@@ -181,6 +203,9 @@ def predict(checkpoint: Checkpoint, images: np.ndarray, which: str = 'ema',
   `tta` (default: the checkpoint config's `eval.tta`): none, mirror or
   mirror_translate, as the evaluator (softmax of the averaged logits).
   """
+  if checkpoint.num_replicas > 1:
+    raise UserError(f'This checkpoint holds {checkpoint.num_replicas} runs; predict with one: '
+                    'load_checkpoint(workdir, replica=r) or checkpoint.replica(r).')
   variables = checkpoint.variables(which)
   tta = checkpoint.config.eval.tta if tta is None else tta
   preprocess = jax.vmap(input_pipeline.EvalPreprocessing.from_config(checkpoint.config))
@@ -237,5 +262,37 @@ def plot_run(workdir: str, title: str | None = None):
     axis.grid(alpha=0.3)
   if title:
     figure.suptitle(title)
+  figure.tight_layout()
+  return figure
+
+
+def compare(*workdirs: str, tta: str | None = None, metric: str = 'precision'):
+  """`python -m cifar_jax.compare` as a DataFrame: one row per group of runs.
+
+  Each argument is a WORKDIR (its replicas) or a folder of WORKDIRs (a sweep);
+  columns n, mean, ci95, std, min, max and, against the first group,
+  difference, difference_ci_low/high and Welch's p_value.
+  """
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  return pd.DataFrame(compare_lib.compare(workdirs, tta, metric).rows()).set_index('group')
+
+
+def plot_comparison(*workdirs: str, tta: str | None = None, metric: str = 'precision',
+                    title: str | None = None):
+  """Every run of each group as a dot, with the group's mean and 95% CI, as a Figure."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  comparison = compare_lib.compare(workdirs, tta, metric)
+  figure, axis = plt.subplots(figsize=(1.6 + 1.4 * len(comparison.groups), 3.6))
+  jitter = np.random.default_rng(0)
+  for index, group in enumerate(comparison.groups):
+    summary = group.summary
+    axis.plot(index + jitter.uniform(-0.12, 0.12, summary.n), group.values, 'o', alpha=0.6)
+    if summary.n > 1:
+      axis.errorbar(index + 0.3, summary.mean, yerr=summary.ci95, fmt='s', color='black',
+                    capsize=4)
+  axis.set_xticks(range(len(comparison.groups)),
+                  [f'{g.name}\n(n={g.summary.n})' for g in comparison.groups])
+  axis.set(ylabel=f'{metric} @ 1', title=title or 'runs, and the mean with its 95% CI')
+  axis.grid(alpha=0.3)
   figure.tight_layout()
   return figure

@@ -260,16 +260,16 @@ def eval_batch(data: DeviceData, indices: jax.Array, preprocessing: EvalPreproce
   return {'image': images, 'label': data.labels[indices]}
 
 
-def init_images(split: Split, config: ml_collections.ConfigDict) -> np.ndarray:
+def init_images(split: Split, config: ml_collections.ConfigDict, seed: int) -> np.ndarray:
   """Preprocessed training images for a model's data-dependent initialisation.
 
   `config.model_init_examples` examples drawn without replacement from
-  (config.seed) -- the original takes the first 5,000 of a shuffled
+  `seed` (the run's) -- the original takes the first 5,000 of a shuffled
   CIFAR-10, while image folders are ordered by class -- in evaluation
   preprocessing (no augmentation).
   """
   count = min(config.model_init_examples, split.num_examples)
-  rng = np.random.default_rng([config.seed, 1])
+  rng = np.random.default_rng([seed, 1])
   chosen = np.sort(rng.choice(split.num_examples, count, replace=False))
   preprocess = jax.jit(jax.vmap(EvalPreprocessing.from_config(config)))
   return np.concatenate([np.asarray(preprocess(split.images[chosen[i:i + 1000]]))
@@ -283,7 +283,8 @@ class BatchSchedule:
   Each epoch is a fresh permutation drawn from (seed, epoch); the last partial
   batch of an epoch is dropped, as the tutorial's queue-based input did. The
   global batch of a step is split across processes first (each process feeds a
-  disjoint, contiguous part) and then across this process's devices.
+  disjoint, contiguous part) and then across this process's devices. With
+  `num_replicas` R > 1, replica r draws its own order from seed + r.
   """
 
   num_examples: int
@@ -292,10 +293,10 @@ class BatchSchedule:
   seed: int
   num_processes: int = 1
   process_index: int = 0
+  num_replicas: int = 1
 
   def __post_init__(self):
-    self._cached_epoch = -1
-    self._permutation = None
+    self._permutations: dict[int, tuple[int, np.ndarray]] = {}  # replica -> (epoch, order)
 
   @property
   def global_batch_size(self) -> int:
@@ -305,17 +306,23 @@ class BatchSchedule:
   def steps_per_epoch(self) -> int:
     return self.num_examples // self.global_batch_size
 
-  def _epoch_permutation(self, epoch: int) -> np.ndarray:
-    if epoch != self._cached_epoch:
-      rng = np.random.default_rng([self.seed, epoch])
-      self._permutation = rng.permutation(self.num_examples).astype(np.int32)
-      self._cached_epoch = epoch
-    return self._permutation
+  @property
+  def examples_per_step(self) -> int:
+    """Examples one step trains on, summed over the replicas."""
+    return self.global_batch_size * self.num_replicas
 
-  def _step_indices(self, step: int) -> np.ndarray:
+  def _epoch_permutation(self, epoch: int, replica: int) -> np.ndarray:
+    cached_epoch, permutation = self._permutations.get(replica, (-1, None))
+    if epoch != cached_epoch:
+      rng = np.random.default_rng([self.seed + replica, epoch])
+      permutation = rng.permutation(self.num_examples).astype(np.int32)
+      self._permutations[replica] = (epoch, permutation)
+    return permutation
+
+  def _step_indices(self, step: int, replica: int) -> np.ndarray:
     """int32 [num_local_devices, per_device_batch_size] for global step `step`."""
     epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
-    global_indices = self._epoch_permutation(epoch)[
+    global_indices = self._epoch_permutation(epoch, replica)[
         step_in_epoch * self.global_batch_size : (step_in_epoch + 1) * self.global_batch_size]
     local_batch = self.per_device_batch_size * self.num_local_devices
     offset = self.process_index * local_batch
@@ -323,6 +330,11 @@ class BatchSchedule:
     return local.reshape(self.num_local_devices, self.per_device_batch_size)
 
   def indices(self, first_step: int, num_steps: int = 1) -> np.ndarray:
-    """int32 [devices, num_steps, per-device batch]: steps first_step .. first_step+num_steps-1."""
-    return np.stack([self._step_indices(s) for s in range(first_step, first_step + num_steps)],
-                    axis=1)
+    """int32 [devices, num_steps, per-device batch]: steps first_step .. first_step+num_steps-1.
+
+    With replicas, [devices, replicas, num_steps, per-device batch].
+    """
+    steps = range(first_step, first_step + num_steps)
+    replicas = [np.stack([self._step_indices(s, r) for s in steps], axis=1)
+                for r in range(self.num_replicas)]
+    return replicas[0] if self.num_replicas == 1 else np.stack(replicas, axis=1)

@@ -58,17 +58,18 @@ class Progress:
   """The run after the latest call, as the actions see it.
 
   `state()` and `metrics()` fetch from the devices when first asked after a
-  call; `metrics()` averages every step since the previous fetch and stops
-  the run on a non-finite loss. The first call after a (re)start compiles:
-  it is timed on its own and left out of the throughput.
+  call; `metrics()` averages every step (and replica) since the previous
+  fetch and stops the run on a non-finite loss. The first call after a
+  (re)start compiles: it is timed on its own and left out of the throughput,
+  which counts `examples_per_step` (every replica's batch) per step.
   """
 
   def __init__(self, replicated_state: TrainState, start_step: int, end_step: int,
-               global_batch_size: int, describe_intact: Callable[[], str] = lambda: ''):
+               examples_per_step: int, describe_intact: Callable[[], str] = lambda: ''):
     self.replicated_state = replicated_state
     self.start_step = start_step
     self.end_step = end_step
-    self.global_batch_size = global_batch_size
+    self.examples_per_step = examples_per_step
     self.call = Call(start_step, start_step)
     self.preempted = False
     self.first_call_seconds = 0.0
@@ -93,7 +94,7 @@ class Progress:
 
   def record(self, call: Call, replicated_state: TrainState, metrics: dict[str, jax.Array],
              started: float, preempted: bool) -> None:
-    """Notes a finished (dispatched) call; its metrics are [devices, steps in the call]."""
+    """Notes a finished (dispatched) call; its metrics are [devices, (replicas,) steps]."""
     self.call, self.replicated_state, self.preempted = call, replicated_state, preempted
     self._pending.append(metrics)
     self._state = self._metrics = None
@@ -112,26 +113,34 @@ class Progress:
   def metrics(self) -> dict[str, float]:
     """Means of the per-step metrics since the last fetch; raises on a non-finite loss."""
     if self._metrics is None:
-      # Every device holds the same (pmean-ed) metrics: keep the first one's.
+      # Every device holds the same (pmean-ed) metrics: keep the first one's, [replicas, steps].
       calls = jax.device_get(self._pending)
-      per_step = {k: np.concatenate([np.reshape(call[k][0], -1) for call in calls])
-                  for k in calls[0]}
-      losses = per_step['loss']
-      if not np.all(np.isfinite(losses)):
-        bad_step = self._pending_start + int(np.argmin(np.isfinite(losses))) + 1
-        raise UserError(
-            f'Training diverged: the loss became {losses[~np.isfinite(losses)][0]} at step '
-            f'{bad_step}; {self._describe_intact()}; lower config.learning_rate and run again.')
+      per_step = {k: np.concatenate([np.reshape(call[k][0], (-1, np.shape(call[k])[-1]))
+                                     for call in calls], axis=-1) for k in calls[0]}
+      self._check_finite(per_step['loss'])
       self._metrics = {k: float(np.mean(v)) for k, v in per_step.items()}
       self._pending, self._pending_start = [], self.step
     return self._metrics
+
+  def _check_finite(self, losses: np.ndarray) -> None:
+    """Raises at the first step whose loss is not finite; losses are [replicas, steps]."""
+    finite = np.isfinite(losses)
+    if finite.all():
+      return
+    index = int(np.argmin(finite.all(axis=0)))
+    replica = int(np.argmin(finite[:, index]))
+    which = f'the loss of replica {replica}' if len(losses) > 1 else 'the loss'
+    raise UserError(
+        f'Training diverged: {which} became {losses[replica, index]} at step '
+        f'{self._pending_start + index + 1}; {self._describe_intact()}; lower '
+        'config.learning_rate and run again.')
 
   def throughput(self) -> tuple[float, float, bool]:
     """(examples/sec, sec/batch, timed): since the last sync, or the compiling first call's."""
     timed = bool(self._window_steps)
     sec_per_batch = ((time.time() - self._window_start) / self._window_steps if timed
                      else self.first_call_seconds / self.call.num_steps)
-    return self.global_batch_size / sec_per_batch, sec_per_batch, timed
+    return self.examples_per_step / sec_per_batch, sec_per_batch, timed
 
   def restart_timing(self) -> None:
     """The devices are idle after an action's sync: time the next window from here."""

@@ -44,8 +44,11 @@ class _QuietLibraries(logging_lib.Filter):
 
 
 def describe_data(config) -> None:
-  for split in (config.dataset.train_split, config.dataset.eval_split):
-    print(datasets.describe(datasets.load_split(config.dataset, split), split), flush=True)
+  train_split = config.dataset.train_split
+  print(datasets.describe(datasets.load_split(config.dataset, train_split), train_split),
+        flush=True)
+  print(datasets.describe(datasets.load_eval_split(config.dataset), config.dataset.eval_split),
+        flush=True)
 
 
 def main(argv):

@@ -148,9 +148,10 @@ class _Mapped:
   """
 
   def __init__(self, mapped: Callable[..., Any], options: dict[str, str],
-               max_in_flight: int = MAX_CALLS_IN_FLIGHT):
+               out_of_memory: str | None = None, max_in_flight: int = MAX_CALLS_IN_FLIGHT):
     self._mapped = mapped
     self._options = options
+    self._out_of_memory = out_of_memory
     self._executables: dict[Any, Any] = {}
     self._max_in_flight = max_in_flight
     self._in_flight: collections.deque[list[jax.Array]] = collections.deque()
@@ -168,7 +169,12 @@ class _Mapped:
     return executable
 
   def __call__(self, *args):
-    outputs = self._executable(args)(*args)
+    try:
+      outputs = self._executable(args)(*args)
+    except jax.errors.JaxRuntimeError as e:
+      if self._out_of_memory is None or 'RESOURCE_EXHAUSTED' not in str(e):
+        raise
+      raise UserError(f'{self._out_of_memory} ({str(e).splitlines()[0][:200]}).') from e
     self._in_flight.append([x for x in jax.tree.leaves(outputs) if isinstance(x, jax.Array)])
     while len(self._in_flight) > self._max_in_flight:
       jax.block_until_ready([x for x in self._in_flight.popleft() if not x.is_deleted()])
@@ -176,7 +182,8 @@ class _Mapped:
 
 
 def pmap(fn: Callable[..., Any], devices: Sequence[jax.Device],
-         donate_argnums: tuple[int, ...] = ()) -> Callable[..., Any]:
+         donate_argnums: tuple[int, ...] = (), out_of_memory: str | None = None
+         ) -> Callable[..., Any]:
   """`fn` mapped over `devices` with the collective axis `AXIS_NAME`.
 
   In a multi-process run the collectives must span every device of every
@@ -184,7 +191,9 @@ def pmap(fn: Callable[..., Any], devices: Sequence[jax.Device],
   use all its local devices. On CPUs it compiles with `CPU_COMPILER_OPTIONS`
   (in one process; pmap's ahead-of-time path wants global arrays across
   processes, so a multi-process CPU run compiles with XLA's defaults). At most
-  `MAX_CALLS_IN_FLIGHT` calls are queued on the devices at any time.
+  `MAX_CALLS_IN_FLIGHT` calls are queued on the devices at any time. A call
+  that runs out of device memory ends in `UserError(out_of_memory)`, where
+  given: one sentence saying what to lower, not an allocator's trace.
   """
   if jax.process_count() > 1:
     if len(devices) != jax.local_device_count():
@@ -192,9 +201,9 @@ def pmap(fn: Callable[..., Any], devices: Sequence[jax.Device],
           f'A multi-process run uses every local device ({jax.local_device_count()}), not '
           f'{len(devices)}; set config.num_devices=-1.')
     return _Mapped(jax.pmap(fn, axis_name=AXIS_NAME, devices=None,
-                            donate_argnums=donate_argnums), options={})
+                            donate_argnums=donate_argnums), {}, out_of_memory)
   mapped = jax.pmap(fn, axis_name=AXIS_NAME, devices=devices, donate_argnums=donate_argnums)
-  return _Mapped(mapped, compiler_options(devices[0].platform))
+  return _Mapped(mapped, compiler_options(devices[0].platform), out_of_memory)
 
 
 def _device_axis_sharding(devices: Sequence[jax.Device]) -> NamedSharding:

@@ -33,7 +33,7 @@ from cifar_jax import (
   summaries,
   validation,
 )
-from cifar_jax.train_state import TrainState
+from cifar_jax.train_state import TrainState, step_number
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -66,10 +66,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     preemption = stack.enter_context(lifecycle.Preemption(checkpointer.reached_preemption))
     run = actions.Run(config, workdir, setup, train_split, devices, checkpointer,
                       stack.enter_context(summaries.create_writer(workdir, enabled=_is_main())),
-                      startup, int(state.step), preemption, evaluate_in_process, on_log)
+                      startup, step_number(state), preemption, evaluate_in_process, on_log)
     periodic = [stack.enter_context(action) for action in actions.create(run)]
-    progress = loop.Progress(parallel.replicate(state, devices), int(state.step),
-                             config.num_train_steps, setup.batches.global_batch_size,
+    progress = loop.Progress(parallel.replicate(state, devices), step_number(state),
+                             config.num_train_steps, setup.batches.examples_per_step,
                              checkpointer.intact)
     data = input_pipeline.put_on_devices(train_split, devices)
     startup.lap('devices and writers')
@@ -94,7 +94,7 @@ def _dataset_info(train_split: datasets.Split) -> dict:
 def _starting(state: TrainState, config: ml_collections.ConfigDict, workdir: str,
               setup: builder.Setup, devices: list[jax.Device]) -> bool:
   """Says where training starts; False (and marks the run complete) if there is nothing to do."""
-  step = int(state.step)
+  step = step_number(state)
   if step and _is_main():
     summaries.print_line(f'resuming from step {step}')
   if step >= config.num_train_steps:
@@ -105,7 +105,7 @@ def _starting(state: TrainState, config: ml_collections.ConfigDict, workdir: str
   if _is_main():
     checkpoints.clear_train_complete(workdir)
     parameter_overview.log_parameter_overview(state.params)
-    logging.info('%d devices (%s), global batch %d, %d steps per epoch.', len(devices),
-                 devices[0].platform, setup.batches.global_batch_size,
-                 setup.batches.steps_per_epoch)
+    logging.info('%d devices (%s), global batch %d, %d steps per epoch, %d replica(s).',
+                 len(devices), devices[0].platform, setup.batches.global_batch_size,
+                 setup.batches.steps_per_epoch, config.num_replicas)
   return True

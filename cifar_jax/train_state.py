@@ -57,6 +57,23 @@ class TrainState:
             'batch_stats': self.batch_stats}
 
 
+def step_number(state: TrainState) -> int:
+  """The number of steps a (host) state has done; every replica has done the same."""
+  return int(np.asarray(state.step).reshape(-1)[0])
+
+
+def stack_replicas(states: list[TrainState]) -> TrainState:
+  """R states as one whose every leaf has a leading replica axis (one state: unchanged)."""
+  if len(states) == 1:
+    return states[0]
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+
+def replica(tree: Any, index: int) -> Any:
+  """Replica `index` of a tree whose leaves have a leading replica axis."""
+  return jax.tree.map(lambda x: x[index], tree)
+
+
 @dataclasses.dataclass(frozen=True)
 class EmaOptions:
   """`config.ema`: the kind of moving average of the parameters and its decay."""

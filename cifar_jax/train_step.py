@@ -142,6 +142,32 @@ def _augmented_step(state: TrainState, images: jax.Array, labels: jax.Array,
   return train_step(state, batch, options=options, **step_kwargs)
 
 
+def map_replicas(fn: Callable[..., Any], execution: str, unroll: bool) -> Callable[..., Any]:
+  """`fn(*per_replica, *shared)` of every replica: `per_replica` leaves lead with the replica axis.
+
+  ``vmap`` batches the replicas (a convolution over batched weights becomes a
+  grouped one); ``loop`` runs them one after the other (a scan, unrolled where
+  `unroll`). Each replica's collectives (gradient pmean, BatchNorm statistics)
+  stay its own. Outputs lead with the replica axis.
+  """
+  def mapped(per_replica: tuple, *shared):
+    one = lambda xs: fn(*xs, *shared)  # noqa: E731
+    if execution == 'vmap':
+      return jax.vmap(one)(per_replica)
+    return jax.lax.scan(lambda carry, xs: (carry, one(xs)), None, per_replica,
+                        unroll=unroll)[1]
+  return mapped
+
+
+def replica_steps(state: TrainState, data: input_pipeline.DeviceData, indices: jax.Array, *,
+                  execution: str, unroll: bool, **device_step_kwargs
+                  ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`device_steps` of every replica (`map_replicas`); `indices` [R, n, B], metrics [R, n]."""
+  steps = lambda state, indices, data: device_steps(  # noqa: E731
+      state, data, indices, unroll=unroll, **device_step_kwargs)
+  return map_replicas(steps, execution, unroll)((state, indices), data)
+
+
 def device_steps(state: TrainState, data: input_pipeline.DeviceData, indices: jax.Array, *,
                  scan: bool, unroll: bool, **step_kwargs
                  ) -> tuple[TrainState, dict[str, jax.Array]]:

@@ -53,6 +53,7 @@ PREPROCESSING = ('per_image_standardization', 'channel_normalization')
 TTA = ('none', 'mirror', 'mirror_translate')
 HEADLINES = ('ema', 'raw')
 DATASET_SOURCES = ('tfds', 'image_folder', 'synthetic')
+REPLICA_EXECUTIONS = ('vmap', 'loop')
 SYNTHETIC_SPLITS = ('train', 'test')
 
 # Old name -> new name, for configs and checkpoints written before the names changed.
@@ -70,6 +71,14 @@ RENAMED = {
 }
 # `weight_decay` itself changed meaning: before, the tutorial's L2 term in the loss (now
 # `l2_penalty`); now the optimizer's decay (before, `sgd_weight_decay`).
+
+# Fields added since checkpoints were first written, with the value that gives the behaviour
+# from before they existed (what a saved config without them is read with).
+ADDED = {
+    'num_replicas': 1,
+    'replica_execution': 'loop',
+    'dataset.eval_path': '',
+}
 
 
 # ----------------------------------------------------------------------------
@@ -125,10 +134,23 @@ def _leaf_paths(fields: dict[str, Any], prefix: str = '') -> list[str]:
 
 
 def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
-  """A config saved with a checkpoint, its old field names (`RENAMED`) replaced by the new ones."""
-  if not _old_names(saved):
+  """A config saved with a checkpoint, in today's fields.
+
+  Old names (`RENAMED`) become the new ones; fields added since (`ADDED`) get
+  the values that mean what the run did.
+  """
+  missing = [path for path in ADDED if path not in _leaf_paths(saved)]
+  if not _old_names(saved) and not missing:
     return saved
   upgraded = copy.deepcopy(saved)
+  for path in missing:
+    *parents, leaf = path.split('.')
+    target = upgraded
+    for parent in parents:
+      target = target.setdefault(parent, {})
+    target[leaf] = ADDED[path]
+  if not _old_names(saved):
+    return upgraded
   # Before the renames, `weight_decay` was the L2 term in the loss.
   upgraded['l2_penalty'] = upgraded.pop('weight_decay', 0.0)
   schedule = {}
@@ -243,6 +265,8 @@ def _check_fields(c: _Checker) -> None:
   num_devices = c.integer('num_devices')
   if num_devices != -1 and num_devices < 1:
     raise UserError(f'config.num_devices is {num_devices}; use -1 (all local devices) or N >= 1.')
+  c.integer('num_replicas', 1)
+  c.choice('replica_execution', REPLICA_EXECUTIONS)
   for field in ('per_device_batch_size', 'num_train_steps', 'steps_per_call', 'log_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints', 'histogram_every_steps',
                 'histogram_sample_size', 'input_image_grid_size'):
@@ -280,6 +304,9 @@ def _check_dataset(c: _Checker) -> None:
   c.text('dataset.name')
   c.text('dataset.data_dir', allow_none=True)
   c.text('dataset.path')
+  if c.text('dataset.eval_path') and source != 'image_folder':
+    raise UserError(f'config.dataset.eval_path is set but config.dataset.source is {source!r}; '
+                    'a separate eval folder is for source=image_folder.')
   c.text('dataset.cache_dir')
   c.integer('dataset.seed', 0)
   c.integer('dataset.synthetic_num_classes', 2)

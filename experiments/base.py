@@ -21,6 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.name = 'cifar10'  # tfds name
   config.dataset.data_dir = None  # tfds data_dir; None: ~/tensorflow_datasets
   config.dataset.path = ''  # image folder or .tar.gz of one (source=image_folder)
+  # Another image folder (or archive) to take eval_split from; '': the same as path.
+  config.dataset.eval_path = ''
   config.dataset.train_split = 'train'
   config.dataset.eval_split = 'test'
   # Decoded splits are cached here as .npz (keyed by the source's files); '' disables.
@@ -64,6 +66,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.num_devices = -1  # -1: every local device
   config.per_device_batch_size = 128
+  # R independent runs in one program, replica r seeded with seed + r (initialisation, data
+  # order, augmentation): every state leaf gains a leading replica axis; the evaluator reports
+  # each replica and their mean with its 95% confidence interval. How the replicas run inside a
+  # device call: loop (one after another; the faster on CPUs, docs/replicas.md) | vmap
+  # (batched: a convolution over the replicas' weights becomes a grouped one).
+  config.num_replicas = 1
+  config.replica_execution = 'loop'
   config.num_train_steps = 10_000
   # Training steps per device call (lax.scan inside the mapped step): k > 1 saves per-step
   # dispatch for small networks on fast devices; results are the same for any k.

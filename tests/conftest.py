@@ -85,7 +85,8 @@ def tiny_airbench_config(muon=False, **overrides):
 def run_steps(config, num_steps, fixed_indices=None):
   """k steps of the parallel train step; returns (host state, per-step losses).
 
-  `fixed_indices` [devices, batch]: the same examples at every step.
+  `fixed_indices` [devices, batch]: the same examples at every step. With
+  replicas, each step's loss is an array of the replicas' losses.
   """
   devices = parallel.select_devices(config.num_devices)
   split = datasets.load_split(config.dataset, config.dataset.train_split)
@@ -97,7 +98,8 @@ def run_steps(config, num_steps, fixed_indices=None):
     indices = (setup.batches.indices(step) if fixed_indices is None
                else np.asarray(fixed_indices)[:, None])
     state, metrics = setup.parallel_steps(state, data, indices)
-    losses.append(float(metrics['loss'][0, 0]))
+    loss = np.asarray(metrics['loss'][0])[..., 0]  # [devices, (replicas,) steps]
+    losses.append(float(loss) if loss.ndim == 0 else loss)
   return parallel.unreplicate(state), losses
 
 

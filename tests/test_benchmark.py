@@ -57,3 +57,18 @@ def test_command_line(tmp_path):
       cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip().splitlines()[-1].startswith('train_step_img_per_s=')
+
+
+def test_replicas_are_counted_in_every_figure():
+  one = benchmark.run(tiny_config(), steps=2, repeats=1, warmup_steps=1, synthetic=True,
+                      synthetic_train_size=64, synthetic_eval_size=40, matmul_size=128)
+  three = benchmark.run(tiny_config(num_replicas=3), steps=2, repeats=1, warmup_steps=1,
+                        synthetic=True, synthetic_train_size=64, synthetic_eval_size=40,
+                        matmul_size=128)
+  assert (one['num_replicas'], three['num_replicas']) == (1, 3)
+  # Images of all runs per second; a run's share of the time of num_train_steps steps.
+  for figures in (one, three):  # one window: rate = R * 8 images / seconds per step
+    seconds_per_step = figures['num_replicas'] * 8 / figures['end_to_end']['median']
+    assert figures['run_s'] == pytest.approx(20 * seconds_per_step / figures['num_replicas'])
+  assert '3 runs at once (vmap; images/s summed over them)' in benchmark.format_figures(three)
+  assert 'num_replicas=3.0' in benchmark.machine_line(three, None)

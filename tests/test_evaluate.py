@@ -52,18 +52,41 @@ def test_padded_batches_cover_each_index_once():
   assert mask.sum() == 10
 
 
-def _score(precision):
-  return scoring.Score(precision=precision, loss=1.0, count=10, confusion=np.eye(2),
+def _score(precision, loss=1.0):
+  return scoring.Score(precision=precision, loss=loss, count=10, confusion=np.eye(2),
                        predictions=np.zeros(10))
 
 
 def test_result_line_format():
-  result = scoring.Result(tta='none', ema=_score(0.8601), raw=_score(0.842))
+  result = scoring.Result(tta='none', ema=(_score(0.8601),), raw=(_score(0.842),))
   assert result.line(2000) == 'step 2000, precision @ 1 = 0.860 (raw parameters: 0.842)'
-  raw_first = scoring.Result(tta='none', ema=_score(0.8601), raw=_score(0.842), headline='raw')
+  raw_first = scoring.Result(tta='none', ema=(_score(0.8601),), raw=(_score(0.842),),
+                             headline='raw')
   assert raw_first.line(2000) == 'step 2000, precision @ 1 = 0.842 (EMA parameters: 0.860)'
-  no_ema = scoring.Result(tta='mirror', ema=_score(0.842), raw=_score(0.842), has_ema=False)
+  no_ema = scoring.Result(tta='mirror', ema=(_score(0.842),), raw=(_score(0.842),),
+                          has_ema=False)
   assert no_ema.line(7) == 'step 7, precision @ 1 = 0.8420 (no EMA; TTA mirror)'
+  assert set(result.scalars()) == {'precision', 'precision_raw', 'loss', 'loss_raw', 'count'}
+
+
+def test_replica_statistics_by_hand():
+  raw = tuple(_score(p) for p in (0.90, 0.91, 0.92))
+  ema = tuple(_score(p, loss) for p, loss in ((0.93, 1.0), (0.94, 2.0), (0.95, 3.0), ))
+  result = scoring.Result(tta='mirror_translate', ema=ema, raw=raw)
+  # mean 0.94, std 0.01, 95% CI half-width t(0.975, 2) * 0.01 / sqrt(3) = 4.3027 * 0.005774.
+  ci = 4.302653 * 0.01 / np.sqrt(3)
+  assert result.line(426) == (f'step 426, precision @ 1 = 0.9400 ± {ci:.4f} (n=3, 95% CI; raw '
+                              f'parameters: 0.9100 ± {ci:.4f}; TTA mirror_translate)')
+  scalars = result.scalars()
+  assert scalars['precision'] == pytest.approx(0.94) and scalars['loss'] == pytest.approx(2.0)
+  assert [scalars[f'precision/replica_{r}'] for r in range(3)] == [0.93, 0.94, 0.95]
+  assert [scalars[f'precision_raw/replica_{r}'] for r in range(3)] == [0.90, 0.91, 0.92]
+  assert scalars['num_replicas'] == 3 and scalars['precision_std'] == pytest.approx(0.01)
+  assert scalars['precision_ci95'] == pytest.approx(ci, rel=1e-6)
+  assert (scalars['precision_min'], scalars['precision_max']) == (0.93, 0.95)
+  without_ema = scoring.Result(tta='none', ema=raw, raw=raw, has_ema=False)
+  assert without_ema.line(5) == f'step 5, precision @ 1 = 0.9100 ± {ci:.4f} (n=3, 95% CI; no EMA)'
+  assert without_ema.scalars()['precision_min'] == 0.90  # the spread of the scored parameters
 
 
 def _records(workdir):

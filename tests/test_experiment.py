@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from cifar_jax import builder, datasets, experiment, input_pipeline, parallel, scoring
+from cifar_jax import builder, datasets, experiment, input_pipeline, parallel, scoring, train_state
 from cifar_jax.errors import UserError
 from tests.conftest import REPO_ROOT, restore_latest, tiny_airbench_config, tiny_config
 
@@ -144,3 +144,20 @@ def test_an_airbench_checkpoint_predicts_with_batch_stats_and_tta(tmp_path):
   np.testing.assert_array_equal(tta.argmax(-1), predictions)
   plain = experiment.predict(run, split.images, which='raw', tta='none')
   assert not np.allclose(plain, tta)
+
+
+def test_a_checkpoint_of_replicas_gives_each_run_on_its_own(tmp_path):
+  workdir = str(tmp_path / 'replicas')
+  state = experiment.train(tiny_config(num_replicas=2), workdir, num_steps=4,
+                           evaluate_in_process=False)
+  run = experiment.load_checkpoint(workdir)
+  images = experiment.load_data(run.config, 'eval').images[:10]
+  assert run.num_replicas == 2
+  with pytest.raises(UserError, match='holds 2 runs; predict with one'):
+    experiment.predict(run, images)
+  second = experiment.load_checkpoint(workdir, replica=1)
+  jax.tree.map(np.testing.assert_array_equal, second.state, train_state.replica(state, 1))
+  assert second.num_replicas == 1 and second.config.seed == 1  # the run of seed 0 + 1
+  assert experiment.predict(second, images).shape == (10, 10)
+  with pytest.raises(UserError, match='replica is 0 to 1, not 2'):
+    experiment.load_checkpoint(workdir, replica=2)

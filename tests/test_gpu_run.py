@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 from PIL import Image
+import pytest
 
 from tests.conftest import REPO_ROOT
 
@@ -12,7 +13,9 @@ sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
 import gpu_run  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
-def _cifar_like_folder(root, per_class=12):
+@pytest.fixture(scope='module')
+def cifar_like_folder(tmp_path_factory, per_class=12):
+  root = tmp_path_factory.mktemp('data') / 'cifar10_jpeg'
   rng = np.random.default_rng(0)
   for label in range(10):
     folder = root / 'train' / f'class_{label}'
@@ -23,25 +26,48 @@ def _cifar_like_folder(root, per_class=12):
   return root
 
 
-def test_every_part_runs_and_reports_one_table(tmp_path, capsys, monkeypatch):
+def _run(folder, tmp_path, budget, *flags):
+  return gpu_run.main([f'--data={folder}', '--train_split=train[:8]', '--eval_split=train[8:]',
+                       '--tiny', f'--budget_secs={budget}', f'--out={tmp_path / "out"}',
+                       '--tutorial_target=0', *flags])
+
+
+def test_every_part_runs_within_its_budget(cifar_like_folder, tmp_path, capsys, monkeypatch):
   monkeypatch.delenv('XLA_FLAGS')  # one CPU device in the processes it starts
-  data = _cifar_like_folder(tmp_path / 'cifar10_jpeg')
-  report = gpu_run.main([
-      f'--data={data}', '--train_split=train[:8]', '--eval_split=train[8:]', '--tiny',
-      '--benchmark_steps=2', '--benchmark_repeats=1', '--tutorial_steps=20',
-      '--tutorial_steps_per_call=4', '--tutorial_checkpoint_every=10', '--tutorial_target=0',
-      '--airbench_steps=3', f'--workdir={tmp_path / "work"}'])
-  rows = report['rows']
-  assert [row['part'] for row in rows] == ['a'] * 4 + ['b', 'c', 'd']
-  assert [row['setting'] for row in rows[:4]] == [
-      f'tutorial net, {dtype}, steps_per_call {k}'
+  torch_python = os.environ.get('CIFAR_JAX_TORCH_PYTHON')  # a side venv with torch, if any
+  result = _run(cifar_like_folder, tmp_path, 150,
+                *([f'--torch_python={torch_python}'] if torch_python else []))
+  assert result['elapsed_secs'] <= 150
+  parts = {report['name']: report for report in result['parts']}
+  assert list(parts) == ['environment', 'airbench94', 'original', 'benchmark', 'tutorial',
+                         'replicas']  # no --wheelhouse: nothing to install
+  for name in ('environment', 'airbench94', 'benchmark', 'tutorial', 'replicas'):
+    assert parts[name]['status'] == 'done', parts[name]
+  assert parts['environment']['jax'] and parts['environment']['devices'] == '1 x cpu (cpu)'
+  assert 0 <= parts['airbench94']['precision'] <= 1
+  assert parts['airbench94']['tta'] == 'mirror_translate'
+  if torch_python:
+    assert parts['original']['status'] == 'done' and not parts['original']['half_precision']
+  else:
+    assert parts['original']['status'].startswith('skipped: no PyTorch in ')
+  assert [row['setting'] for row in parts['benchmark']['rows']] == [
+      f'{network}, {dtype}, steps_per_call {k}' for network in ('tutorial', 'airbench94')
       for dtype in ('float32', 'bfloat16') for k in (1, 16)]
-  assert all(row['train_step_img_per_s'] > 0 for row in rows[:4])
-  tutorial = rows[4]
-  assert tutorial['step_at_target'] == 10  # the first score (target 0)
-  assert 0 < tutorial['seconds_to_target'] <= tutorial['train_seconds'] + 60
-  assert 0 <= rows[5]['final_precision'] <= 1 and rows[5]['reached'] is False
-  assert rows[6]['skipped'] == '1 device'
+  assert all(row['train_step_img_per_s'] > 0 for row in parts['benchmark']['rows'])
+  assert parts['tutorial']['reached'] and parts['tutorial']['best_step'] == 10  # target 0
+  assert [row['num_replicas'] for row in parts['replicas']['rows']] == [1, 2, 2]  # --tiny
+  assert all(row['run_s'] > 0 for row in parts['replicas']['rows'])
   output = capsys.readouterr().out
-  assert '| a | tutorial net, bfloat16, steps_per_call 16 |' in output
+  assert '| 4 | tutorial, bfloat16, steps_per_call 16 |' in output
   assert output.splitlines()[-1].startswith('{"device": "1 x cpu (cpu)"')
+  assert os.path.exists(tmp_path / 'out' / 'logs' / 'airbench94.log')
+
+
+def test_a_small_budget_stops_parts_instead_of_overrunning(cifar_like_folder, tmp_path,
+                                                           monkeypatch):
+  monkeypatch.delenv('XLA_FLAGS')
+  result = _run(cifar_like_folder, tmp_path, 12, '--parts=125')
+  assert result['elapsed_secs'] <= 13
+  statuses = [report['status'] for report in result['parts']]
+  assert statuses[0] == 'done'  # the environment
+  assert all(s in ('stopped: budget', 'not run: budget') for s in statuses[1:]), statuses

@@ -362,7 +362,7 @@ def _unwritable(tmp_path):
 NO_CONFIG = object()
 # The airbench94 smoke config, without TINY_FLAGS' tutorial-net widths.
 AIRBENCH_SMOKE = '--config=experiments/airbench94_smoke.py'
-MAIN, BENCHMARK = 'cifar_jax.main', 'cifar_jax.benchmark'
+MAIN, BENCHMARK, COMPARE = 'cifar_jax.main', 'cifar_jax.benchmark', 'cifar_jax.compare'
 COMMAND_LINE_MISTAKES = [
     ('float field given text', MAIN, ['--config.learning_rate=abc'],
      r'--config.learning_rate=abc: could not convert string to float'),
@@ -432,19 +432,26 @@ COMMAND_LINE_MISTAKES = [
      r'config.eval.batch_size is 0; it must be at least 1'),
     ('label smoothing above 1', MAIN, ['--config.label_smoothing=1.5'],
      r'config.label_smoothing is 1.5; it must be less than 1'),
+    ('no replicas', MAIN, ['--config.num_replicas=0'],
+     r'config.num_replicas is 0; it must be at least 1'),
+    ('replicas not a whole number', MAIN, ['--config.num_replicas=1.5'],
+     r'--config.num_replicas=1.5: invalid literal for int'),
     ('benchmark: config file missing', BENCHMARK, ['--config=experiments/nope.py'],
      r'no such file'),
     ('benchmark: bad value', BENCHMARK, ['--steps=abc'], r'--steps=abc'),
     ('benchmark: out of range', BENCHMARK, ['--steps=0', '--synthetic'],
      r'--steps and --repeats must be at least 1'),
     ('benchmark: unknown flag', BENCHMARK, ['--bogus=1'], r"Unknown command line flag 'bogus'"),
+    ('compare: folders without evaluator records', COMPARE,
+     lambda tmp_path, _: [str(tmp_path), str(tmp_path)], r'holds no evaluator records'),
+    ('compare: one folder', COMPARE, lambda tmp_path, _: [str(tmp_path)], r'give two or more'),
 ]
 
 
 def _mistake_command(module, arguments, tmp_path, trained_workdir):
   if callable(arguments):
     arguments = arguments(tmp_path, trained_workdir)
-  flags = list(TINY_FLAGS)
+  flags = list(TINY_FLAGS) if module != COMPARE else []
   if module == MAIN:
     flags.insert(0, f'--workdir={tmp_path / "workdir"}')
   for argument in arguments:

@@ -2,6 +2,7 @@
 
 import functools
 import os
+import re
 import signal
 import time
 
@@ -23,6 +24,7 @@ from cifar_jax import (
   scoring,
   summaries,
   train,
+  train_state,
   train_step,
 )
 from cifar_jax.errors import UserError
@@ -257,3 +259,32 @@ def test_several_steps_per_call_give_the_same_run_as_one(tmp_path):
   assert stopped.value.step == 9
   resumed = train.train_and_evaluate(config(steps_per_call=4), workdir)
   jax.tree.map(np.testing.assert_array_equal, resumed, four)
+
+
+# ----------------------------------------------------------------------------
+# Several runs in one program (config.num_replicas).
+
+
+def test_replicas_resume_bit_identically_and_each_is_scored(tmp_path, capsys):
+  config = functools.partial(tiny_config, num_replicas=3, eval_every_steps=0)
+  straight_dir, interrupted_dir = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
+  straight = train.train_and_evaluate(config(), straight_dir)
+  output = capsys.readouterr().out
+  assert re.search(r'step 20, loss = [\d.]+ \(mean of 3 runs; [\d.]+ examples/sec', output)
+  assert re.search(r'step 20, precision @ 1 = [\d.]+ ± [\d.]+ \(n=3, 95% CI; raw parameters: ',
+                   output)
+  train.train_and_evaluate(config(num_train_steps=10), interrupted_dir, evaluate_in_process=False)
+  resumed = train.train_and_evaluate(config(), interrupted_dir, evaluate_in_process=False)
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+  # One record with every replica's precision; each is what that run alone scores.
+  (record,) = summaries.read_records(os.path.join(straight_dir, 'eval', summaries.METRICS_FILE))
+  split = datasets.load_split(config().dataset, 'test')
+  alone = scoring.Evaluator(tiny_config(), split, models.create_model(config().model, 10),
+                            parallel.select_devices(1))
+  for r in range(3):
+    single = alone.score_state(train_state.replica(straight, r))
+    assert record[f'precision/replica_{r}'] == single.precision
+    assert record[f'precision_raw/replica_{r}'] == single.precision_raw
+  assert record['precision'] == pytest.approx(np.mean([record[f'precision/replica_{r}']
+                                                       for r in range(3)]))
+  assert record['num_replicas'] == 3 and record['count'] == 200

@@ -1,0 +1,185 @@
+r"""Is B better than A, or is it noise? Groups of runs compared from their evaluator records.
+
+  python -m cifar_jax.compare DIR_A DIR_B [DIR_C ...] [--tta=mirror_translate] [--metric=precision]
+
+Each DIR is one group of runs:
+
+* a WORKDIR of a run with `config.num_replicas` = R: its R replicas, scored by
+  the evaluator at the final step (every replica's precision@1 is in the
+  record); a WORKDIR of one run is a group of one;
+* a folder of such WORKDIRs (a sweep over seeds): all their runs together;
+* what `benchmarks/airbench_reference.py --train --seeds=N --out=DIR` writes
+  (the original recipe in PyTorch, one record of N seeds).
+
+It prints each group's n and mean ± the 95% confidence interval of the mean
+(t distribution), std, min and max; then, for every group against the first,
+the difference of the means with its 95% CI and the p-value of Welch's
+t-test (`run_statistics`). The last line is JSON. `--tta` picks the records
+of one test-time augmentation where a run was scored with several.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import dataclasses
+import json
+import math
+import os
+import re
+
+from absl import app, flags
+
+from cifar_jax import cli, run_statistics, summaries
+from cifar_jax.errors import UserError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('tta', None, 'Compare the records of this test-time augmentation '
+                    '(none, mirror, mirror_translate); default: the one every run has.')
+flags.DEFINE_enum('metric', 'precision', ['precision', 'precision_raw'],
+                  'precision: the EMA parameters\' (the raw ones\' without an EMA); '
+                  'precision_raw: the raw parameters\'.')
+
+_REPLICA_KEY = re.compile(r'^(?P<metric>\w+)/replica_(?P<index>\d+)$')
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """The runs of one DIR: their final step's values of the metric."""
+
+  name: str
+  values: tuple[float, ...]
+  step: int
+  tta: str
+
+  @property
+  def summary(self) -> run_statistics.Summary:
+    return run_statistics.Summary.of(self.values)
+
+
+def record_values(record: dict, metric: str = 'precision') -> list[float]:
+  """Every replica's value of `metric` in one evaluator record (one value for a single run)."""
+  replicas = sorted((int(m['index']), value) for key, value in record.items()
+                    if (m := _REPLICA_KEY.match(key)) and m['metric'] == metric)
+  return [value for _, value in replicas] if replicas else [record[metric]]
+
+
+def _final_records(workdir: str) -> list[dict]:
+  """The scored records of WORKDIR's latest scored step (one per TTA)."""
+  path = os.path.join(workdir, 'eval', summaries.METRICS_FILE)
+  scored = [r for r in summaries.read_records(path) if r.get('status') == 'scored']
+  if not scored:
+    return []
+  last = max(r['step'] for r in scored)
+  return [r for r in scored if r['step'] == last]
+
+
+def _pick(records: list[dict], tta: str | None, where: str) -> dict:
+  by_tta = {r.get('tta', 'none'): r for r in records}  # a later record of a TTA wins
+  if tta is None:
+    if len(by_tta) > 1:
+      raise UserError(f'{where} was scored with several test-time augmentations '
+                      f'({sorted(by_tta)}); choose one with --tta.')
+    return next(iter(by_tta.values()))
+  if tta not in by_tta:
+    raise UserError(f'{where} has no record with --tta={tta} (it has {sorted(by_tta)}); score '
+                    f'it with --mode=eval --config.eval.run_once=true --config.eval.tta={tta}.')
+  return by_tta[tta]
+
+
+def read_group(directory: str, tta: str | None = None, metric: str = 'precision') -> Group:
+  """The group of runs in `directory` (a WORKDIR, or a folder of WORKDIRs); see the module doc."""
+  directory = os.path.abspath(directory)
+  if not os.path.isdir(directory):
+    raise UserError(f'{directory} does not exist; give WORKDIRs or folders of them.')
+  records = _final_records(directory)
+  if records:
+    record = _pick(records, tta, directory)
+    return Group(os.path.basename(directory), tuple(record_values(record, metric)),
+                 int(record['step']), record.get('tta', 'none'))
+  runs = sorted(os.path.join(directory, name) for name in os.listdir(directory)
+                if _final_records(os.path.join(directory, name)))
+  if not runs:
+    raise UserError(f'{directory} holds no evaluator records (eval/{summaries.METRICS_FILE} '
+                    'with a scored step), nor folders that do; run the evaluator on it first '
+                    '(--mode=eval).')
+  picked = [_pick(_final_records(run), tta, run) for run in runs]
+  values = tuple(v for record in picked for v in record_values(record, metric))
+  ttas = {r.get('tta', 'none') for r in picked}
+  steps = {int(r['step']) for r in picked}
+  return Group(os.path.basename(directory), values, max(steps), ttas.pop() if len(ttas) == 1
+               else 'mixed')
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+  """Groups, and each group after the first against the first (None where n < 2)."""
+
+  groups: tuple[Group, ...]
+  differences: tuple[run_statistics.Difference | None, ...]
+
+  def rows(self) -> list[dict]:
+    """One dict per group: its summary and its difference from the first group."""
+    rows = []
+    for group, difference in zip(self.groups, (None, *self.differences), strict=True):
+      summary = group.summary
+      row = {'group': group.name, 'n': summary.n, 'mean': summary.mean, 'ci95': summary.ci95,
+             'std': summary.std, 'min': summary.min, 'max': summary.max, 'step': group.step,
+             'tta': group.tta}
+      if difference is not None:
+        row.update({'difference': difference.difference, 'difference_ci_low': difference.ci_low,
+                    'difference_ci_high': difference.ci_high, 'p_value': difference.p_value})
+      rows.append(row)
+    return rows
+
+
+def compare(directories: Sequence[str], tta: str | None = None, metric: str = 'precision'
+            ) -> Comparison:
+  """Reads every group and compares each with the first (Welch's t-test where both n >= 2)."""
+  groups = tuple(read_group(d, tta, metric) for d in directories)
+  first = groups[0]
+  differences = tuple(
+      run_statistics.welch(first.values, g.values) if min(first.summary.n, g.summary.n) > 1
+      else None for g in groups[1:])
+  return Comparison(groups, differences)
+
+
+def format_table(comparison: Comparison, metric: str = 'precision') -> str:
+  lines = [f'{metric} @ 1 of each group (mean ± 95% CI of the mean, t distribution); '
+           f'differences against {comparison.groups[0].name} (Welch\'s t-test)', '',
+           '| group | n | mean ± 95% CI | std | min | max | difference (95% CI) | p |',
+           '| --- | --- | --- | --- | --- | --- | --- | --- |']
+  for index, row in enumerate(comparison.rows()):
+    several = row['n'] > 1
+    spread = f'{row["mean"]:.4f} ± {row["ci95"]:.4f}' if several else f'{row["mean"]:.4f}'
+    std = f'{row["std"]:.4f}' if several else '—'
+    difference, p = '—', '—'
+    if 'difference' in row:
+      difference = (f'{row["difference"]:+.4f} ({row["difference_ci_low"]:+.4f} to '
+                    f'{row["difference_ci_high"]:+.4f})')
+      p = f'{row["p_value"]:.3g}'
+    elif index:
+      difference = 'needs n >= 2 in both groups'
+    lines.append(f'| {row["group"]} | {row["n"]} | {spread} | {std} | {row["min"]:.4f} | '
+                 f'{row["max"]:.4f} | {difference} | {p} |')
+  return '\n'.join(lines)
+
+
+def _json_safe(value):
+  return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) < 3:
+    cli.fail('give two or more WORKDIRs (or folders of them): python -m cifar_jax.compare '
+             'DIR_A DIR_B [...]')
+  try:
+    comparison = compare(argv[1:], FLAGS.tta, FLAGS.metric)
+  except UserError as e:
+    cli.fail(str(e))
+  print(format_table(comparison, FLAGS.metric))
+  print(json.dumps({'metric': FLAGS.metric, 'groups': [
+      {k: _json_safe(v) for k, v in row.items()} for row in comparison.rows()]}), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, positional=True))

@@ -1,0 +1,66 @@
+"""The builder: one state, step and schedule per config; replica r is the run of seed + r."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from cifar_jax import builder, datasets, parallel, train_state
+from cifar_jax.errors import UserError
+from tests.conftest import run_steps, tiny_airbench_config, tiny_config
+
+STEPS, BATCH = 4, 16
+
+
+@functools.cache
+def _single_run(config_name, seed, num_devices):
+  make = {'tutorial': tiny_config, 'airbench': tiny_airbench_config}[config_name]
+  state, _ = run_steps(make(seed=seed, num_devices=num_devices,
+                            per_device_batch_size=BATCH // num_devices), STEPS)
+  return state
+
+
+@pytest.mark.parametrize('config_name, num_devices, execution', [
+    ('tutorial', 1, 'vmap'), ('tutorial', 1, 'loop'), ('tutorial', 4, 'vmap'),
+    ('airbench', 1, 'vmap'), ('airbench', 1, 'loop'), ('airbench', 4, 'vmap')])
+def test_replica_r_is_the_single_run_of_seed_plus_r(config_name, num_devices, execution):
+  make = {'tutorial': tiny_config, 'airbench': tiny_airbench_config}[config_name]
+  config = make(seed=3, num_replicas=2, replica_execution=execution, num_devices=num_devices,
+                per_device_batch_size=BATCH // num_devices)
+  replicated, losses = run_steps(config, STEPS)
+  assert np.shape(losses[0]) == (2,)  # a loss per replica
+  assert jax.tree.leaves(replicated)[0].shape[0] == 2  # every leaf leads with the replica axis
+  for r in range(2):
+    # Initialisation, whitening images, data order and augmentation of seed 3 + r; vmap batches
+    # the convolutions over the replicas' weights (grouped): float32 rounding apart, equal.
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=2e-6),
+                 train_state.replica(replicated, r), _single_run(config_name, 3 + r, num_devices))
+
+
+def test_without_a_split_the_state_is_shapes_only_with_the_replica_axis():
+  config = tiny_airbench_config(num_replicas=3)
+  abstract = builder.build(config, num_classes=10).state
+  concrete = builder.build(config, datasets.load_split(config.dataset, 'train')).state
+  assert jax.tree.map(np.shape, abstract) == jax.tree.map(np.shape, concrete)
+  assert np.shape(concrete.step) == (3,) and np.shape(concrete.rng) == (3, 2)
+  # Each replica whitened from its own images: different filters.
+  kernels = np.asarray(concrete.params['whiten']['kernel'])
+  assert not np.allclose(kernels[0], kernels[1])
+
+
+def test_a_step_that_does_not_fit_the_device_says_what_to_lower(monkeypatch):
+  config = tiny_config(num_replicas=8)
+  setup = builder.build(config, datasets.load_split(config.dataset, 'train'),
+                        parallel.select_devices(1))
+
+  def exhausted(*args):
+    raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to '
+                                     'allocate 123456789 bytes.')
+
+  monkeypatch.setattr(setup.parallel_steps, '_executable', lambda args: exhausted)
+  with pytest.raises(UserError, match=r'config.num_replicas=8 runs x config.per_device_batch_'
+                                      r'size=8 do not fit the memory of a device; lower '
+                                      r'config.num_replicas or config.per_device_batch_size '
+                                      r'\(RESOURCE_EXHAUSTED: Out of memory'):
+    setup.parallel_steps(None, None, None)

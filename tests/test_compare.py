@@ -1,0 +1,107 @@
+"""Comparing groups of runs from their evaluator records (synthetic records, no training)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cifar_jax import compare, experiment, summaries
+from cifar_jax.errors import UserError
+from tests.conftest import REPO_ROOT
+
+
+def _workdir(path, precisions, step=100, tta='none', extra_records=()):
+  """A WORKDIR whose evaluator scored `precisions` (one per replica) at `step`."""
+  os.makedirs(os.path.join(path, 'eval'), exist_ok=True)
+  record = {'step': step, 'status': 'scored', 'tta': tta, 'count': 5000,
+            'precision': float(np.mean(precisions)), 'precision_raw': float(np.mean(precisions))}
+  if len(precisions) > 1:
+    record.update({f'precision/replica_{r}': p for r, p in enumerate(precisions)})
+  records = [{'step': step // 2, 'status': 'scored', 'tta': tta, 'precision': 0.1},
+             {'step': step + 1, 'status': 'deleted'}, record, *extra_records]
+  with open(os.path.join(path, 'eval', summaries.METRICS_FILE), 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in records)
+  return str(path)
+
+
+A = [0.900, 0.910, 0.920, 0.905, 0.915]
+
+
+def test_identical_groups_do_not_differ(tmp_path):
+  result = compare.compare([_workdir(tmp_path / 'a', A), _workdir(tmp_path / 'b', A)])
+  (difference,) = result.differences
+  assert difference.difference == 0 and difference.p_value == pytest.approx(1.0)
+  assert result.groups[0].values == tuple(A) and result.groups[0].step == 100
+
+
+def test_shifted_groups_and_unequal_sizes(tmp_path):
+  a = _workdir(tmp_path / 'a', A)
+  shifted = _workdir(tmp_path / 'shifted', [x + 0.02 for x in A])
+  three = _workdir(tmp_path / 'three', [0.90, 0.91, 0.92])
+  result = compare.compare([a, shifted, three])
+  to_shifted, to_three = result.differences
+  assert to_shifted.difference == pytest.approx(0.02) and to_shifted.p_value < 0.01
+  assert to_shifted.ci_low > 0
+  assert to_three.p_value > 0.5  # the same mean: no difference to find
+  rows = result.rows()
+  assert [row['n'] for row in rows] == [5, 5, 3] and 'p_value' not in rows[0]
+  table = compare.format_table(result)
+  assert '| shifted | 5 | 0.9300 ± ' in table and '| +0.0200 (' in table
+
+
+def test_a_folder_of_single_runs_is_one_group(tmp_path):
+  for seed, precision in enumerate(A):
+    _workdir(tmp_path / 'sweep' / f'seed{seed}', [precision])
+  group = compare.read_group(str(tmp_path / 'sweep'))
+  assert sorted(group.values) == sorted(A) and group.name == 'sweep'
+
+
+def test_test_time_augmentations_are_chosen_not_mixed(tmp_path):
+  later = {'step': 100, 'status': 'scored', 'tta': 'mirror', 'precision': 0.95,
+           'precision_raw': 0.95}
+  both = _workdir(tmp_path / 'both', [0.9], extra_records=[later])
+  with pytest.raises(UserError, match=r"several test-time augmentations \(\['mirror', 'none'\]\); "
+                                      r'choose one with --tta'):
+    compare.read_group(both)
+  assert compare.read_group(both, tta='mirror').values == (0.95,)
+  with pytest.raises(UserError, match='no record with --tta=mirror_translate'):
+    compare.read_group(both, tta='mirror_translate')
+
+
+def test_a_folder_without_records_is_refused(tmp_path):
+  (tmp_path / 'empty' / 'run').mkdir(parents=True)
+  with pytest.raises(UserError, match='holds no evaluator records'):
+    compare.read_group(str(tmp_path / 'empty'))
+
+
+def test_command_line_and_notebook(tmp_path):
+  a, b = _workdir(tmp_path / 'a', A), _workdir(tmp_path / 'b', [x + 0.01 for x in A])
+  result = subprocess.run([sys.executable, '-m', 'cifar_jax.compare', a, b], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  last = json.loads(result.stdout.strip().splitlines()[-1])
+  assert [g['group'] for g in last['groups']] == ['a', 'b']
+  assert last['groups'][1]['difference'] == pytest.approx(0.01)
+  table = experiment.compare(a, b)
+  assert list(table.index) == ['a', 'b'] and table.loc['b', 'n'] == 5
+  assert table.loc['b', 'p_value'] == pytest.approx(last['groups'][1]['p_value'])
+  figure = experiment.plot_comparison(a, b)
+  assert len(figure.axes[0].lines) >= 2
+
+
+def test_the_pytorch_originals_seeds_are_a_group(tmp_path):
+  sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
+  try:
+    import airbench_reference  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  seeds = [{'seed': s, 'steps': 129, 'eval': 5000, 'precision_tta0': p, 'precision_tta2': p + 0.01}
+           for s, p in enumerate(A)]
+  airbench_reference.write_records(str(tmp_path / 'original'), seeds)
+  group = compare.read_group(str(tmp_path / 'original'), tta='mirror_translate')
+  np.testing.assert_allclose(group.values, [p + 0.01 for p in A])
+  assert group.step == 129 and compare.read_group(str(tmp_path / 'original'), 'none').values == (
+      tuple(A))
