@@ -507,7 +507,7 @@ def export_splits(config_path: str, overrides: dict, path: str, seed: int = 0) -
 
 
 def train_torch(path: str, train_epochs: float, seed: int,
-                widths: tuple[int, ...] = (64, 256, 256)) -> dict[str, float]:
+                widths: tuple[int, ...] = (64, 256, 256), batch: int = 1024) -> dict[str, float]:
   """legacy/airbench94.py's main() on the exported splits: TTA 0 and 2 precision, seconds.
 
   On a GPU it runs as the original does there: the network in half precision
@@ -558,7 +558,6 @@ def train_torch(path: str, train_epochs: float, seed: int,
                         else x).to(device)
   train_images, eval_images = as_input(train_images), as_input(eval_images)
   synchronize = torch.cuda.synchronize if half else (lambda: None)
-  batch = 1024
   steps_per_epoch = len(train_images) // batch
   total = math.ceil(steps_per_epoch * train_epochs)
   optimizers, set_lr, _ = _optimizers(net, 'airbench94',
@@ -655,7 +654,8 @@ def train_seeds(args: argparse.Namespace) -> int:
       sizes = export_splits(args.config, overrides, path, seed)
       result = subprocess.run(
           [args.torch_python, os.path.abspath(__file__), '--train_export', path,
-           f'--train_epochs={args.train_epochs}', f'--seed={seed}', f'--widths={args.widths}'],
+           f'--train_epochs={args.train_epochs}', f'--seed={seed}', f'--widths={args.widths}',
+           f'--batch={args.batch or 1024}'],
           stdout=subprocess.PIPE, text=True, check=False)
     if result.returncode:
       print(f'error: the PyTorch run of seed {seed} failed with {args.torch_python}.',
@@ -705,7 +705,7 @@ def main() -> int:
   parser.add_argument('--torch_python', default=sys.executable,
                       help='a Python with torch installed, for the PyTorch half')
   parser.add_argument('--batch', type=int, default=None,
-                      help='faithfulness: 128; speed: the recipe\'s batch')
+                      help='faithfulness: 128; speed and --train: the recipe\'s batch')
   parser.add_argument('--init_examples', type=int, default=2000)
   parser.add_argument('--compare', help='(internal) PyTorch half on an export')
   parser.add_argument('--speed', action='store_true')
@@ -738,7 +738,8 @@ def main() -> int:
     return 0
   if args.train_export:
     print(json.dumps(train_torch(args.train_export, args.train_epochs, args.seed,
-                                 tuple(int(w) for w in args.widths.split(',')))))
+                                 tuple(int(w) for w in args.widths.split(',')),
+                                 args.batch or 1024)))
     return 0
   if args.train:
     return train_seeds(args)

@@ -205,6 +205,10 @@ def environment(runner: Runner, args, deadline: float, report: dict) -> None:
   """1: versions, devices, memory."""
   output = runner.run('environment', ['-c', _ENVIRONMENT_PROGRAM], deadline)
   report.update(_json_lines(output)[-1])
+  if args.torch_python:  # the original's PyTorch, where it is another Python's
+    torch = subprocess.run([args.torch_python, '-c', 'import torch; print(torch.__version__, '
+                            'torch.version.cuda)'], capture_output=True, text=True, check=False)
+    report['torch'] = torch.stdout.strip() or f'absent from {args.torch_python}'
 
 
 def airbench(runner: Runner, args, deadline: float, report: dict) -> None:
@@ -242,7 +246,8 @@ def original(runner: Runner, args, deadline: float, report: dict) -> None:
       f'--train_split={args.train_split}', f'--eval_split={args.eval_split}',
       *([f'--eval_path={os.path.abspath(args.eval_data)}'] if args.eval_data else []),
       f'--torch_python={torch_python}',
-      *(['--train_epochs=0.1', '--widths=8,16,16'] if args.tiny else [])], deadline)
+      *(['--train_epochs=1', '--widths=8,16,16', '--batch=32'] if args.tiny else [])],
+      deadline)
   with open(os.path.join(out, 'seeds.jsonl')) as f:
     result = json.loads(f.readlines()[-1])
   report.update({'train_seconds': result['train_seconds'],

@@ -230,10 +230,10 @@ class _Checker:
       raise UserError(f'config.{path} is {value!r}; it must be a string.')
     return value
 
-  def choice(self, path: str, choices: Sequence[str], what: str | None = None) -> str:
+  def choice(self, path: str, choices: Sequence[str]) -> str:
     value = self.get(path)
     if value not in choices:
-      raise UserError(f'Unknown {what or "config." + path} {value!r}; use one of {list(choices)}.')
+      raise UserError(f'Unknown config.{path} {value!r}; use one of {list(choices)}.')
     return value
 
   def sequence(self, path: str, item: type | tuple[type, ...], length: int | None = None,

@@ -70,5 +70,5 @@ def test_replicas_are_counted_in_every_figure():
   for figures in (one, three):  # one window: rate = R * 8 images / seconds per step
     seconds_per_step = figures['num_replicas'] * 8 / figures['end_to_end']['median']
     assert figures['run_s'] == pytest.approx(20 * seconds_per_step / figures['num_replicas'])
-  assert '3 runs at once (vmap; images/s summed over them)' in benchmark.format_figures(three)
+  assert '3 runs at once (loop; images/s summed over them)' in benchmark.format_figures(three)
   assert 'num_replicas=3.0' in benchmark.machine_line(three, None)

@@ -21,19 +21,21 @@ def _single_run(config_name, seed, num_devices):
   return state
 
 
-@pytest.mark.parametrize('config_name, num_devices, execution', [
-    ('tutorial', 1, 'vmap'), ('tutorial', 1, 'loop'), ('tutorial', 4, 'vmap'),
-    ('airbench', 1, 'vmap'), ('airbench', 1, 'loop'), ('airbench', 4, 'vmap')])
-def test_replica_r_is_the_single_run_of_seed_plus_r(config_name, num_devices, execution):
+@pytest.mark.parametrize('config_name, num_devices, execution, steps_per_call', [
+    ('tutorial', 1, 'loop', 1), ('tutorial', 4, 'loop', 1), ('tutorial', 1, 'vmap', 2),
+    ('airbench', 1, 'loop', 1), ('airbench', 4, 'vmap', 1)])
+def test_replica_r_is_the_single_run_of_seed_plus_r(config_name, num_devices, execution,
+                                                     steps_per_call):
   make = {'tutorial': tiny_config, 'airbench': tiny_airbench_config}[config_name]
   config = make(seed=3, num_replicas=2, replica_execution=execution, num_devices=num_devices,
-                per_device_batch_size=BATCH // num_devices)
+                per_device_batch_size=BATCH // num_devices, steps_per_call=steps_per_call)
   replicated, losses = run_steps(config, STEPS)
   assert np.shape(losses[0]) == (2,)  # a loss per replica
   assert jax.tree.leaves(replicated)[0].shape[0] == 2  # every leaf leads with the replica axis
   for r in range(2):
     # Initialisation, whitening images, data order and augmentation of seed 3 + r; vmap batches
-    # the convolutions over the replicas' weights (grouped): float32 rounding apart, equal.
+    # the convolutions over the replicas' weights (grouped), steps_per_call > 1 makes every
+    # call a scan: float32 rounding apart, equal.
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=2e-6),
                  train_state.replica(replicated, r), _single_run(config_name, 3 + r, num_devices))
 

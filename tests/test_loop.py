@@ -55,7 +55,7 @@ class _Recorder(loop.PeriodicAction):
 
 
 def _progress(start, end):
-  return loop.Progress({'step': jnp.asarray([start])}, start, end, global_batch_size=2,
+  return loop.Progress({'step': jnp.asarray([start])}, start, end, examples_per_step=2,
                        describe_intact=lambda: 'the checkpoint of step 4 is intact')
 
 
