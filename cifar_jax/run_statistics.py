@@ -17,9 +17,14 @@ import dataclasses
 import math
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
+
+
+def _t_distribution():
+  """scipy.stats.t, imported when first needed: scipy.stats costs every process ~1 s to import."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  return stats.t
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +43,7 @@ class Summary:
     values = np.asarray(values, np.float64)
     n = len(values)
     std = float(np.std(values, ddof=1)) if n > 1 else math.nan
-    half_width = (float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * std / math.sqrt(n)
+    half_width = (float(_t_distribution().ppf(0.5 + CONFIDENCE / 2, n - 1)) * std / math.sqrt(n)
                   if n > 1 else math.nan)
     return cls(n=n, mean=float(np.mean(values)), std=std, min=float(np.min(values)),
                max=float(np.max(values)), ci95=half_width)
@@ -78,7 +83,7 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Difference:
     return Difference(difference, difference, difference, p_value, math.inf)
   dof = (var_a + var_b) ** 2 / (var_a**2 / (len(a) - 1) + var_b**2 / (len(b) - 1))
   t = difference / standard_error
-  p_value = float(2 * stats.t.sf(abs(t), dof))
-  half_width = float(stats.t.ppf(0.5 + CONFIDENCE / 2, dof)) * standard_error
+  p_value = float(2 * _t_distribution().sf(abs(t), dof))
+  half_width = float(_t_distribution().ppf(0.5 + CONFIDENCE / 2, dof)) * standard_error
   return Difference(difference, difference - half_width, difference + half_width, p_value,
                     float(dof))

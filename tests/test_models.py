@@ -247,9 +247,10 @@ def test_bfloat16_computes_in_bfloat16_with_float32_parameters_and_logits(name, 
   # The same float32 parameters (and statistics) whatever the compute dtype.
   jax.tree.map(np.testing.assert_array_equal, bf16_variables, variables)
   assert {x.dtype for x in jax.tree.leaves(bf16_variables)} == {jnp.dtype('float32')}
-  logits32 = build('float32').apply(variables, images)
-  logits16, intermediates = build('bfloat16').apply(variables, images,
-                                                    capture_intermediates=True)
+  # Jitted: one compilation each instead of one per op.
+  logits32 = jax.jit(build('float32').apply)(variables, images)
+  apply16 = functools.partial(build('bfloat16').apply, capture_intermediates=True)
+  logits16, intermediates = jax.jit(apply16)(variables, images)
   assert logits16.dtype == jnp.float32
   # Every layer in between computed in bfloat16 ...
   activations = [x for x in jax.tree.leaves(intermediates['intermediates'])
