@@ -655,7 +655,7 @@ def train_seeds(args: argparse.Namespace) -> int:
       result = subprocess.run(
           [args.torch_python, os.path.abspath(__file__), '--train_export', path,
            f'--train_epochs={args.train_epochs}', f'--seed={seed}', f'--widths={args.widths}',
-           f'--batch={args.batch or 1024}'],
+           *([f'--batch={args.batch}'] if args.batch else [])],
           stdout=subprocess.PIPE, text=True, check=False)
     if result.returncode:
       print(f'error: the PyTorch run of seed {seed} failed with {args.torch_python}.',

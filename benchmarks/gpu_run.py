@@ -207,9 +207,13 @@ def environment(runner: Runner, args, deadline: float, report: dict) -> None:
   output = runner.run('environment', ['-c', _ENVIRONMENT_PROGRAM], deadline)
   report.update(_json_lines(output)[-1])
   if args.torch_python:  # the original's PyTorch, where it is another Python's
-    torch = subprocess.run([args.torch_python, '-c', 'import torch; print(torch.__version__, '
-                            'torch.version.cuda)'], capture_output=True, text=True, check=False)
-    report['torch'] = torch.stdout.strip() or f'absent from {args.torch_python}'
+    try:
+      torch = subprocess.run([args.torch_python, '-c', 'import torch; print(torch.__version__, '
+                              'torch.version.cuda)'], capture_output=True, text=True, check=False,
+                             timeout=max(1.0, deadline - time.time()))
+      report['torch'] = torch.stdout.strip() or f'absent from {args.torch_python}'
+    except subprocess.TimeoutExpired:
+      report['torch'] = f'not known: importing torch in {args.torch_python} outlasted the part'
 
 
 def airbench(runner: Runner, args, deadline: float, report: dict) -> None:
