@@ -99,8 +99,9 @@ class _Process:
 
 
 def _command(python: str, workdir: str, config: str, overrides: list[str]) -> list[str]:
+  # --verbose: TRAINING_MARK is an INFO line (the terminal shows it only then).
   return [python, '-m', 'cifar_jax.main', f'--workdir={workdir}', f'--config={config}',
-          *overrides]
+          '--verbose', *overrides]
 
 
 def _latest_step(workdir: str) -> int | None:

@@ -95,7 +95,8 @@ def main() -> None:
 
   workdir = args.workdir or tempfile.mkdtemp(prefix='cifar_jax_startup_')
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}
-  common = [args.python, '-m', 'cifar_jax.main', f'--workdir={workdir}',
+  # --verbose: the stages are read from the INFO lines (the terminal shows them only then).
+  common = [args.python, '-m', 'cifar_jax.main', f'--workdir={workdir}', '--verbose',
             f'--config={os.path.join(args.repo, args.config)}', '--config.eval_every_steps=0',
             *overrides]
   try:

@@ -199,6 +199,7 @@ class SaveCheckpoint(PeriodicAction):
     return cls(run)
 
   def due(self, progress: Progress) -> bool:
+    self._checkpointer.seal_finished()  # checksums of a save that finished since the last call
     return (progress.final or progress.preempted
             or self._checkpointer.should_save(progress.step))
 
@@ -218,7 +219,8 @@ class Evaluate(PeriodicAction):
     self._run = run
     self.every_steps = run.config.eval_every_steps
     split = datasets.load_eval_split(run.config.dataset)
-    self._evaluator = scoring.Evaluator(run.config, split, run.setup.model, run.devices)
+    self._evaluator = scoring.Evaluator(run.config, split, run.setup.model, run.devices,
+                                        trained=run.train_split.info())
     self._writer = summaries.create_writer(os.path.join(run.workdir, 'eval'),
                                            enabled=run.is_main)
 

@@ -55,6 +55,7 @@ from cifar_jax import (
   loop,
   parallel,
   scoring,
+  terminal,
   train_state,
   train_step,
   validation,
@@ -74,6 +75,7 @@ flags.DEFINE_integer('synthetic_eval_size', 10_000, 'Eval examples with --synthe
 flags.DEFINE_integer('matmul_size', 2048, 'Side of the float32 matmul timed as a yardstick.')
 flags.DEFINE_bool('pytorch', False, 'Also time the network in PyTorch (needs torch).')
 flags.DEFINE_string('pytorch_python', sys.executable, 'The Python that runs the PyTorch half.')
+flags.DEFINE_bool('verbose', False, 'Show the INFO log on the terminal too.')
 flags.mark_flags_as_required(['config'])
 
 _BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -325,6 +327,7 @@ def machine_line(figures: dict[str, Any], pytorch: dict[str, float] | None) -> s
 
 def main(argv):
   del argv
+  terminal.show_on_terminal(FLAGS.verbose)
   config = FLAGS.config
   try:
     figures = run(config, steps=FLAGS.steps, repeats=FLAGS.repeats,

@@ -78,6 +78,9 @@ def build(config: ml_collections.ConfigDict, train_split: datasets.Split | None 
   model = models.create_model(config.model, num_classes)
   tx, learning_rate_fn = optimizers.create_optimizer(config, num_examples, global_batch)
   options = train_step.StepOptions.from_config(config, steps_per_epoch)
+  if train_split is not None:
+    options.augmentation.check(train_split.image_shape, 'the training images of ' +
+                               datasets.split_label(config.dataset, config.dataset.train_split))
   make_state = functools.partial(create_train_state, model, tx, image_size=config.crop_size,
                                  with_lookahead=config.lookahead.every_steps > 0)
   # Replica r is the run of seed + r: its initialisation, whitening images, order, augmentation.

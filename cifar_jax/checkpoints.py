@@ -15,6 +15,18 @@ save (or since the trainer started), so a kill without warning loses at most
 that much work. A save that fails (disk full, folder removed or read-only)
 ends the run with a `CheckpointWriteError` that names the intact checkpoint.
 
+Every finalised step gets a checksum of each of its files
+(`checkpoints/N/sha256sums`, the format `sha256sum -c` reads), recorded
+as soon as its save has finished, and verified before it is restored: a
+trainer whose latest checkpoint is corrupt (bit rot, a bad disk, a
+half-copied folder) says so in one warning line, moves it to
+WORKDIR/corrupt_checkpoints/ and resumes from the newest intact one; the
+evaluator reports and skips it; `experiment.load_checkpoint` refuses it.
+A step saved before checksums existed (or cut off between its save and its
+checksums) is restored unverified. (TensorStore's zarr3 `crc32c` codec
+would cover the arrays alone, not the JSON items or Orbax's metadata, and
+is not what Orbax writes by default.)
+
 Running the trainer again on the same WORKDIR resumes from the latest
 finalised step. A WORKDIR whose saved parameters have other shapes than the
 current config gives is refused with the config fields that differ.
@@ -28,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import time
@@ -35,6 +48,7 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -43,6 +57,8 @@ from cifar_jax import train_state, validation
 from cifar_jax.errors import UserError, WriteError
 
 TRAIN_COMPLETE_FILE = 'train_complete'
+CHECKSUM_FILE = 'sha256sums'
+CORRUPT_DIR = 'corrupt_checkpoints'
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -51,6 +67,59 @@ def checkpoint_dir(workdir: str) -> str:
 
 class CheckpointWriteError(WriteError):
   """A checkpoint could not be written; the earlier ones are intact."""
+
+
+class CorruptCheckpointError(UserError):
+  """A checkpoint's files differ from the checksums recorded when it was saved."""
+
+
+def _file_digests(step_dir: str) -> dict[str, str]:
+  """{path relative to step_dir: sha256} of every file below a step folder but the checksums."""
+  digests = {}
+  for root, dirs, files in os.walk(step_dir):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      relative = os.path.relpath(path, step_dir)
+      if relative == CHECKSUM_FILE:
+        continue
+      digest = hashlib.sha256()
+      with open(path, 'rb') as f:
+        while chunk := f.read(1 << 20):
+          digest.update(chunk)
+      digests[relative] = digest.hexdigest()
+  return digests
+
+
+def seal(step_dir: str) -> None:
+  """Records the checksum of every file of a finalised step (`sha256sum -c` format)."""
+  if not os.path.isdir(step_dir):
+    return  # deleted by keep_checkpoints before its save was seen to finish
+  lines = [f'{digest}  {path}\n' for path, digest in _file_digests(step_dir).items()]
+  temporary = os.path.join(step_dir, f'.{CHECKSUM_FILE}.tmp')
+  with open(temporary, 'w') as f:
+    f.writelines(lines)
+  os.replace(temporary, os.path.join(step_dir, CHECKSUM_FILE))
+
+
+def verify(step_dir: str) -> bool:
+  """True when every file matches its recorded checksum; False when none were recorded.
+
+  Raises `CorruptCheckpointError` naming the first file that is missing or differs.
+  """
+  try:
+    with open(os.path.join(step_dir, CHECKSUM_FILE)) as f:
+      recorded = dict(reversed(line.rstrip('\n').split('  ', 1)) for line in f if line.strip())
+  except FileNotFoundError:
+    return False
+  actual = _file_digests(step_dir)
+  for path, digest in recorded.items():
+    if actual.get(path) != digest:
+      what = 'is missing' if path not in actual else 'differs from its recorded checksum'
+      raise CorruptCheckpointError(
+          f'Checkpoint {step_dir} is corrupt: {path} {what} (bit rot, a bad disk or a '
+          'half-copied folder); delete that step folder or copy it again.')
+  return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +269,18 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: 
   return differences
 
 
+def read_dataset_info(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """What the checkpoint of `step` records of its training split (`datasets.Split.info`)."""
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(dataset=ocp.args.JsonRestore()))
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(
+        f'Checkpoint {os.path.join(str(manager.directory), str(step))} cannot be read '
+        f'({type(e).__name__}: {e}); delete that step folder to fall back to the previous '
+        'checkpoint.') from e
+  return dict(restored.dataset)
+
+
 def read_saved_config(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   """The config saved with `step`, in today's field names (`validation.upgrade_saved_config`)."""
   restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
@@ -207,14 +288,19 @@ def read_saved_config(manager: ocp.CheckpointManager, step: int) -> dict[str, An
 
 
 def restore(manager: ocp.CheckpointManager, step: int, template: Any,
-            config: ml_collections.ConfigDict) -> tuple[Any, dict[str, Any]]:
+            config: ml_collections.ConfigDict, verify_checksums: bool = True
+            ) -> tuple[Any, dict[str, Any]]:
   """The state saved at `step`, laid out like `template` (shapes/dtypes).
 
-  Returns (state as host arrays, dataset info). Refuses a checkpoint whose
-  arrays have other shapes than the template, naming the config fields that
-  differ; reports an unreadable checkpoint in one sentence.
+  Returns (state as host arrays, dataset info). Verifies the step's
+  checksums first (`CorruptCheckpointError`; `verify_checksums=False` where
+  the caller just did). Refuses a checkpoint whose arrays have other shapes
+  than the template, naming the config fields that differ; reports an
+  unreadable checkpoint in one sentence.
   """
   where = os.path.join(str(manager.directory), str(step))
+  if verify_checksums and not verify(where):
+    logging.info('Checkpoint %s has no recorded checksums; restored unverified.', where)
   try:
     saved_shapes = _shapes(manager.item_metadata(step)['state'])
   except Exception as e:  # pylint: disable=broad-except
@@ -247,6 +333,11 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any,
     ) from e
   state = jax.tree.map(np.asarray, restored.state)
   return state, restored.dataset
+
+
+def _sync_processes(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def mark_train_complete(workdir: str, step: int) -> None:
@@ -293,16 +384,67 @@ class Checkpointer:
                                   every_secs=config.checkpoint_every_secs)
     self.directory = str(self.manager.directory)
     self.saved_steps: list[int] = []  # this run's checkpoints, oldest first
+    self._unsealed: list[int] = []  # saved steps whose checksums are not recorded yet
 
   def restore_latest(self, fresh: Any) -> Any:
-    """The latest checkpoint's state (host arrays), or `fresh` where there is none."""
-    latest = self.manager.latest_step()
+    """The newest intact checkpoint's state (host arrays), or `fresh` where there is none.
+
+    A corrupt newer step is moved aside with one warning line.
+    """
+    latest = self._latest_intact()
     if latest is None:
       return fresh
-    state, _ = restore(self.manager, latest, fresh, self._config)
+    state, trained = restore(self.manager, latest, fresh, self._config, verify_checksums=False)
+    if list(trained['class_names']) != list(self._dataset_info['class_names']):
+      raise UserError(
+          f'{self.directory} was trained on classes {list(trained["class_names"])} but the '
+          f'training split now has {list(self._dataset_info["class_names"])}, so resuming would '
+          'mix two meanings of each label; use a new --workdir or the data it was trained on.')
     self.saved_steps = [*read_earlier_steps(self.manager, latest), latest]
     logging.info('Resuming from checkpoint step %d in %s.', latest, self.directory)
     return state
+
+  def _latest_intact(self) -> int | None:
+    """The newest step whose files match their checksums; corrupt newer ones moved aside.
+
+    Every process verifies (the same files, the same verdict); process 0 moves.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        verify(self.step_directory(step))
+        return step
+      except CorruptCheckpointError as e:
+        aside = os.path.join(os.path.dirname(self.directory), CORRUPT_DIR,
+                             f'{step}-{time.time():.0f}')  # a later corruption of N is another
+        _sync_processes(f'cifar_jax_corrupt_{step}_verified')
+        if jax.process_index() == 0:
+          os.makedirs(os.path.dirname(aside), exist_ok=True)
+          os.replace(self.step_directory(step), aside)
+          earlier = [s for s in self.manager.all_steps() if s < step]
+          logging.warning('%s Moved it to %s; resuming from %s.', e, aside,
+                          f'step {max(earlier)}' if earlier else 'the start')
+        _sync_processes(f'cifar_jax_corrupt_{step}_moved')
+        self.manager.reload()
+    return None
+
+  def seal_finished(self) -> None:
+    """Records the checksums of the saves that have finished (at every call boundary)."""
+    if self._unsealed and not self.manager.is_saving_in_progress():
+      self._seal()
+
+  def _seal(self) -> None:
+    unsealed, self._unsealed = self._unsealed, []
+    if jax.process_index() != 0:
+      return
+    for step in unsealed:
+      try:
+        seal(self.step_directory(step))
+      except OSError as e:
+        raise CheckpointWriteError(
+            f'Writing the checksums of the checkpoint of step {step} in {self.directory} failed '
+            f'({e.strerror}); the checkpoint itself is intact (a restart restores it '
+            'unverified); free disk space or make the folder writable, then run the same '
+            'command again.') from e
 
   @property
   def last_saved(self) -> int | None:
@@ -322,11 +464,15 @@ class Checkpointer:
 
   def save(self, state: Any) -> None:
     """Starts the save of `state` (host arrays) at `state.step`."""
+    self.wait()  # the previous save first: its failure is its own, and it is sealed
     save(self.manager, state, self._config, self._dataset_info, self.saved_steps)
     self.saved_steps = [*self.saved_steps, train_state.step_number(state)]
+    self._unsealed.append(self.saved_steps[-1])
 
   def wait(self) -> None:
+    """Waits for the save in flight and records the checksums of what is saved."""
     wait_until_finished(self.manager, self.last_saved)
+    self._seal()
 
   def step_directory(self, step: int) -> str:
     return os.path.join(self.directory, str(step))

@@ -1,6 +1,6 @@
 r"""Is B better than A, or is it noise? Groups of runs compared from their evaluator records.
 
-  python -m cifar_jax.compare DIR_A DIR_B [DIR_C ...] [--tta=mirror_translate] [--metric=precision]
+  python -m cifar_jax.compare DIR_A DIR_B [DIR_C ...] [--tta=mirror_translate] [--step=N]
 
 Each DIR is one group of runs:
 
@@ -16,6 +16,13 @@ It prints each group's n and mean ± the 95% confidence interval of the mean
 the difference of the means with its 95% CI and the p-value of Welch's
 t-test (`run_statistics`). The last line is JSON. `--tta` picks the records
 of one test-time augmentation where a run was scored with several.
+
+Groups are compared at one step: each group's latest scored step, which must
+be the same for all (the table shows it), or the step `--step=N` names;
+`--allow_different_steps` compares groups at different latest steps on
+purpose. The confidence intervals are over seeds only: the sampling noise of
+the finite test set, the same for every run scored on it, is not in them
+(the table's note gives its size).
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ flags.DEFINE_string('tta', None, 'Compare the records of this test-time augmenta
 flags.DEFINE_enum('metric', 'precision', ['precision', 'precision_raw'],
                   'precision: the EMA parameters\' (the raw ones\' without an EMA); '
                   'precision_raw: the raw parameters\'.')
+flags.DEFINE_integer('step', None, 'Compare the records of this step (every run must have '
+                     'been scored there); default: each group\'s latest scored step.')
+flags.DEFINE_bool('allow_different_steps', False, 'Compare groups whose latest scored steps '
+                  'differ (each at its own; the table shows them).')
 
 _REPLICA_KEY = re.compile(r'^(?P<metric>\w+)/replica_(?P<index>\d+)$')
 
@@ -50,6 +61,7 @@ class Group:
   values: tuple[float, ...]
   step: int
   tta: str
+  count: int | None = None  # images each run was scored on (None: not recorded)
 
   @property
   def summary(self) -> run_statistics.Summary:
@@ -63,14 +75,23 @@ def record_values(record: dict, metric: str = 'precision') -> list[float]:
   return [value for _, value in replicas] if replicas else [record[metric]]
 
 
-def _final_records(workdir: str) -> list[dict]:
-  """The scored records of WORKDIR's latest scored step (one per TTA)."""
+def _scored_records(workdir: str) -> list[dict]:
   path = os.path.join(workdir, 'eval', summaries.METRICS_FILE)
-  scored = [r for r in summaries.read_records(path) if r.get('status') == 'scored']
+  return [r for r in summaries.read_records(path) if r.get('status') == 'scored']
+
+
+def _records_at(workdir: str, step: int | None) -> list[dict]:
+  """The scored records of WORKDIR at `step` (None: its latest scored step), one per TTA."""
+  scored = _scored_records(workdir)
   if not scored:
     return []
-  last = max(r['step'] for r in scored)
-  return [r for r in scored if r['step'] == last]
+  if step is None:
+    step = max(r['step'] for r in scored)
+  at_step = [r for r in scored if r['step'] == step]
+  if not at_step:
+    raise UserError(f'{workdir} was not scored at step {step} (its scored steps: '
+                    f'{sorted({r["step"] for r in scored})}); choose one of them with --step.')
+  return at_step
 
 
 def _pick(records: list[dict], tta: str | None, where: str) -> dict:
@@ -86,28 +107,38 @@ def _pick(records: list[dict], tta: str | None, where: str) -> dict:
   return by_tta[tta]
 
 
-def read_group(directory: str, tta: str | None = None, metric: str = 'precision') -> Group:
-  """The group of runs in `directory` (a WORKDIR, or a folder of WORKDIRs); see the module doc."""
+def read_group(directory: str, tta: str | None = None, metric: str = 'precision',
+               step: int | None = None) -> Group:
+  """The group of runs in `directory` (a WORKDIR, or a folder of WORKDIRs); see the module doc.
+
+  `step`: the records of that step; default the latest scored one, which
+  every run of a folder must share.
+  """
   directory = os.path.abspath(directory)
   if not os.path.isdir(directory):
     raise UserError(f'{directory} does not exist; give WORKDIRs or folders of them.')
-  records = _final_records(directory)
-  if records:
-    record = _pick(records, tta, directory)
-    return Group(os.path.basename(directory), tuple(record_values(record, metric)),
-                 int(record['step']), record.get('tta', 'none'))
-  runs = sorted(os.path.join(directory, name) for name in os.listdir(directory)
-                if _final_records(os.path.join(directory, name)))
+  name = os.path.basename(directory)
+  if _scored_records(directory):
+    record = _pick(_records_at(directory, step), tta, directory)
+    return Group(name, tuple(record_values(record, metric)), int(record['step']),
+                 record.get('tta', 'none'), record.get('count'))
+  runs = sorted(os.path.join(directory, entry) for entry in os.listdir(directory)
+                if _scored_records(os.path.join(directory, entry)))
   if not runs:
     raise UserError(f'{directory} holds no evaluator records (eval/{summaries.METRICS_FILE} '
                     'with a scored step), nor folders that do; run the evaluator on it first '
                     '(--mode=eval).')
-  picked = [_pick(_final_records(run), tta, run) for run in runs]
-  values = tuple(v for record in picked for v in record_values(record, metric))
-  ttas = {r.get('tta', 'none') for r in picked}
-  steps = {int(r['step']) for r in picked}
-  return Group(os.path.basename(directory), values, max(steps), ttas.pop() if len(ttas) == 1
-               else 'mixed')
+  picked = {run: _pick(_records_at(run, step), tta, run) for run in runs}
+  steps = {os.path.basename(run): int(r['step']) for run, r in picked.items()}
+  if len(set(steps.values())) > 1:
+    raise UserError(f'The runs in {directory} were last scored at different steps ({steps}); '
+                    'compare them at one step with --step=N.')
+  values = tuple(v for record in picked.values() for v in record_values(record, metric))
+  ttas = {r.get('tta', 'none') for r in picked.values()}
+  counts = {r.get('count') for r in picked.values()}
+  return Group(name, values, next(iter(steps.values())),
+               ttas.pop() if len(ttas) == 1 else 'mixed',
+               counts.pop() if len(counts) == 1 else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,10 +163,20 @@ class Comparison:
     return rows
 
 
-def compare(directories: Sequence[str], tta: str | None = None, metric: str = 'precision'
-            ) -> Comparison:
-  """Reads every group and compares each with the first (Welch's t-test where both n >= 2)."""
-  groups = tuple(read_group(d, tta, metric) for d in directories)
+def compare(directories: Sequence[str], tta: str | None = None, metric: str = 'precision',
+            step: int | None = None, allow_different_steps: bool = False) -> Comparison:
+  """Reads every group and compares each with the first (Welch's t-test where both n >= 2).
+
+  Groups are compared at one step (`step`, or the latest scored step they
+  share); groups at different latest steps are refused unless
+  `allow_different_steps`.
+  """
+  groups = tuple(read_group(d, tta, metric, step) for d in directories)
+  steps = {group.name: group.step for group in groups}
+  if len(set(steps.values())) > 1 and not allow_different_steps:
+    raise UserError(f'The groups were last scored at different steps ({steps}); compare them '
+                    'at one step with --step=N (one every run was scored at), or pass '
+                    '--allow_different_steps to compare each at its own latest step.')
   first = groups[0]
   differences = tuple(
       run_statistics.welch(first.values, g.values) if min(first.summary.n, g.summary.n) > 1
@@ -146,8 +187,8 @@ def compare(directories: Sequence[str], tta: str | None = None, metric: str = 'p
 def format_table(comparison: Comparison, metric: str = 'precision') -> str:
   lines = [f'{metric} @ 1 of each group (mean ± 95% CI of the mean, t distribution); '
            f'differences against {comparison.groups[0].name} (Welch\'s t-test)', '',
-           '| group | n | mean ± 95% CI | std | min | max | difference (95% CI) | p |',
-           '| --- | --- | --- | --- | --- | --- | --- | --- |']
+           '| group | step | n | mean ± 95% CI | std | min | max | difference (95% CI) | p |',
+           '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
   for index, row in enumerate(comparison.rows()):
     several = row['n'] > 1
     spread = f'{row["mean"]:.4f} ± {row["ci95"]:.4f}' if several else f'{row["mean"]:.4f}'
@@ -159,9 +200,22 @@ def format_table(comparison: Comparison, metric: str = 'precision') -> str:
       p = f'{row["p_value"]:.3g}'
     elif index:
       difference = 'needs n >= 2 in both groups'
-    lines.append(f'| {row["group"]} | {row["n"]} | {spread} | {std} | {row["min"]:.4f} | '
-                 f'{row["max"]:.4f} | {difference} | {p} |')
-  return '\n'.join(lines)
+    lines.append(f'| {row["group"]} | {row["step"]} | {row["n"]} | {spread} | {std} | '
+                 f'{row["min"]:.4f} | {row["max"]:.4f} | {difference} | {p} |')
+  return '\n'.join([*lines, '', _sampling_note(comparison.groups)])
+
+
+def _sampling_note(groups: Sequence[Group]) -> str:
+  """What the CIs leave out: the test set's own sampling noise, sized where the count is known."""
+  note = ('The CIs are over seeds only (the spread between runs); the sampling noise of the '
+          'finite test set, shared by every run scored on it, is not in them')
+  counts = {g.count for g in groups}
+  if len(counts) != 1 or None in counts:
+    return note + '.'
+  count, mean = counts.pop(), groups[0].summary.mean
+  half_width = 1.96 * math.sqrt(max(mean * (1 - mean), 0.0) / count)
+  return (f'{note}: ±{half_width:.4f} (95%, binomial) at {mean:.4f} on {count} images, for '
+          'generalising beyond this test set.')
 
 
 def _json_safe(value):
@@ -173,7 +227,8 @@ def main(argv: list[str]) -> None:
     cli.fail('give two or more WORKDIRs (or folders of them): python -m cifar_jax.compare '
              'DIR_A DIR_B [...]')
   try:
-    comparison = compare(argv[1:], FLAGS.tta, FLAGS.metric)
+    comparison = compare(argv[1:], FLAGS.tta, FLAGS.metric, FLAGS.step,
+                         FLAGS.allow_different_steps)
   except UserError as e:
     cli.fail(str(e))
   print(format_table(comparison, FLAGS.metric))

@@ -31,6 +31,8 @@ import re
 import socket
 import tarfile
 import threading
+from typing import Any
+import zlib
 
 from absl import logging
 import ml_collections
@@ -59,6 +61,36 @@ class Split:
   def num_classes(self) -> int:
     return len(self.class_names)
 
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(int(d) for d in self.images.shape[1:])
+
+  def info(self) -> dict[str, Any]:
+    """What a checkpoint records of its training split (JSON): classes, size, image shape."""
+    return {'class_names': list(self.class_names), 'num_train_examples': self.num_examples,
+            'image_shape': list(self.image_shape)}
+
+
+def check_same_classes(trained: dict[str, Any], split: Split, what: str) -> None:
+  """Refuses `split` (`what` names it) unless its classes are the trained run's, in order.
+
+  `trained` is a checkpoint's dataset info (`Split.info`). Label k means class
+  `class_names[k]` of each split: scoring or training on other class names
+  (or the same names in another order) would give a figure that means
+  nothing, so it is one sentence instead.
+  """
+  expected = tuple(trained['class_names'])
+  if tuple(split.class_names) == expected:
+    return
+  only_trained = [n for n in expected if n not in split.class_names]
+  only_here = [n for n in split.class_names if n not in expected]
+  detail = (f'only in training: {only_trained}; only here: {only_here}'
+            if only_trained or only_here else 'the same names in another order')
+  raise UserError(
+      f'{what} has classes {list(split.class_names)} but the model was trained on '
+      f'{list(expected)} ({detail}), so its labels would mean other classes; use data with '
+      'the same class folders (or class names) as the training split.')
+
 
 def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
   """Loads `split` of the source that `dataset_config` names.
@@ -85,6 +117,18 @@ def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
   if not cache_dir:
     return load()
   return _cached(os.path.expanduser(cache_dir), f'{source}-{name}-{split}', fingerprint, load)
+
+
+def split_label(dataset_config: ml_collections.ConfigDict, split: str, evaluation: bool = False
+                ) -> str:
+  """How messages name a split: "split 'test' of /data/pets" (`evaluation`: from eval_path)."""
+  source = dataset_config.source
+  if source == 'synthetic':
+    return f'synthetic split {split!r}'
+  if source == 'tfds':
+    return f'split {split!r} of tfds dataset {dataset_config.name!r}'
+  path = (dataset_config.get('eval_path') if evaluation else None) or dataset_config.path
+  return f'split {split!r} of {path}'
 
 
 def load_eval_split(dataset_config: ml_collections.ConfigDict) -> Split:
@@ -258,16 +302,22 @@ def _is_archive(path: str) -> bool:
 def _image_entries(path: str, split_name: str) -> Iterator[tuple[str, str, bytes | None]]:
   """Yields (class name, file path, bytes or None for files on disk)."""
   if _is_archive(path):
-    with tarfile.open(path, 'r:*') as archive:
-      for member in archive:
-        parts = member.name.split('/')
-        if (
-            member.isfile()
-            and len(parts) >= 3
-            and parts[-3] == split_name
-            and parts[-1].lower().endswith(IMAGE_EXTENSIONS)
-        ):
-          yield parts[-2], f'{path}:{member.name}', archive.extractfile(member).read()
+    try:
+      with tarfile.open(path, 'r:*') as archive:
+        for member in archive:
+          parts = member.name.split('/')
+          if (
+              member.isfile()
+              and len(parts) >= 3
+              and parts[-3] == split_name
+              and parts[-1].lower().endswith(IMAGE_EXTENSIONS)
+          ):
+            yield parts[-2], f'{path}:{member.name}', archive.extractfile(member).read()
+    except (EOFError, tarfile.ReadError, zlib.error) as e:
+      # A download or copy cut short: gzip's stream or tar's blocks end early.
+      raise UserError(
+          f'Archive {path} is incomplete or corrupt ({type(e).__name__}: {e}); download or '
+          'copy it again (or unpack it and set config.dataset.path to the folder).') from e
     return
   split_dir = os.path.join(path, split_name)
   if not os.path.isdir(split_dir):

@@ -7,8 +7,9 @@ evaluator
   the trainer, as a job script does, says once that it waits);
 * scores each checkpoint at most once per test-time augmentation, also across
   restarts: what it has handled is recorded in WORKDIR/eval/metrics.jsonl;
-* reports and skips checkpoints that are unreadable or that the trainer
-  deleted (`keep_checkpoints`) before they could be scored;
+* reports and skips checkpoints that are unreadable, corrupt (their files
+  differ from the checksums recorded when they were saved) or that the
+  trainer deleted (`keep_checkpoints`) before they could be scored;
 * stops by itself after the trainer's final checkpoint (WORKDIR/train_complete)
   or after `config.eval.timeout_secs` without a new checkpoint.
 
@@ -18,8 +19,10 @@ With `config.eval.run_once` it handles the latest checkpoint and returns
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import os
 import time
+from typing import Any
 
 from absl import logging
 import jax
@@ -94,6 +97,7 @@ class _Scorer:
     self.handled = handled_steps(self.eval_dir, config.eval.tta)
     self.results: dict[int, scoring.Result] = {}
     self.manager = None
+    self._checked: dict[str, Any] | None = None  # the training-split info checked last
 
   def __enter__(self) -> _Scorer:
     return self
@@ -121,9 +125,40 @@ class _Scorer:
     self.handled[step] = status
 
   def score(self, step: int) -> None:
-    """Restores and scores one step (or records why it was skipped)."""
+    """Restores and scores one step (or records why it was skipped).
+
+    The eval split is checked against what the checkpoint records of its
+    training split (classes, image shape) before anything else is read.
+    """
+    step_dir = os.path.join(checkpoints.checkpoint_dir(self.workdir), str(step))
+    if self._read(step, lambda manager, step: checkpoints.verify(step_dir)) is None:
+      return  # corrupt (or gone): reported
+    trained = self._read(step, checkpoints.read_dataset_info)
+    if trained is None:
+      return
+    if trained != self._checked:
+      scoring.check_eval_split(self.config, self.evaluator.split, trained)
+      self._checked = trained
+    restored = self._read(step, lambda manager, step: checkpoints.restore(
+        manager, step, self.template, self.config, verify_checksums=False))
+    if restored is None:
+      return
+    state, _ = restored
+    split = self.evaluator.split
+    started = time.time()
+    result = self.evaluator.score_state(state)
+    scoring.report(self.writer, step, result, split, self.config.eval.num_misclassified_images,
+                   {'eval_seconds': time.time() - started})
+    self.results[step] = result
+    self.handled[step] = 'scored'
+
+  def _read(self, step: int, read: Callable[[Any, int], Any]) -> Any:
+    """read(manager, step), or None after recording why the step is skipped."""
     try:
-      state, dataset_info = checkpoints.restore(self.manager, step, self.template, self.config)
+      return read(self.manager, step)
+    except checkpoints.CorruptCheckpointError as e:
+      self.skip(step, 'corrupt', str(e))
+      return None
     except UserError as e:
       reload_steps(self.manager)
       if step not in self.manager.all_steps():
@@ -131,19 +166,7 @@ class _Scorer:
                   'the trainer\'s config.keep_checkpoints to score every checkpoint')
       else:
         self.skip(step, 'unreadable', str(e))
-      return
-    split = self.evaluator.split
-    if tuple(dataset_info['class_names']) != split.class_names:
-      raise UserError(
-          f'The checkpoint was trained on classes {dataset_info["class_names"]} but split '
-          f'{self.config.dataset.eval_split!r} has {list(split.class_names)}; evaluate on data '
-          'with the same classes.')
-    started = time.time()
-    result = self.evaluator.score_state(state)
-    scoring.report(self.writer, step, result, split, self.config.eval.num_misclassified_images,
-                   {'eval_seconds': time.time() - started})
-    self.results[step] = result
-    self.handled[step] = 'scored'
+      return None
 
   def report_never_seen(self, steps: list[int]) -> None:
     """Steps the trainer saved and deleted (keep_checkpoints) before this evaluator saw them."""

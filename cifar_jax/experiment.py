@@ -26,7 +26,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from cifar_jax import (
   builder,
@@ -138,6 +137,7 @@ class Checkpoint:
   state: train_state.TrainState
   step: int
   class_names: list[str]
+  image_shape: list[int] | None = None  # of the training images (None: not recorded)
 
   def params(self, which: str = 'ema') -> Any:
     """'ema' (the averaged parameters the tutorial evaluates) or 'raw'."""
@@ -183,16 +183,17 @@ def load_checkpoint(workdir: str, step: int | None = None, replica: int | None =
     step = max(steps) if step is None else step
     if step not in steps:
       raise UserError(f'No checkpoint of step {step} in {workdir}; it has {sorted(steps)}.')
+    checkpoints.verify(os.path.join(checkpoints.checkpoint_dir(workdir), str(step)))
     config = ml_collections.ConfigDict(checkpoints.read_saved_config(manager, step))
-    class_names = list(manager.restore(step, args=ocp.args.Composite(
-        dataset=ocp.args.JsonRestore())).dataset['class_names'])
+    trained = checkpoints.read_dataset_info(manager, step)
+    class_names = list(trained['class_names'])
     setup = builder.build(config, num_classes=len(class_names))
-    state, _ = checkpoints.restore(manager, step, setup.state, config)
+    state, _ = checkpoints.restore(manager, step, setup.state, config, verify_checksums=False)
     model = setup.model
   finally:
     manager.close()
   checkpoint = Checkpoint(config=config, model=model, state=state, step=step,
-                          class_names=class_names)
+                          class_names=class_names, image_shape=trained.get('image_shape'))
   return checkpoint if replica is None else checkpoint.replica(replica)
 
 
@@ -206,9 +207,12 @@ def predict(checkpoint: Checkpoint, images: np.ndarray, which: str = 'ema',
   if checkpoint.num_replicas > 1:
     raise UserError(f'This checkpoint holds {checkpoint.num_replicas} runs; predict with one: '
                     'load_checkpoint(workdir, replica=r) or checkpoint.replica(r).')
+  images = np.asarray(images)
+  preprocessing = input_pipeline.EvalPreprocessing.from_config(checkpoint.config)
+  preprocessing.check(images.shape, 'The images given to predict', checkpoint.image_shape)
   variables = checkpoint.variables(which)
   tta = checkpoint.config.eval.tta if tta is None else tta
-  preprocess = jax.vmap(input_pipeline.EvalPreprocessing.from_config(checkpoint.config))
+  preprocess = jax.vmap(preprocessing)
 
   @jax.jit
   def probabilities(batch):
@@ -216,7 +220,6 @@ def predict(checkpoint: Checkpoint, images: np.ndarray, which: str = 'ema',
         lambda x: checkpoint.model.apply(variables, x, train=False), preprocess(batch), tta)
     return jax.nn.softmax(logits)
 
-  images = np.asarray(images)
   return np.concatenate([np.asarray(probabilities(images[i:i + batch_size]))
                          for i in range(0, len(images), batch_size)])
 
@@ -266,22 +269,27 @@ def plot_run(workdir: str, title: str | None = None):
   return figure
 
 
-def compare(*workdirs: str, tta: str | None = None, metric: str = 'precision'):
+def compare(*workdirs: str, tta: str | None = None, metric: str = 'precision',
+            step: int | None = None, allow_different_steps: bool = False):
   """`python -m cifar_jax.compare` as a DataFrame: one row per group of runs.
 
   Each argument is a WORKDIR (its replicas) or a folder of WORKDIRs (a sweep);
-  columns n, mean, ci95, std, min, max and, against the first group,
-  difference, difference_ci_low/high and Welch's p_value.
+  columns step, n, mean, ci95, std, min, max and, against the first group,
+  difference, difference_ci_low/high and Welch's p_value. Groups are compared
+  at one `step` (default: the latest scored step they share); see
+  `cifar_jax.compare`.
   """
   import pandas as pd  # pylint: disable=g-import-not-at-top
-  return pd.DataFrame(compare_lib.compare(workdirs, tta, metric).rows()).set_index('group')
+  comparison = compare_lib.compare(workdirs, tta, metric, step, allow_different_steps)
+  return pd.DataFrame(comparison.rows()).set_index('group')
 
 
 def plot_comparison(*workdirs: str, tta: str | None = None, metric: str = 'precision',
-                    title: str | None = None):
+                    title: str | None = None, step: int | None = None,
+                    allow_different_steps: bool = False):
   """Every run of each group as a dot, with the group's mean and 95% CI, as a Figure."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  comparison = compare_lib.compare(workdirs, tta, metric)
+  comparison = compare_lib.compare(workdirs, tta, metric, step, allow_different_steps)
   figure, axis = plt.subplots(figsize=(1.6 + 1.4 * len(comparison.groups), 3.6))
   jitter = np.random.default_rng(0)
   for index, group in enumerate(comparison.groups):
@@ -291,7 +299,7 @@ def plot_comparison(*workdirs: str, tta: str | None = None, metric: str = 'preci
       axis.errorbar(index + 0.3, summary.mean, yerr=summary.ci95, fmt='s', color='black',
                     capsize=4)
   axis.set_xticks(range(len(comparison.groups)),
-                  [f'{g.name}\n(n={g.summary.n})' for g in comparison.groups])
+                  [f'{g.name}\n(n={g.summary.n}, step {g.step})' for g in comparison.groups])
   axis.set(ylabel=f'{metric} @ 1', title=title or 'runs, and the mean with its 95% CI')
   axis.grid(alpha=0.3)
   figure.tight_layout()

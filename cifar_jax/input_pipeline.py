@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import dataclasses
 import functools
 
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,7 @@ import numpy as np
 
 from cifar_jax import parallel
 from cifar_jax.datasets import Split
+from cifar_jax.errors import UserError
 
 # ----------------------------------------------------------------------------
 # Single-image ops ([H, W, C] float32 on the 0-255 scale unless noted).
@@ -108,6 +110,14 @@ class Normalization:
   def __call__(self, image: jax.Array) -> jax.Array:
     return normalize(image, self.preprocess, self.channel_mean, self.channel_std)
 
+  def check(self, image_shape: Sequence[int], what: str) -> None:
+    """Refuses a channel count that the per-channel constants do not fit."""
+    channels = image_shape[-1]
+    if self.preprocess == 'channel_normalization' and len(self.channel_mean) != channels:
+      raise UserError(
+          f'{what} have {channels} channel(s) but config.channel_mean and config.channel_std '
+          f'have {len(self.channel_mean)}; give one mean and std per channel.')
+
 
 def reflect_pad(image: jax.Array, pixels: int) -> jax.Array:
   """`F.pad(..., 'reflect')` of an [H, W, C] image (the edge is not repeated)."""
@@ -142,6 +152,17 @@ class Augmentation:
                max_brightness_delta=augment.max_brightness_delta, contrast_range=contrast,
                translate=augment.translate, alternating_flip=augment.alternating_flip,
                steps_per_epoch=steps_per_epoch, normalization=Normalization.from_config(config))
+
+  def check(self, image_shape: Sequence[int], what: str) -> None:
+    """Refuses training images too small for the crop (`what` names them), at load time."""
+    height, width = image_shape[:2]
+    room = (height + 2 * self.translate, width + 2 * self.translate)
+    if self.crop_size > min(room):
+      padding = f' padded by {self.translate} (config.augment.translate)' if self.translate else ''
+      raise UserError(
+          f'config.crop_size={self.crop_size} is larger than {what} ({height}x{width}'
+          f'{padding}); set config.crop_size to at most {min(room)}, or use larger images.')
+    self.normalization.check(image_shape, what)
 
 
 def augment_train_image(key: jax.Array, image: jax.Array, augmentation: Augmentation,
@@ -183,6 +204,36 @@ class EvalPreprocessing:
 
   def __call__(self, image: jax.Array) -> jax.Array:
     return preprocess_eval_image(image, self.crop_size, self.normalization)
+
+  def check(self, image_shape: Sequence[int], what: str,
+            trained_shape: Sequence[int] | None = None) -> None:
+    """Refuses images the model cannot score (`what` names them), at load time.
+
+    Smaller than the central crop: the crop would be a fragment. Another
+    channel count than the training images (`trained_shape`, where the
+    checkpoint records it): the first layer's filters do not fit. Another
+    size than the training images is allowed (the same crop then shows
+    another scale), with a warning.
+    """
+    height, width, channels = image_shape[-3:]
+    if self.crop_size > min(height, width):
+      raise UserError(
+          f'{what} are {height}x{width}, smaller than the central crop of {self.crop_size} '
+          f'(the model was trained on crops of {self.crop_size}, config.crop_size); score '
+          f'images of at least {self.crop_size}x{self.crop_size}.')
+    self.normalization.check(image_shape, what)
+    if trained_shape is None:
+      return
+    trained_height, trained_width, trained_channels = trained_shape[-3:]
+    if channels != trained_channels:
+      raise UserError(
+          f'{what} have {channels} channel(s) but the model was trained on images of '
+          f'{trained_channels}; give images with {trained_channels} channel(s).')
+    if (height, width) != (trained_height, trained_width):
+      logging.warning(
+          '%s are %dx%d but the model was trained on %dx%d images: the central %d crop shows '
+          'them at another scale.', what, height, width, trained_height, trained_width,
+          self.crop_size)
 
 
 def preprocess_eval_image(image: jax.Array, crop_size: int,

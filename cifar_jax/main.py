@@ -7,14 +7,23 @@ r"""Command line: flags -> `train_and_evaluate`, `evaluate` or a data summary.
 Any config field can be overridden, e.g. `--config.num_train_steps=2000`.
 """
 
-import logging as logging_lib
 import sys
 
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from cifar_jax import cli, datasets, evaluate, lifecycle, parallel, summaries, train, validation
+from cifar_jax import (
+  cli,
+  datasets,
+  evaluate,
+  lifecycle,
+  parallel,
+  summaries,
+  terminal,
+  train,
+  validation,
+)
 from cifar_jax.errors import UserError, WriteError
 
 FLAGS = flags.FLAGS
@@ -29,18 +38,13 @@ flags.DEFINE_string('coordinator_address', None,
                     'Under SLURM it is detected.')
 flags.DEFINE_integer('num_processes', None, 'Multi-process runs: the number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process, 0..N-1.')
+flags.DEFINE_bool('verbose', False, 'Show the INFO log (config, parameter table, start-up '
+                  'times, ...) on the terminal too; it always goes to WORKDIR/logs/.')
 flags.DEFINE_integer('distributed_timeout_secs', 300,
                      'How long to wait for the other processes to join.')
 config_flags.DEFINE_config_file('config', None, 'Path to an experiments/*.py config file.',
                                 lock_config=True)
 flags.mark_flags_as_required(['config'])
-
-
-class _QuietLibraries(logging_lib.Filter):
-  """Drops Orbax's per-save INFO chatter; keeps its warnings and errors."""
-
-  def filter(self, record: logging_lib.LogRecord) -> bool:
-    return record.levelno >= logging_lib.WARNING or '/orbax/' not in record.pathname
 
 
 def describe_data(config) -> None:
@@ -53,13 +57,15 @@ def describe_data(config) -> None:
 
 def main(argv):
   del argv  # cli.parse_flags refuses positional arguments
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  logging.info('Config:\n%s', FLAGS.config)
+  terminal.show_on_terminal(FLAGS.verbose)
   try:
     validation.validate(FLAGS.config)
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id, FLAGS.distributed_timeout_secs,
                                     FLAGS.config.collective_timeout_secs)
+    if FLAGS.workdir and FLAGS.mode != 'data':
+      terminal.log_to_workdir(FLAGS.workdir, 'eval' if FLAGS.mode == 'eval' else 'train')
+    logging.info('Config:\n%s', FLAGS.config)
     if FLAGS.mode == 'data':
       describe_data(FLAGS.config)
       return

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cifar_jax.errors import UserError
 from cifar_jax.parallel import AXIS_NAME
 
 
@@ -416,9 +417,19 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 _NOT_OPTIONS = ('parent', 'name', 'num_classes', 'axis_name')
 
 
+def model_class(name: str) -> Callable[..., nn.Module]:
+  """`MODELS[name]`; an unregistered name is one sentence saying where models are registered."""
+  if name not in MODELS:
+    raise UserError(
+        f'Unknown model {name!r} (config.model.name): the registered models are '
+        f'{sorted(MODELS)}; register it in cifar_jax.models.MODELS (cifar_jax/models.py) '
+        'before the config, or a checkpoint trained with it, is used.')
+  return MODELS[name]
+
+
 def model_fields(name: str) -> dict[str, Any]:
   """{field: default} of `MODELS[name]` that `config.model` may set."""
-  return {f.name: f.default for f in dataclasses.fields(MODELS[name])
+  return {f.name: f.default for f in dataclasses.fields(model_class(name))
           if f.name not in _NOT_OPTIONS}
 
 
@@ -431,7 +442,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
   for key, value in options.items():
     if isinstance(value, list):  # tuples come back from JSON (saved configs) as lists
       options[key] = tuple(value)
-  return MODELS[name](num_classes=num_classes, **options)
+  return model_class(name)(num_classes=num_classes, **options)
 
 
 def parameter_paths(params: Any) -> list[str]:

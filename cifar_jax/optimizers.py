@@ -11,7 +11,7 @@ fields. Groups must not overlap.
 Hyper-parameter forms (`config.hyperparameter_form`):
 
 * ``plain``: learning rates are optax's; `weight_decay` is the decay per
-  example of the global batch: each step adds (sgd_weight_decay * B / lr) * p
+  example of the global batch: each step adds (weight_decay * B / lr) * p
   to the gradient of a group with peak learning rate lr, before momentum --
   PyTorch's `weight_decay` = wd / lr, as airbench94_muon writes it.
 * ``decoupled`` (airbench94, after Myrtle.ai's "how to train your ResNet"):

@@ -183,11 +183,31 @@ class Result:
             f'(raw parameters: {self.precision_raw:.3f}{suffix})')
 
 
+def check_eval_split(config: ml_collections.ConfigDict, split: datasets.Split,
+                     trained: dict[str, Any] | None = None) -> None:
+  """Refuses an eval split the model cannot score meaningfully, in one sentence.
+
+  Images smaller than the central crop, or (given `trained`, a checkpoint's
+  dataset info) with other classes or another channel count than the training
+  split's; another image size only warns.
+  """
+  what = datasets.split_label(config.dataset, config.dataset.eval_split, evaluation=True)
+  input_pipeline.EvalPreprocessing.from_config(config).check(
+      split.image_shape, f'The images of {what}', (trained or {}).get('image_shape'))
+  if trained is not None:
+    datasets.check_same_classes(trained, split, what[0].upper() + what[1:])
+
+
 class Evaluator:
-  """Scores parameters on one split held on the devices."""
+  """Scores parameters on one split held on the devices.
+
+  `trained` (the training split's `info()`, where known): the split is
+  checked against it (`check_eval_split`).
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, split: datasets.Split, model: Any,
-               devices: Sequence[jax.Device]):
+               devices: Sequence[jax.Device], trained: dict[str, Any] | None = None):
+    check_eval_split(config, split, trained)
     self.split = split
     self.devices = list(devices)
     self.headline = config.eval.headline

@@ -1,12 +1,13 @@
 """The trainer (the tutorial's cifar10_train.py): build, restore, run the loop with its actions.
 
 `train_and_evaluate` reads top to bottom as a run goes: the config is
-checked, the data loaded, everything built from the config
-(`builder.build`), the latest checkpoint restored; then the steps run in
-device calls (`loop.run`) and after each call the periodic actions
-(`actions`: log line, summaries, checkpoint, evaluation, profile) act on
-their own cadences, with preemption (`lifecycle.Preemption`) and the
-multi-process watchdog (`lifecycle.Watchdog`) around the loop. A new
+checked, the WORKDIR locked (one trainer per WORKDIR: `workdir_lock`), the
+data loaded, everything built from the config (`builder.build`), the latest
+checkpoint restored; then the steps run in device calls (`loop.run`) and
+after each call the periodic actions (`actions`: log line, summaries,
+checkpoint, evaluation, profile) act on their own cadences, with
+preemption (`lifecycle.Preemption`) and the multi-process watchdog
+(`lifecycle.Watchdog`) around the loop. A new
 capability is a module, a config field and a periodic action, not a change
 here.
 """
@@ -32,6 +33,7 @@ from cifar_jax import (
   parallel,
   summaries,
   validation,
+  workdir_lock,
 )
 from cifar_jax.train_state import TrainState, step_number
 
@@ -50,15 +52,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   validation.validate(config)
   startup = loop.Startup()
   workdir = summaries.prepare_workdir(workdir)
-  parallel.use_compilation_cache(config.compilation_cache_dir, workdir)
-  devices = parallel.select_devices(config.num_devices)
-  train_split = datasets.load_split(config.dataset, config.dataset.train_split)
-  startup.lap('data')
-  setup = builder.build(config, train_split, devices)
-  startup.lap('model')
   with contextlib.ExitStack() as stack:
+    stack.enter_context(workdir_lock.TrainerLock(workdir))  # one trainer per WORKDIR
+    parallel.use_compilation_cache(config.compilation_cache_dir, workdir)
+    devices = parallel.select_devices(config.num_devices)
+    train_split = datasets.load_split(config.dataset, config.dataset.train_split)
+    startup.lap('data')
+    setup = builder.build(config, train_split, devices)
+    startup.lap('model')
     checkpointer = stack.enter_context(
-        checkpoints.Checkpointer(workdir, config, _dataset_info(train_split)))
+        checkpoints.Checkpointer(workdir, config, train_split.info()))
     state = checkpointer.restore_latest(setup.state)
     startup.lap('restore')
     if not _starting(state, config, workdir, setup, devices):
@@ -84,11 +87,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _is_main() -> bool:
   return jax.process_index() == 0
-
-
-def _dataset_info(train_split: datasets.Split) -> dict:
-  return {'class_names': list(train_split.class_names),
-          'num_train_examples': train_split.num_examples}
 
 
 def _starting(state: TrainState, config: ml_collections.ConfigDict, workdir: str,

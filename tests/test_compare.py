@@ -49,7 +49,7 @@ def test_shifted_groups_and_unequal_sizes(tmp_path):
   rows = result.rows()
   assert [row['n'] for row in rows] == [5, 5, 3] and 'p_value' not in rows[0]
   table = compare.format_table(result)
-  assert '| shifted | 5 | 0.9300 ± ' in table and '| +0.0200 (' in table
+  assert '| shifted | 100 | 5 | 0.9300 ± ' in table and '| +0.0200 (' in table
 
 
 def test_a_folder_of_single_runs_is_one_group(tmp_path):
@@ -105,3 +105,49 @@ def test_the_pytorch_originals_seeds_are_a_group(tmp_path):
   np.testing.assert_allclose(group.values, [p + 0.01 for p in A])
   assert group.step == 129 and compare.read_group(str(tmp_path / 'original'), 'none').values == (
       tuple(A))
+
+
+def test_groups_at_different_steps_are_refused_unless_a_step_is_named(tmp_path):
+  early = _workdir(tmp_path / 'early', A, step=150)
+  late = _workdir(tmp_path / 'late', [x + 0.01 for x in A], step=300)
+  with pytest.raises(UserError, match=r"different steps \(\{'early': 150, 'late': 300\}\).*"
+                                      r'--step=N.*--allow_different_steps'):
+    compare.compare([early, late])
+  # Both were scored at step 150 (the late run's earlier record holds 0.1).
+  at_150 = compare.compare([early, late], step=150)
+  assert [g.step for g in at_150.groups] == [150, 150] and at_150.groups[1].values == (0.1,)
+  with pytest.raises(UserError, match=r'not scored at step 200 .*\[75, 150\]'):
+    compare.compare([early, late], step=200)
+  as_they_are = compare.compare([early, late], allow_different_steps=True)
+  table = compare.format_table(as_they_are)
+  assert '| early | 150 | 5 |' in table and '| late | 300 | 5 |' in table
+  assert experiment.compare(early, late, allow_different_steps=True).loc['late', 'step'] == 300
+
+
+def test_runs_of_a_folder_at_different_steps_are_refused(tmp_path):
+  _workdir(tmp_path / 'sweep' / 'seed0', [0.9], step=100)
+  _workdir(tmp_path / 'sweep' / 'seed1', [0.91], step=200)
+  with pytest.raises(UserError, match=r"different steps \(\{'seed0': 100, 'seed1': 200\}\)"):
+    compare.read_group(str(tmp_path / 'sweep'))
+  assert compare.read_group(str(tmp_path / 'sweep'), step=100).values == (0.9, 0.1)
+
+
+def test_the_table_says_the_ci_leaves_out_the_test_sets_sampling_noise(tmp_path):
+  table = compare.format_table(compare.compare([_workdir(tmp_path / 'a', A),
+                                                _workdir(tmp_path / 'b', A)]))
+  # 1.96 * sqrt(0.91 * 0.09 / 5000) = 0.0079
+  assert 'over seeds only' in table and '±0.0079 (95%, binomial) at 0.9100 on 5000 images' in table
+
+
+def test_the_command_line_takes_the_step(tmp_path):
+  early = _workdir(tmp_path / 'early', A, step=150)
+  late = _workdir(tmp_path / 'late', A, step=300)
+  refused = subprocess.run([sys.executable, '-m', 'cifar_jax.compare', early, late],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert refused.returncode == 1 and refused.stderr.startswith('error: The groups were last')
+  assert 'Traceback' not in refused.stderr
+  chosen = subprocess.run([sys.executable, '-m', 'cifar_jax.compare', early, late,
+                           '--step=150'], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+  assert chosen.returncode == 0, chosen.stderr[-2000:]
+  assert [g['step'] for g in json.loads(chosen.stdout.splitlines()[-1])['groups']] == [150, 150]

@@ -58,6 +58,18 @@ def test_archive_reads_the_same_as_the_folder(tmp_path):
   assert from_archive.class_names == CLASSES
 
 
+@pytest.mark.parametrize('kept', [0.5, 0.97])
+def test_a_truncated_archive_is_one_sentence_naming_it(tmp_path, kept):
+  _write_folder(tmp_path / 'data', per_class=20, size=16)
+  archive = tmp_path / 'data.tar.gz'
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(tmp_path / 'data', arcname='cifar')
+  payload = archive.read_bytes()
+  archive.write_bytes(payload[:int(len(payload) * kept)])  # a copy cut short
+  with pytest.raises(UserError, match=r'Archive .*data\.tar\.gz is incomplete or corrupt'):
+    datasets.load_split(_config(archive), 'train')
+
+
 def test_per_class_holdout_is_disjoint_and_deterministic(tmp_path):
   _write_folder(tmp_path, per_class=10)
   config = _config(tmp_path)

@@ -161,3 +161,20 @@ def test_a_checkpoint_of_replicas_gives_each_run_on_its_own(tmp_path):
   assert experiment.predict(second, images).shape == (10, 10)
   with pytest.raises(UserError, match='replica is 0 to 1, not 2'):
     experiment.load_checkpoint(workdir, replica=2)
+
+
+def test_a_checkpoint_of_an_unregistered_model_is_one_sentence(tmp_path, monkeypatch):
+  from cifar_jax import models, train  # pylint: disable=g-import-not-at-top
+
+  class PreactResnet(models.TutorialCNN):  # a model registered by the code that trained it
+    pass
+
+  monkeypatch.setitem(models.MODELS, 'preact_resnet', PreactResnet)
+  config = tiny_config(num_train_steps=2, checkpoint_every_steps=2)
+  config.model.name = 'preact_resnet'
+  train.train_and_evaluate(config, str(tmp_path), evaluate_in_process=False)
+  monkeypatch.delitem(models.MODELS, 'preact_resnet')  # a fresh process without that code
+  with pytest.raises(UserError, match=r"Unknown model 'preact_resnet' \(config.model.name\): the "
+                                      r"registered models are \['airbench94', 'tutorial_cnn'\]; "
+                                      r'register it in cifar_jax.models.MODELS'):
+    experiment.load_checkpoint(str(tmp_path))

@@ -98,7 +98,8 @@ def test_a_restart_loads_its_programs_from_the_compilation_cache(tmp_path):
   assert again.returncode == 0, again.stderr[-2000:]
   # Nothing new to compile above JAX's threshold: every cached program was a hit.
   assert sorted(os.listdir(cache)) == entries
-  hits = re.findall(r"Persistent compilation cache hit for '(\w+)'", again.stderr)
+  with open(os.path.join(workdir, 'logs', 'train.log')) as f:  # the detail goes to WORKDIR/logs
+    hits = re.findall(r"Persistent compilation cache hit for '(\w+)'", f.read())
   # The initialisation and the mapped training step (pmap compiles it as jit__fun).
   assert sorted(hits) == ['jit__fun', 'jit_init'], hits
 
@@ -328,6 +329,9 @@ def _corrupt_latest(tmp_path, trained_workdir):
     for name in files:
       with open(os.path.join(root, name), 'wb') as f:
         f.write(b'\0garbage')
+  # Saved before checksums existed: read, and refused (with checksums it is resumed
+  # around: tests/test_checkpoints.py).
+  os.remove(os.path.join(copy, 'checkpoints', '10', checkpoints.CHECKSUM_FILE))
   return [f'--workdir={copy}']
 
 

@@ -183,6 +183,8 @@ def test_a_workdir_written_before_the_renames_resumes_and_loads(tmp_path):
   with open(os.path.join(checkpoints.checkpoint_dir(workdir), '10', 'config', 'metadata'),
             'w') as f:
     json.dump(old, f)
+  # Such a WORKDIR predates checkpoint checksums too.
+  os.remove(os.path.join(checkpoints.checkpoint_dir(workdir), '10', checkpoints.CHECKSUM_FILE))
   run = experiment.load_checkpoint(workdir)
   assert run.config.schedule.name == 'staircase_exponential' and run.config.l2_penalty == 0.004
   assert json.loads(run.config.to_json_best_effort()) == tiny

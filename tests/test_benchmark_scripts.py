@@ -1,0 +1,130 @@
+"""Every script under benchmarks/ runs: its arguments, a tiny run, and the PyTorch comparisons.
+
+A script no test reaches breaks unseen when a signature it calls changes (the
+faithfulness script did). Each script here answers --help and runs a tiny
+case; the PyTorch halves (faithfulness, speed, the original's training run)
+run with the interpreter CIFAR_JAX_TORCH_PYTHON names -- a side venv with
+torch that .ci/run builds (torch is never a dependency of cifar_jax) -- and
+skip where it is unset.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cifar_jax import compare
+from tests.conftest import REPO_ROOT
+
+SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO_ROOT, 'benchmarks',
+                                                                     '*.py')))
+TORCH_PYTHON = os.environ.get('CIFAR_JAX_TORCH_PYTHON', '')
+needs_torch = pytest.mark.skipif(
+    not TORCH_PYTHON, reason='CIFAR_JAX_TORCH_PYTHON (a Python with torch) is not set')
+# Scripts that import torch at the top: their --help needs the torch interpreter.
+TORCH_SCRIPTS = ('pytorch_reference.py',)
+
+
+def _script(name: str) -> str:
+  return os.path.join(REPO_ROOT, 'benchmarks', name)
+
+
+def _run(command, timeout=600, **kwargs):
+  result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=False, **kwargs)
+  assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
+  return result
+
+
+def test_the_scripts_are_all_known():
+  assert set(SCRIPTS) == {
+      'airbench_reference.py', 'faults.py', 'gpu_run.py', 'gpu_wheelhouse.py',
+      'input_pipeline.py', 'multi_device.py', 'multiprocess_stress.py', 'pytorch_reference.py',
+      'startup.py'}, 'a new script needs a tiny run here (and in the list)'
+
+
+@pytest.mark.parametrize('name', SCRIPTS)
+def test_every_script_parses_its_arguments(name):
+  python = TORCH_PYTHON if name in TORCH_SCRIPTS else sys.executable
+  if not python:
+    pytest.skip('imports torch at the top; CIFAR_JAX_TORCH_PYTHON is not set')
+  result = _run([python, _script(name), '--help'], timeout=120)
+  assert result.stdout.startswith('usage:')
+
+
+def test_the_tiny_runs_of_the_speed_scripts():
+  """input_pipeline, multi_device and startup, started together (each a few seconds)."""
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  commands = {
+      'input_pipeline': [sys.executable, _script('input_pipeline.py'), '--num_examples=256',
+                         '--steps=2', '--repeats=1', '--batch_size=8'],
+      'multi_device': [sys.executable, _script('multi_device.py'),
+                       '--configs=experiments/smoke.py', '--steps=2', '--repeats=1'],
+      'startup': [sys.executable, _script('startup.py'), '--config=experiments/smoke.py',
+                  '--steps=2', '--repeats=1'],
+  }
+  running = {name: subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for name, command in commands.items()}
+  outputs = {}
+  for name, process in running.items():
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, (name, stderr[-3000:])
+    outputs[name] = stdout.strip().splitlines()
+  assert outputs['input_pipeline'][-1].startswith('train_img_per_s=')
+  assert any(line.startswith('smoke.py') for line in outputs['multi_device'])
+  seconds = json.loads(outputs['startup'][-1])['seconds']
+  assert 0 < seconds['trainer, cold']['first'] <= seconds['trainer, cold']['exit']
+
+
+def test_the_wheelhouse_asks_pip_for_every_wheel(tmp_path):
+  """gpu_wheelhouse's pip commands, recorded by a stand-in Python (no registry needed)."""
+  sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
+  try:
+    import gpu_wheelhouse  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  log = tmp_path / 'calls'
+  python = tmp_path / 'python'
+  python.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+  python.chmod(0o755)
+  gpu_wheelhouse.download(str(tmp_path / 'wheels'), ['3.12', '3.13'], python=str(python))
+  calls = log.read_text().splitlines()
+  assert len(calls) == 1 + 2 * len(gpu_wheelhouse.COMPILED)
+  assert all(call.startswith('-m pip download --no-deps --only-binary=:all:') for call in calls)
+  assert all(package in calls[0].split() for package in gpu_wheelhouse.PURE)
+  assert sum('--python-version 3.13' in call for call in calls) == len(gpu_wheelhouse.COMPILED)
+
+
+@needs_torch
+def test_airbench94_is_faithful_to_the_pytorch_original():
+  """The port-vs-PyTorch check of both recipes at full widths (the project's main claim)."""
+  result = _run([sys.executable, _script('airbench_reference.py'),
+                 f'--torch_python={TORCH_PYTHON}'])
+  summary = json.loads(result.stdout.strip().splitlines()[-1])
+  assert summary['agree'], result.stdout[-4000:]
+  assert set(summary) == {'agree', 'airbench94', 'airbench94_muon'}
+
+
+@needs_torch
+def test_the_pytorch_speed_references_run():
+  for command in ([_script('pytorch_reference.py'), '--batch=8', '--steps=1', '--repeats=1'],
+                  [_script('airbench_reference.py'), '--speed', '--recipe=airbench94',
+                   '--batch=8', '--steps=1', '--repeats=1']):
+    last = _run([TORCH_PYTHON, *command], timeout=300).stdout.strip().splitlines()[-1]
+    assert float(dict(item.split('=') for item in last.split())['train_step_img_per_s']) > 0
+
+
+@needs_torch
+def test_the_originals_training_run_is_a_group_compare_reads(tmp_path):
+  out = tmp_path / 'original'
+  _run([sys.executable, _script('airbench_reference.py'), '--train', '--seeds=2',
+        '--train_epochs=1', '--widths=8,16,16', '--batch=256',
+        '--config=experiments/airbench94_smoke.py', f'--out={out}',
+        f'--torch_python={TORCH_PYTHON}'])
+  group = compare.read_group(str(out), tta='none')
+  assert len(group.values) == 2 and all(0 <= v <= 1 for v in group.values)
+  assert group.step == 4096 // 256 and group.count == 1000
