@@ -11,7 +11,13 @@ After warm-up it times, over `--repeats` windows of `--steps` steps each
   end to end   the training loop itself (`loop.run`) with its periodic actions
                switched off: each call's indices from the `BatchSchedule` go
                to the device, examples are gathered and augmented there,
-               `config.steps_per_call` steps per device call;
+               `config.steps_per_call` steps per device call; with
+               `--config.dataset.placement=host` the examples are gathered on
+               the host and copied ahead instead (`placement`);
+  host gather  the host placement's own work per step, alone: gathering one
+               call's examples on the host and copying them to the devices
+               (its share of an end-to-end step is what host placement costs
+               where the copy does not overlap the step);
   eval         `scoring.Evaluator.predict` over the whole eval split (with the
                config's test-time augmentation, `config.eval.tta`).
 
@@ -32,6 +38,7 @@ is installed there. The last line is machine-readable.
 from __future__ import annotations
 
 from collections.abc import Callable
+import contextlib
 import functools
 import os
 import resource
@@ -54,6 +61,7 @@ from cifar_jax import (
   input_pipeline,
   loop,
   parallel,
+  placement,
   scoring,
   terminal,
   train_state,
@@ -147,26 +155,44 @@ def _step_flops_per_example(setup: builder.Setup, batch: dict[str, jax.Array]) -
     return float('nan')
 
 
-def _end_to_end(setup: builder.Setup, data: input_pipeline.DeviceData,
-                devices: list[jax.Device], config: ml_collections.ConfigDict, steps: int,
-                repeats: int, warmup_steps: int) -> tuple[float, list[float]]:
+def _end_to_end(setup: builder.Setup, feed: Any, devices: list[jax.Device],
+                config: ml_collections.ConfigDict, steps: int, repeats: int, warmup_steps: int
+                ) -> tuple[float, list[float]]:
   """(compile seconds, seconds per step of each window) of the training loop, no actions."""
   devices_state = parallel.replicate(setup.state, devices)
   progress = loop.Progress(devices_state, 0, 1, setup.batches.global_batch_size)
   started = time.perf_counter()
-  jax.block_until_ready(loop.run(setup, progress, data, 1).replicated_state)
+  jax.block_until_ready(loop.run(setup, progress, feed, 1).replicated_state)
   compile_seconds = time.perf_counter() - started
 
   def loop_steps(n):
     progress.end_step = progress.step + n
-    return loop.run(setup, progress, data, config.steps_per_call).replicated_state.step
+    return loop.run(setup, progress, feed, config.steps_per_call).replicated_state.step
 
   # Warm-up also compiles each call length the timed windows use.
   loop_steps(max(warmup_steps, steps if config.steps_per_call > 1 else 0))
   return compile_seconds, _timed_windows(loop_steps, steps, repeats)
 
 
-def _pure_train_step(setup: builder.Setup, data: input_pipeline.DeviceData,
+def _host_gather(setup: builder.Setup, split: datasets.Split, devices: list[jax.Device],
+                 config: ml_collections.ConfigDict, steps: int, repeats: int) -> list[float]:
+  """Seconds per step of the host placement's gather and copy of one call's examples, alone."""
+  host = placement.HostFeed(split, devices, setup.batches)
+  calls = max(1, steps // config.steps_per_call)
+
+  def gather(n):
+    for call in range(n):
+      jax.block_until_ready(host.gather(setup.batches.indices(call * config.steps_per_call,
+                                                              config.steps_per_call)))
+
+  try:
+    gather(1)
+    return [t / config.steps_per_call for t in _timed_windows(gather, calls, repeats)]
+  finally:
+    host.close()
+
+
+def _pure_train_step(setup: builder.Setup, split: datasets.Split,
                      devices: list[jax.Device], config: ml_collections.ConfigDict, steps: int,
                      repeats: int, warmup_steps: int
                      ) -> tuple[list[float], dict[str, jax.Array]]:
@@ -174,11 +200,15 @@ def _pure_train_step(setup: builder.Setup, data: input_pipeline.DeviceData,
 
   With replicas, every replica steps on that batch (`train_step.map_replicas`).
   """
-  make_batch = parallel.pmap(functools.partial(
-      input_pipeline.train_batch, rng=jax.random.PRNGKey(0), step=0,
-      augmentation=setup.options.augmentation), devices)
+  make_batch = parallel.pmap(lambda rows, indices: {
+      'image': input_pipeline.augment_batch(rows.images, indices, jax.random.PRNGKey(0), 0,
+                                            setup.options.augmentation),
+      'label': rows.labels}, devices)
   indices = setup.batches.indices(0)  # [devices, (replicas,) 1, batch]
-  batch = make_batch(data, indices.reshape(len(devices), -1, indices.shape[-1])[:, 0])
+  indices = indices.reshape(len(devices), -1, indices.shape[-1])[:, 0]
+  rows = parallel.shard(input_pipeline.DeviceData(images=split.images[indices],
+                                                  labels=split.labels[indices]), devices)
+  batch = make_batch(rows, indices)
   step = functools.partial(train_step.train_step, apply_fn=setup.model.apply, tx=setup.tx,
                            learning_rate_fn=setup.learning_rate_fn, options=setup.options)
   if config.num_replicas > 1:
@@ -208,20 +238,24 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 30, repeats: int = 5,
   train_split, eval_split = _load_splits(config, synthetic, synthetic_train_size,
                                          synthetic_eval_size)
   setup = builder.build(config, train_split, devices)
-  data = input_pipeline.put_on_devices(train_split, devices)
+  config = setup.config
   replicas = config.num_replicas
   examples = setup.batches.examples_per_step  # the global batch of every replica
   figures: dict[str, Any] = {
       'platform': devices[0].platform, 'device_kind': devices[0].device_kind,
       'devices': len(devices), 'global_batch': setup.batches.global_batch_size,
       'num_replicas': replicas, 'replica_execution': config.replica_execution,
-      'matmul_gflops': matmul_gflops(matmul_size)}
-  figures['compile_s'], end_to_end = _end_to_end(setup, data, devices, config, steps, repeats,
-                                                 warmup_steps)
-  train_seconds, batch = _pure_train_step(setup, data, devices, config, steps, repeats,
+      'placement': setup.placement, 'matmul_gflops': matmul_gflops(matmul_size)}
+  with contextlib.closing(setup.feed(train_split)) as feed:
+    figures['compile_s'], end_to_end = _end_to_end(setup, feed, devices, config, steps, repeats,
+                                                   warmup_steps)
+  train_seconds, batch = _pure_train_step(setup, train_split, devices, config, steps, repeats,
                                           warmup_steps)
   figures['train_step'] = _rate(examples, train_seconds)
   figures['end_to_end'] = _rate(examples, end_to_end)
+  figures['host_gather'] = _rate(examples, _host_gather(setup, train_split, devices, config,
+                                                        steps, repeats))
+  figures['host_share'] = figures['end_to_end']['median'] / figures['host_gather']['median']
   figures['sec_per_batch'] = statistics.median(train_seconds)
   # Each run's share of the time: its num_train_steps at the R runs' pace, divided by R.
   figures['run_s'] = config.num_train_steps * statistics.median(end_to_end) / replicas
@@ -288,10 +322,12 @@ def format_figures(figures: dict[str, Any]) -> str:
           if replicas > 1 else '')
   lines = [
       f'{figures["devices"]} {figures["platform"]} device(s) ({figures["device_kind"]}), '
-      f'global batch {figures["global_batch"]}{runs}',
+      f'global batch {figures["global_batch"]}{runs}, the split on the {figures["placement"]}',
       f'{"compile":<22} {figures["compile_s"]:9.1f} s',
       row('train step', figures['train_step']),
       row('end to end', figures['end_to_end']),
+      row('host gather', figures['host_gather']) + (
+          f'; {100 * figures["host_share"]:.1f}% of an end-to-end step'),
       row('eval', figures['eval']),
       f'{"one epoch (end to end)":<22} {figures["epoch_s"]:9.1f} s',
       f'{"one run (end to end)":<22} {figures["run_s"]:9.1f} s (config.num_train_steps; '
@@ -310,6 +346,7 @@ def machine_line(figures: dict[str, Any], pytorch: dict[str, float] | None) -> s
   items = {
       'train_step_img_per_s': figures['train_step']['median'],
       'end_to_end_img_per_s': figures['end_to_end']['median'],
+      'host_gather_img_per_s': figures['host_gather']['median'],
       'eval_img_per_s': figures['eval']['median'],
       'compile_s': figures['compile_s'],
       'matmul_gflops': figures['matmul_gflops'],

@@ -1,8 +1,11 @@
-"""Data sources: whole splits loaded into memory as uint8 arrays.
+"""Data sources: whole splits decoded once into uint8 arrays, cached on disk, memory-mapped.
 
-CIFAR-10 is 150 MB as uint8, so every split is read once into host memory and
-then kept on the accelerator (see `input_pipeline`). Sources, chosen by
-`config.dataset.source`:
+CIFAR-10 is 150 MB as uint8, so a split is decoded once (with progress on the
+terminal when that takes a while), made one size and channel count
+(`image_format`: `config.dataset.image_size`, `channels`), written to the
+decoded cache and read back memory-mapped: a split larger than the host's
+memory stays on disk, its batches read from the file as needed (`placement`).
+Sources, chosen by `config.dataset.source`:
 
 * ``tfds``: a tensorflow-datasets dataset (``config.dataset.name``, e.g.
   ``cifar10``). Needs TensorFlow. When the dataset is not prepared and its
@@ -13,6 +16,10 @@ then kept on the accelerator (see `input_pipeline`). Sources, chosen by
   no TensorFlow needed. Classes are the sorted folder names.
 * ``synthetic``: deterministic generated images whose class is learnable, for
   smoke runs and tests.
+
+The cache (`config.dataset.cache_dir`; '' disables it, and splits are then
+held in memory) holds one folder per split, source state and image format:
+images.npy (memory-mapped), labels.npy, class_names.json.
 
 Split expressions follow tfds slicing: ``train``, ``train[:90%]``,
 ``train[4500:]``. For image folders the slice is taken within every class over
@@ -26,10 +33,13 @@ import dataclasses
 import glob
 import hashlib
 import io
+import json
 import os
 import re
+import shutil
 import socket
 import tarfile
+import tempfile
 import threading
 from typing import Any
 import zlib
@@ -38,7 +48,9 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from cifar_jax import terminal
 from cifar_jax.errors import UserError
+from cifar_jax.image_format import ImageFormat, decode_channels
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 # Where tfds downloads CIFAR-10, SVHN and most other image datasets from.
@@ -49,7 +61,7 @@ TFDS_DOWNLOAD_HOST = ('storage.googleapis.com', 443)
 class Split:
   """One split in host memory."""
 
-  images: np.ndarray  # uint8 [N, H, W, C]
+  images: np.ndarray  # uint8 [N, H, W, C]; a read-only memory map when read from the cache
   labels: np.ndarray  # int32 [N]
   class_names: tuple[str, ...]
 
@@ -93,30 +105,34 @@ def check_same_classes(trained: dict[str, Any], split: Split, what: str) -> None
 
 
 def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
-  """Loads `split` of the source that `dataset_config` names.
+  """Loads `split` of the source that `dataset_config` names, in its image format.
 
-  Decoded tfds and image-folder splits are cached as .npz files under
+  Decoded tfds and image-folder splits are cached under
   `dataset_config.cache_dir` (empty: no cache), keyed by a fingerprint of the
-  source files, so a second run starts in seconds and a changed source is
-  read again.
+  source files and by the image format, so a second run starts in seconds
+  and a changed source (or size) is read again.
   """
   source = dataset_config.source
+  image_format = ImageFormat.from_config(dataset_config)
   if source == 'synthetic':
-    return _load_synthetic(dataset_config, split)
+    return _formatted(_load_synthetic(dataset_config, split), image_format)
   if source == 'tfds':
     data_dir = dataset_config.get('data_dir')
-    load = lambda: _load_tfds(dataset_config.name, split, data_dir)
-    fingerprint = lambda: _tree_fingerprint(
+    load = lambda allocate: _load_tfds(dataset_config.name, split, data_dir, image_format,  # noqa: E731
+                                       allocate)
+    fingerprint = lambda: _tree_fingerprint(  # noqa: E731
         os.path.join(_tfds_data_dir(data_dir), dataset_config.name))
     name = dataset_config.name
   else:  # image_folder
-    load = lambda: _load_image_folder(dataset_config.path, split)
-    fingerprint = lambda: _tree_fingerprint(dataset_config.path)
+    load = lambda allocate: _load_image_folder(dataset_config.path, split, image_format,  # noqa: E731
+                                               allocate)
+    fingerprint = lambda: _tree_fingerprint(dataset_config.path)  # noqa: E731
     name = os.path.basename(os.path.normpath(dataset_config.path or 'images'))
   cache_dir = dataset_config.get('cache_dir')
   if not cache_dir:
-    return load()
-  return _cached(os.path.expanduser(cache_dir), f'{source}-{name}-{split}', fingerprint, load)
+    return load(_in_memory)
+  key = '-'.join(filter(None, (source, name, split, image_format.key())))
+  return _cached(os.path.expanduser(cache_dir), key, fingerprint, load)
 
 
 def split_label(dataset_config: ml_collections.ConfigDict, split: str, evaluation: bool = False
@@ -163,35 +179,119 @@ def _tree_fingerprint(path: str) -> str | None:
 
 
 def cache_path(cache_dir: str, key: str, fingerprint: str) -> str:
-  """The cache file of `key` (readable, plus a hash: 'train[:10]' != 'train[10:]')."""
+  """The cache folder of `key` (readable, plus a hash: 'train[:10]' != 'train[10:]')."""
   readable = re.sub(r'[^\w.%-]+', '_', key)
   key_hash = hashlib.sha256(key.encode()).hexdigest()[:8]
-  return os.path.join(cache_dir, f'{readable}-{key_hash}-{fingerprint}.npz')
+  return os.path.join(cache_dir, f'{readable}-{key_hash}-{fingerprint}')
+
+
+# Allocates the uint8 images [count, *shape] a loader decodes into.
+Allocate = Callable[[int, tuple[int, ...]], np.ndarray]
+
+
+def _in_memory(count: int, shape: tuple[int, ...]) -> np.ndarray:
+  return np.empty((count, *shape), np.uint8)
+
+
+def read_cached_split(path: str) -> Split:
+  """The split in the cache entry (folder) `path`: its images memory-mapped, read-only."""
+  images = np.load(os.path.join(path, 'images.npy'), mmap_mode='r')
+  labels = np.load(os.path.join(path, 'labels.npy'))
+  with open(os.path.join(path, 'class_names.json')) as f:
+    class_names = tuple(json.load(f))
+  return Split(images, labels, class_names)
 
 
 def _cached(cache_dir: str, key: str, fingerprint: Callable[[], str | None],
-            load: Callable[[], Split]) -> Split:
+            load: Callable[[Allocate], Split]) -> Split:
+  """The split of `key` from the cache, or loaded straight into a new cache entry.
+
+  The loader decodes into a memory map in a temporary folder of the cache,
+  renamed into place when complete: the images never need to fit in memory,
+  and an interrupted decode leaves no entry.
+  """
   before = fingerprint()
   if before is not None:
     path = cache_path(cache_dir, key, before)
-    if os.path.exists(path):
+    if os.path.isdir(path):
       logging.info('Reading cached split %s from %s.', key, path)
-      with np.load(path) as cached:
-        return Split(cached['images'], cached['labels'], tuple(cached['class_names'].tolist()))
-  split = load()
-  after = fingerprint()  # tfds may have just prepared the data
-  if after is not None:
+      return read_cached_split(path)
+  os.makedirs(cache_dir, exist_ok=True)
+  temporary = tempfile.mkdtemp(dir=cache_dir, prefix='.writing-')
+  try:
+    images_path = os.path.join(temporary, 'images.npy')
+    split = load(lambda count, shape: np.lib.format.open_memmap(
+        images_path, 'w+', np.uint8, (count, *shape)))
+    after = fingerprint()  # tfds may have just prepared the data
+    if after is None:
+      return Split(np.array(split.images), split.labels, split.class_names)
+    if isinstance(split.images, np.memmap):
+      split.images.flush()
+    else:
+      np.save(images_path, split.images)
+    np.save(os.path.join(temporary, 'labels.npy'), split.labels)
+    with open(os.path.join(temporary, 'class_names.json'), 'w') as f:
+      json.dump(list(split.class_names), f)
+    del split
     path = cache_path(cache_dir, key, after)
-    os.makedirs(cache_dir, exist_ok=True)
-    # Old caches of this key belong to an earlier state of the source.
-    for stale in glob.glob(cache_path(cache_dir, key, '*')):
-      os.remove(stale)
-    temporary = f'{path}.{os.getpid()}.tmp.npz'
-    np.savez(temporary, images=split.images, labels=split.labels,
-             class_names=np.asarray(split.class_names))
-    os.replace(temporary, path)
+    # Old entries of this key belong to an earlier state of the source.
+    for stale in set(glob.glob(cache_path(cache_dir, key, '*'))) - {path}:
+      shutil.rmtree(stale, ignore_errors=True) if os.path.isdir(stale) else os.remove(stale)
+    try:
+      os.replace(temporary, path)
+    except OSError:  # another process (a peer of a multi-process run) finished first
+      if not os.path.isdir(path):
+        raise
     logging.info('Cached split %s in %s.', key, path)
-  return split
+    return read_cached_split(path)
+  finally:
+    if os.path.isdir(temporary):
+      shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _fill(count: int, read: Callable[[int, int], tuple[np.ndarray, int]],
+          image_format: ImageFormat, allocate: Allocate, what: str, channels: int = 0,
+          name: Callable[[int], str] | None = None) -> np.ndarray:
+  """Images [count, H, W, C]: `read(i, channels)` gives image i in the format and its own channels.
+
+  `name(i)` names image i in messages (default: its number in `what`).
+
+  The first image fixes the size (where the format keeps the data's) and the
+  channels (where it keeps the data's: a colour image after grey ones starts
+  the decoding again in colour, so that no colour is lost).
+  """
+  channels = channels or image_format.channels
+  first, native = read(0, channels)
+  channels = channels or native
+  images = allocate(count, first.shape)
+  images[0] = first
+  progress = terminal.ProgressLine(f'Decoding {what}', count, 'images')
+  for i in range(1, count):
+    image, native = read(i, channels)
+    if native > channels and not image_format.channels:
+      logging.info('%s mixes grey and colour images; decoding them all in colour.', what)
+      return _fill(count, read, image_format, allocate, what, channels=3, name=name)
+    if image.shape != first.shape:
+      name = name or (lambda k: f'Image {k} of {what}')
+      raise UserError(
+          f'{name(i)} is {image.shape[0]}x{image.shape[1]}, unlike {name(0)} '
+          f'({first.shape[0]}x{first.shape[1]}); set config.dataset.image_size (e.g. '
+          f'{first.shape[0]} or ({first.shape[0]}, {first.shape[1]})) to resize every image '
+          'when the split is loaded.')
+    images[i] = image
+    progress.update(i + 1)
+  progress.finish(count)
+  return images
+
+
+def _formatted(split: Split, image_format: ImageFormat) -> Split:
+  """`split` in `image_format` (for data generated in memory)."""
+  if not image_format.changes_images:
+    return split
+  images = _fill(split.num_examples, lambda i, channels: (
+      image_format.apply(split.images[i], channels), split.images.shape[-1]),
+      image_format, _in_memory, 'the generated images')
+  return Split(images, split.labels, split.class_names)
 
 
 # ----------------------------------------------------------------------------
@@ -255,7 +355,8 @@ def _tfds_data_dir(data_dir: str | None) -> str:
       data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')
 
 
-def _load_tfds(name: str, split: str, data_dir: str | None) -> Split:
+def _load_tfds(name: str, split: str, data_dir: str | None, image_format: ImageFormat,
+               allocate: Allocate) -> Split:
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -279,16 +380,26 @@ def _load_tfds(name: str, split: str, data_dir: str | None) -> Split:
           '(config.dataset.source="image_folder").'
       )
     builder.download_and_prepare()
-  # Whole batches of 10,000 rather than batch_size=-1, which needs a known
-  # cardinality (and crashes TensorFlow on generated datasets).
-  dataset = builder.as_dataset(split=split, as_supervised=True).batch(10_000)
-  batches = list(tfds.as_numpy(dataset))
-  if not batches:
+  what = f'split {split!r} of tfds dataset {name!r}'
+  dataset = builder.as_dataset(split=split, as_supervised=True)
+  image_key = (builder.info.supervised_keys or ('image',))[0]
+  if None not in builder.info.features[image_key].shape:
+    # One size: whole batches of 10,000 rather than batch_size=-1, which needs a
+    # known cardinality (and crashes TensorFlow on generated datasets).
+    dataset = dataset.batch(10_000)
+  else:  # images of many sizes: one at a time, each made the format's size
+    dataset = dataset.map(lambda image, label: (image[None], label[None]))
+  images, labels = [], []
+  for batch_images, batch_labels in tfds.as_numpy(dataset):
+    images.extend(batch_images)
+    labels.append(batch_labels)
+  if not images:
     raise UserError(f'Split {split!r} of tfds dataset {name!r} is empty; check the split.')
-  images = np.concatenate([b[0] for b in batches])
-  labels = np.concatenate([b[1] for b in batches])
+  channels = max(image.shape[-1] for image in images) if not image_format.channels else 0
+  filled = _fill(len(images), lambda i, c: (image_format.apply(images[i], c), images[i].shape[-1]),
+                 image_format, allocate, what, channels)
   class_names = tuple(builder.info.features['label'].names)
-  return Split(np.asarray(images, np.uint8), np.asarray(labels, np.int32), class_names)
+  return Split(filled, np.concatenate(labels).astype(np.int32), class_names)
 
 
 # ----------------------------------------------------------------------------
@@ -302,9 +413,14 @@ def _is_archive(path: str) -> bool:
 def _image_entries(path: str, split_name: str) -> Iterator[tuple[str, str, bytes | None]]:
   """Yields (class name, file path, bytes or None for files on disk)."""
   if _is_archive(path):
+    mib = os.path.getsize(path) // 2**20
+    progress = terminal.ProgressLine(f'Reading {path}', mib, 'MiB')
     try:
       with tarfile.open(path, 'r:*') as archive:
+        # The compressed file under gzip (or the tar itself): how far the reading has come.
+        raw = getattr(archive.fileobj, 'fileobj', archive.fileobj)
         for member in archive:
+          progress.update(raw.tell() // 2**20)
           parts = member.name.split('/')
           if (
               member.isfile()
@@ -318,6 +434,7 @@ def _image_entries(path: str, split_name: str) -> Iterator[tuple[str, str, bytes
       raise UserError(
           f'Archive {path} is incomplete or corrupt ({type(e).__name__}: {e}); download or '
           'copy it again (or unpack it and set config.dataset.path to the folder).') from e
+    progress.finish(mib)
     return
   split_dir = os.path.join(path, split_name)
   if not os.path.isdir(split_dir):
@@ -333,17 +450,21 @@ def _image_entries(path: str, split_name: str) -> Iterator[tuple[str, str, bytes
           yield class_name, os.path.join(class_dir, file_name), None
 
 
-def _decode(file_path: str, data: bytes | None) -> np.ndarray:
+def _decode(file_path: str, data: bytes | None, image_format: ImageFormat, channels: int
+            ) -> tuple[np.ndarray, int]:
+  """The image at `file_path` (or its bytes) in `image_format`, and its own channel count."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   try:
     with Image.open(io.BytesIO(data) if data is not None else file_path) as image:
-      return np.asarray(image.convert('RGB'), np.uint8)
+      native = decode_channels(image.mode)
+      return image_format.apply(image, channels or native), native
   except (OSError, ValueError, SyntaxError) as e:
     raise UserError(f'Cannot read image {file_path}: {e}; remove or replace that file.') from e
 
 
-def _load_image_folder(path: str, split: str) -> Split:
+def _load_image_folder(path: str, split: str, image_format: ImageFormat, allocate: Allocate
+                       ) -> Split:
   if not path:
     raise UserError('config.dataset.path is empty; set it to an image folder or a .tar.gz of one.')
   if not os.path.exists(path):
@@ -358,21 +479,17 @@ def _load_image_folder(path: str, split: str) -> Split:
         f'<root>/{split_name}/<class>/*.png|jpg.'
     )
   class_names = tuple(sorted(by_class))
-  images, labels = [], []
+  files, labels = [], []
   for label, class_name in enumerate(class_names):
-    files = sorted(by_class[class_name])
-    for file_path, data in slice_items(files, start, stop):
-      image = _decode(file_path, data)
-      if images and image.shape != images[0].shape:
-        raise UserError(
-            f'Image {file_path} is {image.shape}, unlike the others ({images[0].shape}); '
-            'resize the folder to one size.'
-        )
-      images.append(image)
-      labels.append(label)
-  if not images:
+    chosen = slice_items(sorted(by_class[class_name]), start, stop)
+    files += chosen
+    labels += [label] * len(chosen)
+  if not files:
     raise UserError(f'Split {split!r} of {path!r} selects no images; check the slice.')
-  return Split(np.stack(images), np.asarray(labels, np.int32), class_names)
+  images = _fill(len(files), lambda i, channels: _decode(*files[i], image_format, channels),
+                 image_format, allocate, f'split {split!r} of {path}',
+                 name=lambda i: f'Image {files[i][0]}')
+  return Split(images, np.asarray(labels, np.int32), class_names)
 
 
 # ----------------------------------------------------------------------------

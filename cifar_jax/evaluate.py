@@ -87,7 +87,9 @@ class _Scorer:
     parallel.use_compilation_cache(config.compilation_cache_dir, workdir)
     self.eval_dir = os.path.join(workdir, 'eval')
     split = datasets.load_eval_split(config.dataset)
-    setup = builder.build(config, num_classes=split.num_classes)
+    # The evaluation images' shape: where it differs from the training images', the
+    # checks (scoring.check_eval_split) refuse what the network cannot take.
+    setup = builder.build(config, num_classes=split.num_classes, image_shape=split.image_shape)
     self.template = setup.state
     devices = parallel.select_devices(config.num_devices, config.eval.platform or None)
     logging.info('Evaluating on %d %s device(s): %d images of %r.', len(devices),

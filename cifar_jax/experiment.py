@@ -124,6 +124,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, num_steps: int | None
   if num_steps is not None:
     config = ml_collections.ConfigDict(config.to_dict())
     config.num_train_steps = num_steps
+    config.num_train_epochs = 0.0
   return train_lib.train_and_evaluate(config, workdir, evaluate_in_process=evaluate_in_process,
                                   on_log=on_log)
 
@@ -187,7 +188,8 @@ def load_checkpoint(workdir: str, step: int | None = None, replica: int | None =
     config = ml_collections.ConfigDict(checkpoints.read_saved_config(manager, step))
     trained = checkpoints.read_dataset_info(manager, step)
     class_names = list(trained['class_names'])
-    setup = builder.build(config, num_classes=len(class_names))
+    setup = builder.build(config, num_classes=len(class_names),
+                          image_shape=trained.get('image_shape'))
     state, _ = checkpoints.restore(manager, step, setup.state, config, verify_checksums=False)
     model = setup.model
   finally:

@@ -19,6 +19,13 @@ gets a random flip in epoch 0 (fixed for the run, keyed by the example) and
 is flipped the other way in every odd epoch, so that it is seen both ways in
 every two consecutive epochs.
 
+Images of any size and channel count (`image_format` made them one size when
+loaded): `crop_size` 0 is the whole image. For larger images,
+`config.augment.random_resized_crop` trains on a box of random area share
+and aspect ratio resized to the crop (the ImageNet recipes' augmentation),
+and `config.eval_resize` resizes evaluation images before the central crop;
+both resize with an antialiased filter in JAX, on the device.
+
 What jitted code needs of the config comes as small frozen dataclasses built
 once (`Augmentation`, `EvalPreprocessing`, `Normalization`), never the config.
 """
@@ -54,19 +61,75 @@ def per_image_standardization(image: jax.Array) -> jax.Array:
   return (image - mean) / adjusted_stddev
 
 
+def crop_shape(image_shape: Sequence[int], size: int | tuple[int, int]) -> tuple[int, int]:
+  """(height, width) of a `size` crop of an [H, W, C] image: `size` square (or (h, w)); 0: all."""
+  if isinstance(size, tuple):
+    return size
+  return (int(image_shape[0]), int(image_shape[1])) if size == 0 else (size, size)
+
+
+def model_input_shape(image_shape: Sequence[int], crop_size: int) -> tuple[int, int, int]:
+  """What the network sees of training images of `image_shape`: the crop, the data's channels."""
+  return (*crop_shape(image_shape, crop_size), int(image_shape[-1]))
+
+
 def central_crop(image: jax.Array, size: int) -> jax.Array:
-  """`tf.image.resize_with_crop_or_pad` for an image at least `size` square."""
-  top = (image.shape[0] - size) // 2
-  left = (image.shape[1] - size) // 2
-  return image[top : top + size, left : left + size]
+  """`tf.image.resize_with_crop_or_pad` for an image at least `size` square (0: all of it)."""
+  height, width = crop_shape(image.shape, size)
+  top = (image.shape[0] - height) // 2
+  left = (image.shape[1] - width) // 2
+  return image[top : top + height, left : left + width]
 
 
-def random_crop(key: jax.Array, image: jax.Array, size: int) -> jax.Array:
-  """A `size` x `size` window at a uniformly random position."""
+def random_crop(key: jax.Array, image: jax.Array, size: int | tuple[int, int]) -> jax.Array:
+  """A `size` x `size` window (0: the image's size) at a uniformly random position."""
+  height, width = crop_shape(image.shape, size)
   top_key, left_key = jax.random.split(key)
-  top = jax.random.randint(top_key, (), 0, image.shape[0] - size + 1)
-  left = jax.random.randint(left_key, (), 0, image.shape[1] - size + 1)
-  return jax.lax.dynamic_slice(image, (top, left, 0), (size, size, image.shape[2]))
+  top = jax.random.randint(top_key, (), 0, image.shape[0] - height + 1)
+  left = jax.random.randint(left_key, (), 0, image.shape[1] - width + 1)
+  return jax.lax.dynamic_slice(image, (top, left, 0), (height, width, image.shape[2]))
+
+
+def resize_box(image: jax.Array, top: jax.Array, left: jax.Array, height: jax.Array,
+               width: jax.Array, out_shape: tuple[int, int]) -> jax.Array:
+  """The box (top, left, height, width) of `image`, in pixels, resized to `out_shape`.
+
+  Linear interpolation with an antialiasing filter widened by the
+  downscaling factor (`jax.image.scale_and_translate`); the box may be traced.
+  """
+  scale = jnp.stack([out_shape[0] / height, out_shape[1] / width]).astype(jnp.float32)
+  translation = -jnp.stack([top, left]).astype(jnp.float32) * scale
+  return jax.image.scale_and_translate(image, (*out_shape, image.shape[2]), (0, 1), scale,
+                                       translation, method='linear', antialias=True)
+
+
+def random_resized_crop(key: jax.Array, image: jax.Array, size: int,
+                        scale: tuple[float, float], ratio: tuple[float, float]) -> jax.Array:
+  """A box of a random share of the area and aspect ratio, resized to `size` (0: image size).
+
+  The share is uniform in `scale`, the ratio (width / height) log-uniform in
+  `ratio`, as torchvision's RandomResizedCrop; where the box would leave the
+  image, its sides are clipped to the image's instead of drawing again (one
+  draw keeps it a fixed-shape computation).
+  """
+  image_h, image_w = image.shape[0], image.shape[1]
+  area_key, ratio_key, top_key, left_key = jax.random.split(key, 4)
+  area = jax.random.uniform(area_key, (), minval=scale[0], maxval=scale[1]) * image_h * image_w
+  aspect = jnp.exp(jax.random.uniform(ratio_key, (), minval=np.log(ratio[0]),
+                                      maxval=np.log(ratio[1])))
+  width = jnp.clip(jnp.sqrt(area * aspect), 1.0, image_w)
+  height = jnp.clip(jnp.sqrt(area / aspect), 1.0, image_h)
+  top = jax.random.uniform(top_key, ()) * (image_h - height)
+  left = jax.random.uniform(left_key, ()) * (image_w - width)
+  return resize_box(image, top, left, height, width, crop_shape(image.shape, size))
+
+
+def resize_shorter_side(image: jax.Array, pixels: int) -> jax.Array:
+  """`image` resized (antialiased, linear) so that its shorter side has `pixels` pixels."""
+  height, width = image.shape[0], image.shape[1]
+  factor = pixels / min(height, width)
+  shape = (max(pixels, round(height * factor)), max(pixels, round(width * factor)))
+  return jax.image.resize(image, (*shape, image.shape[2]), 'linear', antialias=True)
 
 
 def adjust_brightness(image: jax.Array, delta: jax.Array) -> jax.Array:
@@ -141,6 +204,8 @@ class Augmentation:
   alternating_flip: bool = False
   steps_per_epoch: int = 1
   normalization: Normalization = Normalization()
+  # (share of the area, width / height) ranges of the random resized crop; () is the plain crop.
+  resized_crop: tuple[tuple[float, float], tuple[float, float]] | tuple[()] = ()
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, steps_per_epoch: int
@@ -148,20 +213,35 @@ class Augmentation:
     augment = config.augment
     contrast = ((augment.contrast_lower, augment.contrast_upper) if augment.random_contrast
                 else ())
+    resized_crop = ((tuple(augment.crop_scale), tuple(augment.crop_ratio))
+                    if augment.random_resized_crop else ())
     return cls(crop_size=config.crop_size, flip=augment.flip_left_right,
                max_brightness_delta=augment.max_brightness_delta, contrast_range=contrast,
                translate=augment.translate, alternating_flip=augment.alternating_flip,
-               steps_per_epoch=steps_per_epoch, normalization=Normalization.from_config(config))
+               steps_per_epoch=steps_per_epoch, normalization=Normalization.from_config(config),
+               resized_crop=resized_crop)
 
   def check(self, image_shape: Sequence[int], what: str) -> None:
-    """Refuses training images too small for the crop (`what` names them), at load time."""
+    """Refuses training images too small for the crop (`what` names them), at load time.
+
+    A plain crop that shows under half of each image (24 of 64 pixels, say)
+    is allowed, with a warning: it is what the tutorial's recipe does to
+    larger images, rarely what was meant.
+    """
     height, width = image_shape[:2]
     room = (height + 2 * self.translate, width + 2 * self.translate)
-    if self.crop_size > min(room):
+    if self.crop_size > min(room) and not self.resized_crop:
       padding = f' padded by {self.translate} (config.augment.translate)' if self.translate else ''
       raise UserError(
           f'config.crop_size={self.crop_size} is larger than {what} ({height}x{width}'
           f'{padding}); set config.crop_size to at most {min(room)}, or use larger images.')
+    share = self.crop_size**2 / (height * width)
+    if self.crop_size and not self.resized_crop and share < 0.5:
+      logging.warning(
+          'config.crop_size=%d shows %.0f%% of each of %s (%dx%d): the network trains on small '
+          'patches. Set config.crop_size=0 (whole images), config.dataset.image_size (smaller '
+          'images) or config.augment.random_resized_crop (docs/your_data.md).',
+          self.crop_size, 100 * share, what, height, width)
     self.normalization.check(image_shape, what)
 
 
@@ -173,9 +253,15 @@ def augment_train_image(key: jax.Array, image: jax.Array, augmentation: Augmenta
   """
   crop_key, flip_key, brightness_key, contrast_key = jax.random.split(key, 4)
   image = image.astype(jnp.float32)
-  if augmentation.translate:
-    image = reflect_pad(image, augmentation.translate)
-  image = random_crop(crop_key, image, augmentation.crop_size)
+  if augmentation.resized_crop:
+    image = random_resized_crop(crop_key, image, augmentation.crop_size,
+                                *augmentation.resized_crop)
+  else:
+    # Sized on the image before padding: with crop_size 0, padding and cropping translate.
+    shape = crop_shape(image.shape, augmentation.crop_size)
+    if augmentation.translate:
+      image = reflect_pad(image, augmentation.translate)
+    image = random_crop(crop_key, image, shape)
   if augmentation.flip:
     if flipped is None:
       flipped = jax.random.uniform(flip_key) < 0.5
@@ -193,17 +279,18 @@ def augment_train_image(key: jax.Array, image: jax.Array, augmentation: Augmenta
 
 @dataclasses.dataclass(frozen=True)
 class EvalPreprocessing:
-  """Evaluation preprocessing: the central `crop_size` crop, then normalisation."""
+  """Evaluation preprocessing: a resize (`resize` > 0), the central crop, normalisation."""
 
   crop_size: int
   normalization: Normalization = Normalization()
+  resize: int = 0  # the shorter side's pixels after resizing; 0: no resize
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> EvalPreprocessing:
-    return cls(config.crop_size, Normalization.from_config(config))
+    return cls(config.crop_size, Normalization.from_config(config), config.eval_resize)
 
   def __call__(self, image: jax.Array) -> jax.Array:
-    return preprocess_eval_image(image, self.crop_size, self.normalization)
+    return preprocess_eval_image(image, self.crop_size, self.normalization, self.resize)
 
   def check(self, image_shape: Sequence[int], what: str,
             trained_shape: Sequence[int] | None = None) -> None:
@@ -216,7 +303,7 @@ class EvalPreprocessing:
     another scale), with a warning.
     """
     height, width, channels = image_shape[-3:]
-    if self.crop_size > min(height, width):
+    if self.crop_size > min(height, width) and not self.resize:
       raise UserError(
           f'{what} are {height}x{width}, smaller than the central crop of {self.crop_size} '
           f'(the model was trained on crops of {self.crop_size}, config.crop_size); score '
@@ -229,7 +316,12 @@ class EvalPreprocessing:
       raise UserError(
           f'{what} have {channels} channel(s) but the model was trained on images of '
           f'{trained_channels}; give images with {trained_channels} channel(s).')
-    if (height, width) != (trained_height, trained_width):
+    if not self.crop_size and (height, width) != (trained_height, trained_width):
+      raise UserError(
+          f'{what} are {height}x{width} but the model was trained on whole {trained_height}x'
+          f'{trained_width} images (config.crop_size=0); score images of that size (set '
+          f'config.dataset.image_size=({trained_height}, {trained_width}) to resize them).')
+    if (height, width) != (trained_height, trained_width) and not self.resize:
       logging.warning(
           '%s are %dx%d but the model was trained on %dx%d images: the central %d crop shows '
           'them at another scale.', what, height, width, trained_height, trained_width,
@@ -237,9 +329,13 @@ class EvalPreprocessing:
 
 
 def preprocess_eval_image(image: jax.Array, crop_size: int,
-                          normalization: Normalization = Normalization()) -> jax.Array:
-  """Central crop and normalisation."""
-  return normalization(central_crop(image.astype(jnp.float32), crop_size))
+                          normalization: Normalization = Normalization(), resize: int = 0
+                          ) -> jax.Array:
+  """Resize (`resize` > 0: the shorter side's pixels), central crop, normalisation."""
+  image = image.astype(jnp.float32)
+  if resize:
+    image = resize_shorter_side(image, resize)
+  return normalization(central_crop(image, crop_size))
 
 
 # ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The training loop: device calls planned from the periodic actions' cadences, and what they see.
 
   progress = loop.Progress(replicated_state, start_step, end_step, global_batch_size)
-  loop.run(setup, progress, data, steps_per_call, actions, preemption, watchdog)
+  loop.run(setup, progress, setup.feed(split), steps_per_call, actions, preemption, watchdog)
 
 runs the steps start_step+1 .. end_step in calls of up to `steps_per_call`
 steps (one mapped call each, `builder.Setup.parallel_steps`). A call ends on
@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from cifar_jax import builder, input_pipeline, parallel
+from cifar_jax import builder, parallel
 from cifar_jax.errors import UserError
 from cifar_jax.train_state import TrainState
 
@@ -180,22 +180,24 @@ class PeriodicAction:
     self.close()
 
 
-def run(setup: builder.Setup, progress: Progress, data: input_pipeline.DeviceData,
-        steps_per_call: int, actions: Sequence[PeriodicAction] = (), preemption: Any = None,
-        watchdog: Any = None) -> Progress:
+def run(setup: builder.Setup, progress: Progress, feed: Any, steps_per_call: int,
+        actions: Sequence[PeriodicAction] = (), preemption: Any = None, watchdog: Any = None
+        ) -> Progress:
   """Runs the steps after `progress.step` to `progress.end_step`; see the module doc.
 
-  `preemption.reached(step)` is asked for every step (JAX's protocol counts
-  each); `watchdog.progress(step)` is told after every call and every sync.
+  `feed` (`Setup.feed`: `placement.DeviceFeed` or `HostFeed`) gives each
+  call's data and indices. `preemption.reached(step)` is asked for every step
+  (JAX's protocol counts each); `watchdog.progress(step)` is told after every
+  call and every sync.
   """
-  for call in plan_calls(progress.step, progress.end_step, steps_per_call,
-                         [action.every_steps for action in actions]):
+  calls = plan_calls(progress.step, progress.end_step, steps_per_call,
+                     [action.every_steps for action in actions])
+  for call, data, indices in feed.calls(calls):
     with contextlib.ExitStack() as around:
       for action in actions:
         around.enter_context(action.around(call))
       started = time.time()
-      state, metrics = setup.parallel_steps(progress.replicated_state, data,
-                                            setup.batches.indices(call.start, call.num_steps))
+      state, metrics = setup.parallel_steps(progress.replicated_state, data, indices)
     preempted = preemption is not None and any(
         [preemption.reached(step) for step in range(call.start + 1, call.end + 1)])
     progress.record(call, state, metrics, started, preempted)

@@ -219,6 +219,12 @@ def replicate(tree: Any, devices: Sequence[jax.Device]) -> Any:
       tree)
 
 
+def shard(tree: Any, devices: Sequence[jax.Device]) -> Any:
+  """Leaves [len(devices), ...] split over `devices`: row d on device d."""
+  sharding = _device_axis_sharding(devices)
+  return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), tree)
+
+
 def unreplicate(tree: Any) -> Any:
   """The first replica of every leaf, as host numpy arrays."""
   return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data[0])

@@ -30,7 +30,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from cifar_jax import datasets, input_pipeline, parallel, run_statistics, summaries, train_step
+from cifar_jax import (
+  datasets,
+  input_pipeline,
+  parallel,
+  placement,
+  run_statistics,
+  summaries,
+  train_step,
+)
 from cifar_jax.train_state import TrainState
 
 
@@ -65,9 +73,14 @@ def eval_step(variables: dict[str, Any], batch: dict, *, apply_fn: Callable[...,
 
 
 def _device_eval_step(variables, data, indices, *, apply_fn, tta, preprocessing,
-                      replica_execution=None, unroll=False):
-  """One batch, preprocessed once, through the model of every replica (`replica_execution`)."""
-  batch = input_pipeline.eval_batch(data, indices, preprocessing)
+                      replica_execution=None, unroll=False, gathered=False):
+  """One batch, preprocessed once, through the model of every replica (`replica_execution`).
+
+  `data` is the split on this device, or (`gathered`: host placement) the
+  batch's rows themselves.
+  """
+  batch = (input_pipeline.eval_batch(data, indices, preprocessing) if not gathered else
+           {'image': jax.vmap(preprocessing)(data.images), 'label': data.labels})
   step = functools.partial(eval_step, apply_fn=apply_fn, tta=tta)
   if replica_execution is None:
     return step(variables, batch)
@@ -215,7 +228,9 @@ class Evaluator:
     self.num_replicas = config.num_replicas
     # Without an EMA the EMA parameters are the parameters: scored once.
     self.has_ema = config.ema.kind != 'none'
-    self._data = input_pipeline.put_on_devices(split, devices)
+    # As the training split: on every device, or (host) each batch's rows copied in turn.
+    self._on_host = placement.choose(config.dataset.placement, split, devices) == 'host'
+    self._data = None if self._on_host else input_pipeline.put_on_devices(split, devices)
     self._indices, self._masks = padded_batches(split.num_examples, config.eval.batch_size,
                                                 len(devices))
     self._step = parallel.pmap(
@@ -223,7 +238,7 @@ class Evaluator:
                           preprocessing=input_pipeline.EvalPreprocessing.from_config(config),
                           replica_execution=(config.replica_execution if self.num_replicas > 1
                                              else None),
-                          unroll=self.devices[0].platform == 'cpu'),
+                          unroll=self.devices[0].platform == 'cpu', gathered=self._on_host),
         self.devices, out_of_memory=(
             f'config.num_replicas={self.num_replicas} runs x config.eval.batch_size='
             f'{config.eval.batch_size} do not fit the memory of a device; lower '
@@ -232,7 +247,7 @@ class Evaluator:
   def predict(self, variables: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Predicted class and loss of every example, in split order: [N], or [R, N] for replicas."""
     replicated = parallel.replicate(variables, self.devices)
-    outputs = jax.device_get([self._step(replicated, self._data, indices)
+    outputs = jax.device_get([self._step(replicated, self._batch_data(indices), indices)
                               for indices in self._indices])
     mask = self._masks.reshape(-1)
 
@@ -243,6 +258,13 @@ class Evaluator:
 
     predictions, losses = gathered('prediction'), gathered('loss')
     return (predictions[0], losses[0]) if self.num_replicas == 1 else (predictions, losses)
+
+  def _batch_data(self, indices: np.ndarray) -> input_pipeline.DeviceData:
+    if not self._on_host:
+      return self._data
+    return parallel.shard(input_pipeline.DeviceData(images=self.split.images[indices],
+                                                    labels=self.split.labels[indices]),
+                          self.devices)
 
   def scores(self, variables: dict[str, Any]) -> tuple[Score, ...]:
     """Every replica's precision, mean loss, count, confusion matrix and predictions."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import contextlib
-import datetime
 import io
 import json
 import os
@@ -31,6 +30,7 @@ from typing import Any
 from absl import logging
 import numpy as np
 
+from cifar_jax import terminal
 from cifar_jax.errors import UserError, WriteError
 
 METRICS_FILE = 'metrics.jsonl'
@@ -71,9 +71,7 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def print_line(message: str) -> None:
-  """A tutorial-style line, '2026-11-27 10:00:00.123456: message', on stdout."""
-  print(f'{datetime.datetime.now()}: {message}', flush=True)
+print_line = terminal.print_line  # the tutorial's lines; defined with the other terminal output
 
 
 class JsonLinesWriter:
@@ -296,7 +294,9 @@ def captioned_grid(images: np.ndarray, captions: Sequence[str], columns: int = 8
   from PIL import Image  # pylint: disable=g-import-not-at-top
   for k, (image, caption) in enumerate(zip(images, captions, strict=True)):
     x, y = (k % columns) * cell_w, (k // columns) * cell_h
-    tile = Image.fromarray(np.asarray(image, np.uint8)).resize((width, height), Image.NEAREST)
+    pixels = np.asarray(image, np.uint8)
+    tile = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).resize(
+        (width, height), Image.NEAREST)  # a grey tile pastes onto the RGB canvas as grey
     canvas.paste(tile, (x + 2, y))
     draw.text((x + 2, y + height + 1), caption, fill='black')
   return np.asarray(canvas, np.float32) / 255.0

@@ -27,7 +27,6 @@ from cifar_jax import (
   builder,
   checkpoints,
   datasets,
-  input_pipeline,
   lifecycle,
   loop,
   parallel,
@@ -59,6 +58,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_split = datasets.load_split(config.dataset, config.dataset.train_split)
     startup.lap('data')
     setup = builder.build(config, train_split, devices)
+    config = setup.config  # its num_train_steps follow config.num_train_epochs, where set
     startup.lap('model')
     checkpointer = stack.enter_context(
         checkpoints.Checkpointer(workdir, config, train_split.info()))
@@ -74,12 +74,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     progress = loop.Progress(parallel.replicate(state, devices), step_number(state),
                              config.num_train_steps, setup.batches.examples_per_step,
                              checkpointer.intact)
-    data = input_pipeline.put_on_devices(train_split, devices)
+    feed = stack.enter_context(contextlib.closing(setup.feed(train_split)))
     startup.lap('devices and writers')
     # Multi-process runs only: a single process has no peers to wait for.
     watchdog = stack.enter_context(lifecycle.Watchdog(
         config.collective_timeout_secs if jax.process_count() > 1 else 0, checkpointer.intact))
-    loop.run(setup, progress, data, config.steps_per_call, periodic, preemption, watchdog)
+    loop.run(setup, progress, feed, config.steps_per_call, periodic, preemption, watchdog)
   if _is_main():
     checkpoints.mark_train_complete(workdir, config.num_train_steps)
   return progress.state()

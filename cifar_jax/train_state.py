@@ -146,16 +146,18 @@ def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, *, seed: int,
-                       image_size: int, with_lookahead: bool,
+                       input_shape: tuple[int, int, int], with_lookahead: bool,
                        init_images: np.ndarray | None = None) -> TrainState:
   """A fresh state; all randomness comes from `seed`.
 
   `init_images` (preprocessed training images, `input_pipeline.init_images`)
   feed the model's data-dependent initialisation (`model.data_init`); without
   them such a model keeps its data-independent initial values (shapes only).
+  `input_shape` (height, width, channels) is what the network sees: the
+  layers' shapes follow it.
   """
   init_rng, train_rng = seed_keys(seed)
-  dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  dummy = jnp.zeros((1, *input_shape), jnp.float32)
   variables = jax.jit(model.init)(init_rng, dummy)
   params = variables['params']
   batch_stats = variables.get('batch_stats', {})

@@ -160,28 +160,36 @@ def map_replicas(fn: Callable[..., Any], execution: str, unroll: bool) -> Callab
 
 
 def replica_steps(state: TrainState, data: input_pipeline.DeviceData, indices: jax.Array, *,
-                  execution: str, unroll: bool, **device_step_kwargs
+                  execution: str, unroll: bool, gathered: bool, **device_step_kwargs
                   ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """`device_steps` of every replica (`map_replicas`); `indices` [R, n, B], metrics [R, n]."""
+  """`device_steps` of every replica (`map_replicas`); `indices` [R, n, B], metrics [R, n].
+
+  Gathered rows (`gathered`) are each replica's own, [R, n, B, ...]; a split on
+  the device is shared by the replicas.
+  """
   steps = lambda state, indices, data: device_steps(  # noqa: E731
-      state, data, indices, unroll=unroll, **device_step_kwargs)
+      state, data, indices, unroll=unroll, gathered=gathered, **device_step_kwargs)
+  if gathered:
+    return map_replicas(steps, execution, unroll)((state, indices, data))
   return map_replicas(steps, execution, unroll)((state, indices), data)
 
 
 def device_steps(state: TrainState, data: input_pipeline.DeviceData, indices: jax.Array, *,
-                 scan: bool, unroll: bool, **step_kwargs
+                 scan: bool, unroll: bool, gathered: bool = False, **step_kwargs
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One training step for each row of this device's `indices` [n, B]; metrics stacked [n].
 
-  With `scan`, a `lax.scan` over the rows (every step's examples gathered
-  first; `unroll`: as straight-line code); without, the one row of a single
-  step with no loop around it. `step_kwargs` are `train_step`'s.
+  `data` is the split on this device, or (`gathered`: host placement) the
+  rows of `indices` themselves, [n, B, ...]. With `scan`, a `lax.scan` over
+  the rows (every step's examples gathered first; `unroll`: as straight-line
+  code); without, the one row of a single step with no loop around it.
+  `step_kwargs` are `train_step`'s.
   """
   step = functools.partial(_augmented_step, **step_kwargs)
+  images, labels = ((data.images, data.labels) if gathered
+                    else (data.images[indices], data.labels[indices]))
   if not scan:
-    (step_indices,) = indices
-    state, metrics = step(state, data.images[step_indices], data.labels[step_indices],
-                          step_indices)
+    state, metrics = step(state, images[0], labels[0], indices[0])
     return state, jax.tree.map(lambda x: x[None], metrics)
-  return jax.lax.scan(lambda carry, xs: step(carry, *xs), state,
-                      (data.images[indices], data.labels[indices], indices), unroll=unroll)
+  return jax.lax.scan(lambda carry, xs: step(carry, *xs), state, (images, labels, indices),
+                      unroll=unroll)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cifar_jax import datasets, models
+from cifar_jax import datasets, image_format, models
 from cifar_jax.errors import UserError
 
 # ----------------------------------------------------------------------------
@@ -53,6 +53,7 @@ PREPROCESSING = ('per_image_standardization', 'channel_normalization')
 TTA = ('none', 'mirror', 'mirror_translate')
 HEADLINES = ('ema', 'raw')
 DATASET_SOURCES = ('tfds', 'image_folder', 'synthetic')
+PLACEMENTS = ('auto', 'device', 'host')
 REPLICA_EXECUTIONS = ('vmap', 'loop')
 SYNTHETIC_SPLITS = ('train', 'test')
 
@@ -78,6 +79,16 @@ ADDED = {
     'num_replicas': 1,
     'replica_execution': 'loop',
     'dataset.eval_path': '',
+    'dataset.image_size': 0,
+    'dataset.resize_method': 'bilinear',
+    'dataset.resize_aspect': 'crop',
+    'dataset.channels': 0,
+    'dataset.placement': 'auto',  # either gives the same parameters
+    'eval_resize': 0,
+    'num_train_epochs': 0.0,
+    'augment.random_resized_crop': False,
+    'augment.crop_scale': [0.08, 1.0],  # as JSON keeps them
+    'augment.crop_ratio': [3 / 4, 4 / 3],
 }
 
 
@@ -267,6 +278,9 @@ def _check_fields(c: _Checker) -> None:
     raise UserError(f'config.num_devices is {num_devices}; use -1 (all local devices) or N >= 1.')
   c.integer('num_replicas', 1)
   c.choice('replica_execution', REPLICA_EXECUTIONS)
+  c.number('num_train_epochs', 0.0, hint=(
+      f'config.num_train_epochs is {c.config.num_train_epochs}; use 0 (train '
+      'config.num_train_steps) or a positive number of epochs.'))
   for field in ('per_device_batch_size', 'num_train_steps', 'steps_per_call', 'log_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints', 'histogram_every_steps',
                 'histogram_sample_size', 'input_image_grid_size'):
@@ -330,6 +344,33 @@ def _check_dataset(c: _Checker) -> None:
   minimum = 1 if source == 'synthetic' else 0
   c.integer('dataset.synthetic_train_size', minimum)
   c.integer('dataset.synthetic_test_size', minimum)
+  _check_image_format(c)
+  c.choice('dataset.placement', PLACEMENTS)
+
+
+def _check_image_format(c: _Checker) -> None:
+  size = c.get('dataset.image_size')
+  square = isinstance(size, int) and not isinstance(size, bool) and size >= 0
+  pair = (isinstance(size, (tuple, list)) and len(size) == 2 and all(
+      isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in size))
+  if not (square or pair):
+    raise UserError(f'config.dataset.image_size is {size!r}; use 0 (the data\'s size), N '
+                    '(N x N pixels) or (height, width).')
+  c.choice('dataset.resize_method', image_format.RESIZE_METHODS)
+  c.choice('dataset.resize_aspect', image_format.RESIZE_ASPECTS)
+  channels = c.get('dataset.channels')
+  if channels not in image_format.CHANNELS or isinstance(channels, bool):
+    raise UserError(f'config.dataset.channels is {channels!r}; use 0 (the data\'s), 1 (grey) '
+                    'or 3 (colour).')
+
+
+def image_height_width(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """The training images' (height, width) where the config alone fixes it, else None."""
+  pair = image_format.size_pair(config.dataset.image_size)
+  if pair is None and config.dataset.source == 'synthetic':
+    size = config.dataset.synthetic_image_size
+    pair = (size, size)
+  return pair
 
 
 def _parse_split(expression: str) -> str | None:
@@ -338,18 +379,46 @@ def _parse_split(expression: str) -> str | None:
 
 
 def _check_input(c: _Checker) -> None:
-  crop_size = c.integer('crop_size', 1)
-  size = c.config.dataset.synthetic_image_size
-  if c.config.dataset.source == 'synthetic' and crop_size > size:
-    raise UserError(f'config.crop_size is {crop_size}, larger than the synthetic images '
-                    f'({size}x{size}); lower it or raise config.dataset.synthetic_image_size.')
+  crop_size = c.integer('crop_size', 0, hint=(
+      f'config.crop_size is {c.config.crop_size}; use 0 (the whole image) or a number of pixels.'))
+  known = image_height_width(c.config)
+  translate = c.integer('augment.translate', 0, hint=(
+      f'config.augment.translate is {c.config.augment.translate}; use 0 or a number of pixels.'))
+  resized_crop = c.flag('augment.random_resized_crop')
+  if known and crop_size > min(known) + (0 if resized_crop else 2 * translate):
+    where = ('config.dataset.image_size' if c.config.dataset.image_size
+             else 'config.dataset.synthetic_image_size')
+    raise UserError(f'config.crop_size is {crop_size}, larger than the images ({known[0]}x'
+                    f'{known[1]}, {where}); lower it or make the images larger.')
+  eval_resize = c.integer('eval_resize', 0, hint=(
+      f'config.eval_resize is {c.config.eval_resize}; use 0 (no resize) or the evaluation '
+      'images\' shorter side in pixels.'))
+  if eval_resize and eval_resize < crop_size:
+    raise UserError(f'config.eval_resize is {eval_resize}, smaller than config.crop_size '
+                    f'({crop_size}); the central crop must fit in the resized image.')
+  if eval_resize and not crop_size:
+    raise UserError('config.eval_resize needs a config.crop_size (0 scores the whole image, '
+                    'which no resize changes); set config.crop_size or eval_resize=0.')
+  scale = c.sequence('augment.crop_scale', (int, float), length=2)
+  if not 0 < scale[0] <= scale[1] <= 1:
+    raise UserError(f'config.augment.crop_scale is {scale}; use (low, high) with '
+                    '0 < low <= high <= 1 (shares of the image\'s area).')
+  ratio = c.sequence('augment.crop_ratio', (int, float), length=2)
+  if not 0 < ratio[0] <= ratio[1]:
+    raise UserError(f'config.augment.crop_ratio is {ratio}; use (low, high) with '
+                    '0 < low <= high (width / height).')
+  if resized_crop and translate:
+    raise UserError('config.augment.random_resized_crop and config.augment.translate are two '
+                    'ways of cropping; set translate=0 or random_resized_crop=False.')
   c.choice('preprocess', PREPROCESSING)
   channels = len(c.sequence('channel_mean', (int, float), min_length=1))
   std = c.sequence('channel_std', (int, float), length=channels)
   if min(std) <= 0:
     raise UserError(f'config.channel_std is {std}; every standard deviation must be positive.')
-  c.integer('augment.translate', 0, hint=(
-      f'config.augment.translate is {c.config.augment.translate}; use 0 or a number of pixels.'))
+  wanted = c.config.dataset.channels
+  if c.config.preprocess == 'channel_normalization' and wanted and wanted != channels:
+    raise UserError(f'config.dataset.channels is {wanted} but config.channel_mean and '
+                    f'config.channel_std give {channels}; give one mean and std per channel.')
   flip = c.flag('augment.flip_left_right')
   if c.flag('augment.alternating_flip') and not flip:
     raise UserError('config.augment.alternating_flip needs config.augment.flip_left_right.')
@@ -490,7 +559,9 @@ def _check_eval(c: _Checker) -> None:
 
 
 def _check_model_structure(config: ml_collections.ConfigDict) -> None:
-  paths = _parameter_paths(config.model.to_json_best_effort(sort_keys=True), config.crop_size)
+  size = config.crop_size or min(image_height_width(config) or (32, 32))
+  paths = _parameter_paths(config.model.to_json_best_effort(sort_keys=True), size,
+                           config.dataset.channels or 3)
   modules = {path.rsplit('/', 1)[0] for path in paths}
   for module in config.l2_penalty_modules:
     if f'{module}/kernel' not in paths:
@@ -511,11 +582,12 @@ def _check_model_structure(config: ml_collections.ConfigDict) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _parameter_paths(model_json: str, crop_size: int) -> tuple[str, ...]:
+def _parameter_paths(model_json: str, crop_size: int, channels: int) -> tuple[str, ...]:
   """'module/param' of every parameter of the model (traced for shapes, nothing computed)."""
   model = models.create_model(ml_collections.ConfigDict(json.loads(model_json)), num_classes=10)
   # Abstract arguments: nothing is computed and no backend starts (a multi-process run
   # joins its peers after this check, before JAX may touch a device).
   variables = jax.eval_shape(model.init, jax.ShapeDtypeStruct((2,), jnp.uint32),
-                             jax.ShapeDtypeStruct((1, crop_size, crop_size, 3), jnp.float32))
+                             jax.ShapeDtypeStruct((1, crop_size, crop_size, channels),
+                                                  jnp.float32))
   return tuple(models.parameter_paths(variables['params']))

@@ -25,8 +25,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.eval_path = ''
   config.dataset.train_split = 'train'
   config.dataset.eval_split = 'test'
-  # Decoded splits are cached here as .npz (keyed by the source's files); '' disables.
+  # Decoded splits are cached here, memory-mapped (keyed by the source's files and the image
+  # format below); '' disables: splits are then held in memory.
   config.dataset.cache_dir = '~/.cache/cifar_jax'
+  # Every image made one size when the split is loaded (cifar_jax/image_format.py): 0 keeps the
+  # data's (which must then be one size), N is N x N, (height, width). Antialiased resizing:
+  # bilinear | bicubic | lanczos | box; another aspect ratio is fitted by
+  # crop (cover, cut the centre) | pad (fit, centre on black) | stretch.
+  # (Any type: --config.dataset.image_size=64 and --config.dataset.image_size='(64,48)' both work.)
+  config.dataset.image_size = ml_collections.FieldReference(0, field_type=object)
+  config.dataset.resize_method = 'bilinear'
+  config.dataset.resize_aspect = 'crop'
+  config.dataset.channels = 0  # 0: the data's; 1 (grey) or 3 (colour) converts
+  # Where the training split lives (cifar_jax/placement.py): device (a copy on every device,
+  # batches gathered there) | host (host memory or the memory-mapped cache; each call's
+  # batches gathered on the host and copied ahead of use) | auto (device when the split takes
+  # at most a quarter of a device's memory). The same parameters either way, bit for bit.
+  config.dataset.placement = 'auto'
   # Only for source=synthetic.
   config.dataset.seed = 0
   config.dataset.synthetic_train_size = 0
@@ -34,14 +49,24 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.synthetic_num_classes = 10
   config.dataset.synthetic_image_size = 32
 
-  # What the network sees: a crop_size crop (random in training, central in evaluation), then
-  # per_image_standardization | channel_normalization ((x / 255 - mean) / std per channel).
+  # What the network sees: a crop_size crop (random in training, central in evaluation; 0: the
+  # whole image), then per_image_standardization | channel_normalization ((x / 255 - mean) / std
+  # per channel). eval_resize > 0 first resizes each evaluation image (antialiased) so that its
+  # shorter side has that many pixels: the ImageNet recipes' crop_size / 0.875 with
+  # random_resized_crop.
   config.crop_size = 32
+  config.eval_resize = 0
   config.preprocess = 'per_image_standardization'
   config.channel_mean = (0.4914, 0.4822, 0.4465)  # CIFAR-10 training split, 0-1 scale
   config.channel_std = (0.2470, 0.2435, 0.2616)
   config.augment = ml_collections.ConfigDict()
   config.augment.translate = 0  # pixels of reflect padding before the random crop
+  # Instead of the plain random crop: a box of a random share of the image's area (crop_scale)
+  # and aspect ratio (crop_ratio, log-uniform), resized to crop_size (antialiased), as the
+  # ImageNet recipes do.
+  config.augment.random_resized_crop = False
+  config.augment.crop_scale = (0.08, 1.0)
+  config.augment.crop_ratio = (3 / 4, 4 / 3)
   config.augment.flip_left_right = False
   config.augment.alternating_flip = False  # random in epoch 0, then opposite every epoch
   config.augment.max_brightness_delta = 0.0  # 0-255 scale; 0: off
@@ -74,6 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_replicas = 1
   config.replica_execution = 'loop'
   config.num_train_steps = 10_000
+  # > 0: train this many epochs instead; num_train_steps is then ceil(epochs x steps per
+  # epoch), set when the training split is loaded (its size and the global batch decide).
+  config.num_train_epochs = 0.0
   # Training steps per device call (lax.scan inside the mapped step): k > 1 saves per-step
   # dispatch for small networks on fast devices; results are the same for any k.
   config.steps_per_call = 1

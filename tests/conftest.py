@@ -25,7 +25,7 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-from cifar_jax import builder, checkpoints, datasets, input_pipeline, parallel  # noqa: E402
+from cifar_jax import builder, checkpoints, datasets, parallel  # noqa: E402
 from experiments import airbench94_muon, airbench94_smoke, smoke  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,11 +92,12 @@ def run_steps(config, num_steps, fixed_indices=None):
   split = datasets.load_split(config.dataset, config.dataset.train_split)
   setup = builder.build(config, split, devices)
   state = parallel.replicate(setup.state, devices)
-  data = input_pipeline.put_on_devices(split, devices)
+  feed = setup.feed(split)  # config.dataset.placement: the split on the devices or the host
   losses = []
   for step in range(num_steps):
     indices = (setup.batches.indices(step) if fixed_indices is None
                else np.asarray(fixed_indices)[:, None])
+    data = feed.gather(indices) if setup.placement == 'host' else feed.data
     state, metrics = setup.parallel_steps(state, data, indices)
     loss = np.asarray(metrics['loss'][0])[..., 0]  # [devices, (replicas,) steps]
     losses.append(float(loss) if loss.ndim == 0 else loss)

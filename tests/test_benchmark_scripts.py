@@ -41,9 +41,9 @@ def _run(command, timeout=600, **kwargs):
 
 def test_the_scripts_are_all_known():
   assert set(SCRIPTS) == {
-      'airbench_reference.py', 'faults.py', 'gpu_run.py', 'gpu_wheelhouse.py',
-      'input_pipeline.py', 'multi_device.py', 'multiprocess_stress.py', 'pytorch_reference.py',
-      'startup.py'}, 'a new script needs a tiny run here (and in the list)'
+      'airbench_reference.py', 'faults.py', 'gpu_run.py', 'gpu_wheelhouse.py', 'host_placement.py',
+      'input_pipeline.py', 'make_image_folder.py', 'multi_device.py', 'multiprocess_stress.py',
+      'pytorch_reference.py', 'startup.py'}, 'a new script needs a tiny run here (and in the list)'
 
 
 @pytest.mark.parametrize('name', SCRIPTS)
@@ -128,3 +128,25 @@ def test_the_originals_training_run_is_a_group_compare_reads(tmp_path):
   group = compare.read_group(str(out), tta='none')
   assert len(group.values) == 2 and all(0 <= v <= 1 for v in group.values)
   assert group.step == 4096 // 256 and group.count == 1000
+
+
+def test_host_placement_trains_from_a_memory_mapped_split(tmp_path):
+  result = _run([sys.executable, _script('host_placement.py'), '--gib=0.002',
+                 '--image_size=16', '--steps=4', '--batch=8', '--steps_per_call=2',
+                 f'--dir={tmp_path}'])
+  figures = dict(item.split('=') for item in result.stdout.strip().splitlines()[-1].split())
+  assert float(figures['split_mib']) > 1.9 and float(figures['img_per_s']) > 0
+  assert 'trained 4 steps of 8 from the cache file' in result.stdout
+
+
+def test_make_image_folder_writes_a_folder_the_recipe_loads(tmp_path):
+  _run([sys.executable, _script('make_image_folder.py'), f'--out={tmp_path}', '--per_class=3',
+        '--min_size=20', '--max_size=30', '--grey'])
+  from cifar_jax import datasets  # pylint: disable=g-import-not-at-top
+  from experiments import image_folder  # pylint: disable=g-import-not-at-top
+  config = image_folder.get_config()
+  config.dataset.path = str(tmp_path)
+  config.dataset.cache_dir = ''
+  config.dataset.image_size = 24  # mixed sizes: one size when loaded
+  split = datasets.load_split(config.dataset, 'train')
+  assert split.images.shape == (15, 24, 24, 1) and split.num_classes == 5

@@ -66,3 +66,11 @@ def test_a_step_that_does_not_fit_the_device_says_what_to_lower(monkeypatch):
                                       r'config.num_replicas or config.per_device_batch_size '
                                       r'\(RESOURCE_EXHAUSTED: Out of memory'):
     setup.parallel_steps(None, None, None)
+
+
+def test_epochs_set_the_steps_when_the_data_are_loaded():
+  config = tiny_config(num_train_epochs=2.5)  # 512 examples, batch 8: 64 steps per epoch
+  split = datasets.load_split(config.dataset, config.dataset.train_split)
+  setup = builder.build(config, split)
+  assert setup.config.num_train_steps == 160 and config.num_train_steps == 20
+  assert builder.build(tiny_config(), split).config.num_train_steps == 20  # 0 epochs: the steps

@@ -1,6 +1,7 @@
 """Sources on small generated data: image folders and archives, tfds (mocked), synthetic."""
 
 import os
+import re
 import tarfile
 import time
 
@@ -206,3 +207,131 @@ def test_describe_counts_and_moments():
   assert 'per-channel mean: 20.00, 5.00, 5.00' in text
   assert 'per-channel std:  10.00, 5.00, 5.00' in text
   assert '  0 a                    2' in text and '  2 c                    1' in text
+
+
+def _write_images(root, images_by_class):
+  """ROOT/train/<class>/NNNN.png of the given uint8 arrays (grey [H, W] or colour [H, W, 3])."""
+  for name, images in images_by_class.items():
+    os.makedirs(os.path.join(root, 'train', name))
+    for i, image in enumerate(images):
+      Image.fromarray(image).save(os.path.join(root, 'train', name, f'{i:04d}.png'))
+
+
+def test_a_folder_of_mixed_sizes_is_refused_with_the_field_to_set_then_resized(tmp_path):
+  rng = np.random.default_rng(0)
+  sizes = [(48, 48), (80, 64), (63, 75), (64, 64)]
+  _write_images(tmp_path, {'cat': [rng.integers(0, 256, (*s, 3), dtype=np.uint8)
+                                   for s in sizes[:2]],
+                           'dog': [rng.integers(0, 256, (*s, 3), dtype=np.uint8)
+                                   for s in sizes[2:]]})
+  config = _config(tmp_path)
+  with pytest.raises(UserError, match=r'Image .*cat/0001.png is 80x64, unlike Image .*cat/0000.png '
+                                      r'\(48x48\); set config.dataset.image_size \(e.g. 48 or '
+                                      r'\(48, 48\)\)'):
+    datasets.load_split(config, 'train')
+  config.image_size = (32, 40)
+  split = datasets.load_split(config, 'train')
+  assert split.images.shape == (4, 32, 40, 3)
+  np.testing.assert_array_equal(split.labels, [0, 0, 1, 1])
+
+
+def test_grey_folders_keep_one_channel_and_mixed_ones_become_colour(tmp_path):
+  grey = [np.full((8, 8), 10 * i, np.uint8) for i in range(3)]
+  _write_images(tmp_path / 'grey', {'a': grey, 'b': grey})
+  split = datasets.load_split(_config(tmp_path / 'grey'), 'train')
+  assert split.images.shape == (6, 8, 8, 1)
+  np.testing.assert_array_equal(split.images[1, ..., 0], grey[1])
+  # A colour image after grey ones: all of them in colour, the grey ones copied per channel.
+  colour = np.zeros((8, 8, 3), np.uint8)
+  colour[..., 0] = 200
+  _write_images(tmp_path / 'mixed', {'a': grey, 'b': [colour]})
+  split = datasets.load_split(_config(tmp_path / 'mixed'), 'train')
+  assert split.images.shape == (4, 8, 8, 3)
+  np.testing.assert_array_equal(split.images[1], np.repeat(grey[1][..., None], 3, -1))
+  np.testing.assert_array_equal(split.images[3], colour)
+  # channels=1 converts colour to Pillow's luma.
+  config = _config(tmp_path / 'mixed')
+  config.channels = 1
+  split = datasets.load_split(config, 'train')
+  assert split.images.shape == (4, 8, 8, 1)
+  assert split.images[3, 0, 0, 0] == np.asarray(Image.fromarray(colour).convert('L'))[0, 0]
+
+
+def test_the_cache_is_memory_mapped_and_keyed_by_the_image_format(tmp_path):
+  _write_folder(tmp_path / 'data', size=16)
+  config = _config(tmp_path / 'data')
+  config.cache_dir = str(tmp_path / 'cache')
+  first = datasets.load_split(config, 'train')
+  assert isinstance(first.images, np.memmap) and not first.images.flags.writeable
+  config.image_size = 8
+  small = datasets.load_split(config, 'train')
+  assert small.images.shape == (15, 8, 8, 3) and isinstance(small.images, np.memmap)
+  entries = sorted(os.listdir(tmp_path / 'cache'))
+  assert len(entries) == 2 and any('8x8-bilinear-crop' in e for e in entries)
+  np.testing.assert_array_equal(datasets.load_split(config, 'train').images, small.images)
+
+
+def test_an_interrupted_decode_leaves_no_cache_entry(tmp_path):
+  _write_folder(tmp_path / 'data')
+  with open(tmp_path / 'data' / 'train' / 'dog' / '0003.png', 'wb') as f:
+    f.write(b'not a png')
+  config = _config(tmp_path / 'data')
+  config.cache_dir = str(tmp_path / 'cache')
+  with pytest.raises(UserError, match=r'Cannot read image .*0003.png'):
+    datasets.load_split(config, 'train')
+  assert os.listdir(tmp_path / 'cache') == []
+
+
+def test_long_decoding_shows_count_rate_and_time_left(tmp_path, monkeypatch, capsys):
+  _write_folder(tmp_path, per_class=4)
+  clock = iter(np.arange(0.0, 1000.0, 2.0))  # every image takes 2 s
+  original = datasets.terminal.ProgressLine
+
+  def slow_clock_progress(*args, **kwargs):
+    return original(*args, clock=lambda: float(next(clock)), **kwargs)
+
+  monkeypatch.setattr(datasets.terminal, 'ProgressLine', slow_clock_progress)
+  datasets.load_split(_config(tmp_path), 'train')
+  lines = capsys.readouterr().out.splitlines()
+  assert lines and 'Decoding split' in lines[0]
+  assert re.search(r': \d+/12 images \([\d,]+/s, [\d,]+ s left\)$', lines[0]), lines[0]
+  assert re.search(r': 12 images in [\d.]+ s$', lines[-1]), lines[-1]
+
+
+def test_short_decoding_is_silent(tmp_path, capsys):
+  _write_folder(tmp_path)
+  datasets.load_split(_config(tmp_path), 'train')
+  assert capsys.readouterr().out == ''
+
+
+@pytest.mark.parametrize('name, shape, num_classes', [
+    ('cifar100', (32, 32, 3), 100), ('svhn_cropped', (32, 32, 3), 10),
+    ('mnist', (28, 28, 1), 10)])
+def test_tfds_datasets_of_one_size_through_mock_data(monkeypatch, name, shape, num_classes):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  monkeypatch.setattr(datasets, '_download_server_reachable', lambda: True)
+  config = tiny_config()
+  config.dataset.source = 'tfds'
+  config.dataset.name = name
+  with tfds.testing.mock_data(num_examples=10):
+    split = datasets.load_split(config.dataset, 'train')
+  assert split.images.shape == (10, *shape) and split.num_classes == num_classes
+  if name == 'mnist':  # grey, or colour where asked
+    config.dataset.channels = 3
+    with tfds.testing.mock_data(num_examples=10):
+      assert datasets.load_split(config.dataset, 'train').images.shape == (10, 28, 28, 3)
+
+
+def test_tfds_images_of_many_sizes_are_resized_when_loaded(monkeypatch):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  monkeypatch.setattr(datasets, '_download_server_reachable', lambda: True)
+  config = tiny_config()
+  config.dataset.source = 'tfds'
+  config.dataset.name = 'oxford_flowers102'  # mock_data draws each image's size
+  with tfds.testing.mock_data(num_examples=6):
+    with pytest.raises(UserError, match=r'set config.dataset.image_size'):
+      datasets.load_split(config.dataset, 'train')
+    config.dataset.image_size = 24
+    split = datasets.load_split(config.dataset, 'train')
+  assert split.images.shape == (6, 24, 24, 3) and split.num_classes == 102
+  assert split.class_names[0] == 'pink primrose'

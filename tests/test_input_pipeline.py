@@ -178,3 +178,12 @@ def test_channel_normalization_and_its_bad_name():
   np.testing.assert_allclose(out[0, 0], [1.0, 3.0, 1.0])
   with pytest.raises(UserError, match='config.preprocess'):
     validation.validate(tiny_config(preprocess='imagenet'))
+
+
+def test_eval_resize_matches_tf_antialiased_resize():
+  rng = np.random.default_rng(3)
+  image = rng.integers(0, 256, (64, 48, 3)).astype(np.float32)
+  resized = input_pipeline.resize_shorter_side(image, 24)
+  assert resized.shape == (32, 24, 3)
+  expected = tf.image.resize(image, (32, 24), method='bilinear', antialias=True).numpy()
+  np.testing.assert_allclose(resized, expected, atol=1e-3)

@@ -40,6 +40,17 @@ class _FakeSetup:
     return {'step': state['step'] + len(steps)}, {'loss': jnp.asarray(loss[None])}
 
 
+class _FakeFeed:
+  """`placement.DeviceFeed`'s protocol: each call with no data and the setup's indices."""
+
+  def __init__(self, setup):
+    self.setup = setup
+
+  def calls(self, calls):
+    for call in calls:
+      yield call, None, self.setup.batches.indices(call.start, call.num_steps)
+
+
 class _Recorder(loop.PeriodicAction):
   def __init__(self, every_steps, at_final_step=True):
     self.every_steps, self.at_final_step = every_steps, at_final_step
@@ -62,7 +73,7 @@ def _progress(start, end):
 def test_actions_act_on_their_steps_and_see_the_mean_since_the_last_look():
   setup = _FakeSetup()
   every_three, final_only = _Recorder(3), _Recorder(0)
-  progress = loop.run(setup, _progress(0, 10), data=None, steps_per_call=2,
+  progress = loop.run(setup, _progress(0, 10), feed=_FakeFeed(setup), steps_per_call=2,
                       actions=[every_three, final_only])
   assert setup.calls == [(0, 2), (2, 3), (3, 5), (5, 6), (6, 8), (8, 9), (9, 10)]
   assert every_three.acted == [3, 6, 9, 10] and final_only.acted == [10]
@@ -76,7 +87,8 @@ def test_actions_act_on_their_steps_and_see_the_mean_since_the_last_look():
 def test_a_non_finite_loss_stops_the_run_at_the_next_look():
   with pytest.raises(UserError, match=r'Training diverged: the loss became nan at step 5; the '
                                       r'checkpoint of step 4 is intact; lower config.learning'):
-    loop.run(_FakeSetup(bad_step=5), _progress(0, 12), None, 4, [_Recorder(6)])
+    setup = _FakeSetup(bad_step=5)
+    loop.run(setup, _progress(0, 12), _FakeFeed(setup), 4, [_Recorder(6)])
 
 
 def test_preemption_is_asked_for_every_step_and_seen_by_the_actions():
@@ -96,5 +108,6 @@ def test_preemption_is_asked_for_every_step_and_seen_by_the_actions():
       raise RuntimeError(f'stopped at {progress.step}')
 
   with pytest.raises(RuntimeError, match='stopped at 6'):
-    loop.run(_FakeSetup(), _progress(0, 12), None, 3, [StopOnPreemption(0)], Preemption())
+    setup = _FakeSetup()
+    loop.run(setup, _progress(0, 12), _FakeFeed(setup), 3, [StopOnPreemption(0)], Preemption())
   assert asked == [1, 2, 3, 4, 5, 6]
