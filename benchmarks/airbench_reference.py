@@ -72,6 +72,30 @@ NOISE_FACTOR = 3.0
 # cifar_jax's side (this project's Python).
 
 
+def pipeline_and_step(config):
+  """(setup, split, its data on one device, the mapped batch maker, the mapped train_step)."""
+  import functools  # pylint: disable=import-outside-toplevel
+
+  from cifar_jax import (  # pylint: disable=import-outside-toplevel
+    builder,
+    datasets,
+    input_pipeline,
+    parallel,
+    train_step,
+  )
+
+  devices = parallel.select_devices(1)
+  split = datasets.load_split(config.dataset, config.dataset.train_split)
+  setup = builder.build(config, split, devices)
+  data = input_pipeline.put_on_devices(split, devices)
+  make_batch = parallel.pmap(functools.partial(
+      input_pipeline.train_batch, augmentation=setup.options.augmentation), devices)
+  step = parallel.pmap(functools.partial(
+      train_step.train_step, apply_fn=setup.model.apply, tx=setup.tx,
+      learning_rate_fn=setup.learning_rate_fn, options=setup.options), devices)
+  return setup, split, data, make_batch, step
+
+
 def export_jax(recipe: str, path: str, batch: int, init_examples: int,
                widths: tuple[int, ...] | None = None) -> None:
   """Runs cifar_jax's recipe for two steps and saves what PyTorch compares to `path`.
@@ -79,13 +103,10 @@ def export_jax(recipe: str, path: str, batch: int, init_examples: int,
   `widths` (default: the recipe's) narrows the conv groups for a quick check.
   """
   sys.path.insert(0, REPO_ROOT)
-  import functools  # pylint: disable=import-outside-toplevel
 
   import jax  # pylint: disable=import-outside-toplevel
 
   from cifar_jax import (  # pylint: disable=import-outside-toplevel
-    builder,
-    datasets,
     experiment,
     input_pipeline,
     models,
@@ -98,15 +119,8 @@ def export_jax(recipe: str, path: str, batch: int, init_examples: int,
       'dataset.synthetic_test_size': 10, 'dataset.cache_dir': '', 'num_devices': 1,
       'per_device_batch_size': batch, 'model_init_examples': init_examples,
       **({'model.widths': tuple(widths)} if widths else {})})
-  devices = parallel.select_devices(1)
-  split = datasets.load_split(config.dataset, config.dataset.train_split)
-  setup = builder.build(config, split, devices)
-  data = input_pipeline.put_on_devices(split, devices)
-  make_batch = parallel.pmap(functools.partial(
-      input_pipeline.train_batch, augmentation=setup.options.augmentation), devices)
-  step = parallel.pmap(functools.partial(
-      train_step.train_step, apply_fn=setup.model.apply, tx=setup.tx,
-      learning_rate_fn=setup.learning_rate_fn, options=setup.options), devices)
+  setup, split, data, make_batch, step = pipeline_and_step(config)
+  devices = setup.devices
   state = setup.state
   out = {'init_images': input_pipeline.init_images(split, config, config.seed)}
   flat = lambda prefix, tree: {  # noqa: E731

@@ -20,6 +20,9 @@ Its parts, in order of value, each in its own time box:
                  (EMA), or the best it reached and when
   6 replicas     airbench94 with config.num_replicas = 8 (loop and vmap) against one run:
                  seconds per run, images/s, peak device memory
+  7 resnet18     `cifar_jax.benchmark` of ResNet-18 (experiments/resnet18.py) in float32 and
+                 bfloat16, then a short run of its recipe on the data (5 epochs, bfloat16,
+                 the cosine over those 5): seconds, precision@1
 
 A part gets a share of what is left of --budget_secs (time a part does not use
 goes to the ones after it); one that cannot start with its minimum left is
@@ -52,7 +55,7 @@ from cifar_jax import summaries  # noqa: E402  pylint: disable=g-import-not-at-t
 # (number, name, share of the budget left, minimum seconds to start).
 PARTS = ((0, 'install', 0.10, 20), (1, 'environment', 0.03, 5), (2, 'airbench94', 0.20, 20),
          (3, 'original', 0.20, 20), (4, 'benchmark', 0.27, 20), (5, 'tutorial', 0.13, 15),
-         (6, 'replicas', 0.17, 15))
+         (6, 'replicas', 0.17, 15), (7, 'resnet18', 0.15, 20))
 # --tiny: every network tiny, one device, no decoded-data cache (a CPU check of the script).
 TINY = ['--config.num_devices=1', '--config.dataset.cache_dir=', '--config.eval.batch_size=64']
 TINY_TUTORIAL = [*TINY, '--config.model.conv_features=8', '--config.model.local3_features=16',
@@ -145,6 +148,8 @@ def _flags(overrides: dict) -> list[str]:
 TINY_TUTORIAL_OVERRIDES = {'num_devices': 1, 'dataset.cache_dir': '', 'eval.batch_size': 64,
                            'model.conv_features': 8, 'model.local3_features': 16,
                            'model.local4_features': 8, 'per_device_batch_size': 16}
+TINY_RESNET_OVERRIDES = {'num_devices': 1, 'dataset.cache_dir': '', 'eval.batch_size': 64,
+                         'model.width': 4, 'per_device_batch_size': 16}
 TINY_AIRBENCH_OVERRIDES = {'num_devices': 1, 'dataset.cache_dir': '', 'eval.batch_size': 64,
                            'model.widths': (8, 16, 16), 'model_init_examples': 64,
                            'per_device_batch_size': 32}
@@ -344,9 +349,30 @@ def tutorial(runner: Runner, args, deadline: float, report: dict) -> None:
                    'seconds_to_best': best and best['wall_time'] - started})
 
 
+def resnet18(runner: Runner, args, deadline: float, report: dict) -> None:
+  """7: ResNet-18's training step in float32 and bfloat16, then a short run of its recipe."""
+  if not args.tiny:  # --tiny: the run alone (a ResNet's compilations dominate a CPU check)
+    settings = [(f'resnet18, {dtype}', 'experiments/resnet18.py', {'model.dtype': dtype})
+                for dtype in ('float32', 'bfloat16')]
+    options = {'steps': 64, 'repeats': 3, 'synthetic_train_size': 20_000,
+               'synthetic_eval_size': 5_000}
+    _benchmarks(runner, 'resnet18_benchmark', settings, options, False, deadline, report)
+  workdir = os.path.join(args.out, 'resnet18')
+  started = time.time()
+  runner.run('resnet18', [
+      '-m', 'cifar_jax.main', f'--workdir={workdir}', '--config=experiments/resnet18_jpeg.py',
+      '--mode=train_and_eval', *_data_flags(args), '--config.model.dtype=bfloat16',
+      *(['--config.num_train_epochs=0', '--config.num_train_steps=2',
+         *_flags(TINY_RESNET_OVERRIDES)] if args.tiny else ['--config.num_train_epochs=5'])],
+      deadline)
+  record = summaries.read_records(os.path.join(workdir, 'eval', summaries.METRICS_FILE))[-1]
+  report.update({'train_seconds': _trained_seconds(workdir, started),
+                 'precision': record['precision'], 'steps': record['step'], 'epochs': 5})
+
+
 STEPS = {'install': install, 'environment': environment, 'airbench94': airbench,
          'original': original, 'benchmark': benchmark_table, 'tutorial': tutorial,
-         'replicas': replicas}
+         'replicas': replicas, 'resnet18': resnet18}
 
 
 def run_parts(runner: Runner, args, started: float) -> list[dict]:
@@ -409,7 +435,7 @@ def main(argv: list[str] | None = None) -> dict:
                       help='wheels from benchmarks/gpu_wheelhouse.py: install into a venv first')
   parser.add_argument('--torch_python', default='',
                       help='a Python with PyTorch for the original (default: the one running)')
-  parser.add_argument('--parts', default='0123456', help='which parts to run')
+  parser.add_argument('--parts', default='01234567', help='which parts to run')
   parser.add_argument('--tutorial_steps', type=int, default=100_000)
   parser.add_argument('--tutorial_target', type=float, default=0.86)
   parser.add_argument('--tiny', action='store_true', help='tiny networks (a check on a CPU)')

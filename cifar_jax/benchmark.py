@@ -30,6 +30,8 @@ to a 2048x2048 float32 matmul measured in the same run. With
 images of the same shape (no data needed; TensorFlow not needed). With
 `--pytorch`, the same network's training step in PyTorch runs afterwards in
 its own process (`benchmarks/pytorch_reference.py` for the tutorial net,
+`benchmarks/resnet_reference.py --speed` for the ResNet families (Nesterov
+SGD with PyTorch's weight decay, as the recipes),
 `benchmarks/airbench_reference.py --speed` for airbench94, with the config's
 optimizer recipe) with `--pytorch_python` (default: this Python), when torch
 is installed there. The last line is machine-readable.
@@ -40,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Callable
 import contextlib
 import functools
+import json
 import os
 import resource
 import statistics
@@ -90,6 +93,8 @@ _BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
                            'benchmarks')
 PYTORCH_REFERENCE = os.path.join(_BENCHMARKS, 'pytorch_reference.py')
 AIRBENCH_REFERENCE = os.path.join(_BENCHMARKS, 'airbench_reference.py')
+RESNET_REFERENCE = os.path.join(_BENCHMARKS, 'resnet_reference.py')
+RESNET_FAMILIES = ('resnet', 'preact_resnet', 'wide_resnet')
 
 
 def _timed_windows(run_steps: Callable[[int], Any], steps: int, repeats: int) -> list[float]:
@@ -291,6 +296,10 @@ def _pytorch_command(config: ml_collections.ConfigDict, steps: int, repeats: int
                                        for g in dict(config.optimizer_groups).values())
               else 'airbench94')
     return [AIRBENCH_REFERENCE, '--speed', f'--recipe={recipe}', *common]
+  if config.model.name in RESNET_FAMILIES:
+    model = {k: v for k, v in config.model.items() if k != 'dtype'}
+    return [RESNET_REFERENCE, '--speed', f'--model={json.dumps(model)}',
+            f'--image_size={config.crop_size or 32}', *common]
   return [PYTORCH_REFERENCE, f'--crop={config.crop_size}', *common]
 
 

@@ -13,7 +13,8 @@ as `cifar10_input.inputs`: central 24x24 crop and standardisation.
 
 airbench's options (`config.augment`, `config.preprocess`): random
 translation by up to `translate` pixels with reflect padding (pad, then a
-random crop of the original size), per-channel normalisation with fixed
+random crop of the original size; `padding_mode='constant'` pads with black,
+as torchvision's RandomCrop(padding=4) in the ResNet recipes), per-channel normalisation with fixed
 mean/std (`channel_normalization`), and the alternating flip: each example
 gets a random flip in epoch 0 (fixed for the run, keyed by the example) and
 is flipped the other way in every odd epoch, so that it is seen both ways in
@@ -187,11 +188,17 @@ def reflect_pad(image: jax.Array, pixels: int) -> jax.Array:
   return jnp.pad(image, ((pixels, pixels), (pixels, pixels), (0, 0)), mode='reflect')
 
 
+def zero_pad(image: jax.Array, pixels: int) -> jax.Array:
+  """torchvision's `RandomCrop(padding=pixels)` padding of an [H, W, C] image: black (0)."""
+  return jnp.pad(image, ((pixels, pixels), (pixels, pixels), (0, 0)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
   """The training distortions (`config.augment`, `config.crop_size`), then normalisation.
 
-  `translate` pads by that many pixels (reflect) before the random crop;
+  `translate` pads by that many pixels (`padding_mode`: reflect, or constant
+  zeros as torchvision's RandomCrop) before the random crop;
   `contrast_range` () is no random contrast; `alternating_flip` needs the
   number of steps per epoch to know the epoch of a step.
   """
@@ -201,6 +208,7 @@ class Augmentation:
   max_brightness_delta: float = 0.0
   contrast_range: tuple[float, ...] = ()
   translate: int = 0
+  padding_mode: str = 'reflect'
   alternating_flip: bool = False
   steps_per_epoch: int = 1
   normalization: Normalization = Normalization()
@@ -217,7 +225,8 @@ class Augmentation:
                     if augment.random_resized_crop else ())
     return cls(crop_size=config.crop_size, flip=augment.flip_left_right,
                max_brightness_delta=augment.max_brightness_delta, contrast_range=contrast,
-               translate=augment.translate, alternating_flip=augment.alternating_flip,
+               translate=augment.translate, padding_mode=augment.padding_mode,
+               alternating_flip=augment.alternating_flip,
                steps_per_epoch=steps_per_epoch, normalization=Normalization.from_config(config),
                resized_crop=resized_crop)
 
@@ -260,7 +269,8 @@ def augment_train_image(key: jax.Array, image: jax.Array, augmentation: Augmenta
     # Sized on the image before padding: with crop_size 0, padding and cropping translate.
     shape = crop_shape(image.shape, augmentation.crop_size)
     if augmentation.translate:
-      image = reflect_pad(image, augmentation.translate)
+      pad = reflect_pad if augmentation.padding_mode == 'reflect' else zero_pad
+      image = pad(image, augmentation.translate)
     image = random_crop(crop_key, image, shape)
   if augmentation.flip:
     if flipped is None:

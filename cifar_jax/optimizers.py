@@ -14,6 +14,11 @@ Hyper-parameter forms (`config.hyperparameter_form`):
   example of the global batch: each step adds (weight_decay * B / lr) * p
   to the gradient of a group with peak learning rate lr, before momentum --
   PyTorch's `weight_decay` = wd / lr, as airbench94_muon writes it.
+* ``pytorch``: learning rates are optax's; `weight_decay` is PyTorch's SGD
+  `weight_decay` and optax's `add_decayed_weights`: each step adds
+  weight_decay * p to the gradient, before momentum (the ResNet recipes'
+  5e-4). A group's `lr_multiplier` scales the decayed step with the rest, as
+  a PyTorch parameter group's lr does.
 * ``decoupled`` (airbench94, after Myrtle.ai's "how to train your ResNet"):
   learning rates and `weight_decay` are per 1024 examples and normalised
   by the momentum: lr_optax = lr / (1024 (1 + 1 / (1 - momentum))), decay per
@@ -79,8 +84,29 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict, num_train_example
         decay_steps=max(num_steps, warmup_steps + 1),
         end_value=0.0,
     )
+  if schedule.name == 'piecewise_constant':
+    return piecewise_constant(peak, [int(batches_per_epoch * epoch)
+                                     for epoch in schedule.boundaries_epochs],
+                              schedule.decay_factor)
   return linear_warmup_decay(peak, num_steps, schedule.warmup_fraction, schedule.start_scale,
                              schedule.end_scale)
+
+
+def piecewise_constant(peak: float, boundary_steps: Sequence[int], decay_factor: float
+                       ) -> optax.Schedule:
+  """peak x decay_factor ** (boundaries reached): PyTorch's MultiStepLR, in steps.
+
+  The step that starts an epoch in `boundaries_epochs` already has the lower
+  rate, as the first step of that epoch has under MultiStepLR (optax's
+  `piecewise_constant_schedule` lowers it one step later).
+  """
+  boundaries = jnp.asarray(boundary_steps, jnp.int32)
+
+  def schedule(count):
+    reached = jnp.sum(jnp.asarray(count, jnp.int32) >= boundaries)
+    return peak * jnp.power(jnp.float32(decay_factor), reached.astype(jnp.float32))
+
+  return schedule
 
 
 def linear_warmup_decay(peak: float, num_steps: int, warmup_fraction: float,
@@ -220,9 +246,13 @@ def _group_optimizer(config, group, num_train_examples, global_batch_size, steps
   else:
     tx = optax.sgd(learning_rate, momentum=group.momentum if uses_momentum else None,
                    nesterov=group.nesterov and uses_momentum)
-    decay_per_step = group.weight_decay * scale * global_batch_size
-    if decay_per_step:
-      tx = optax.chain(optax.add_decayed_weights(decay_per_step / peak), tx)
+    if config.hyperparameter_form == 'pytorch':
+      decay = group.weight_decay  # g += wd * p: PyTorch's SGD, optax.add_decayed_weights
+    else:
+      decay_per_step = group.weight_decay * scale * global_batch_size
+      decay = decay_per_step / peak if decay_per_step else 0.0
+    if decay:
+      tx = optax.chain(optax.add_decayed_weights(decay), tx)
   if train_steps:
     # Like a PyTorch parameter whose requires_grad is switched off (airbench's
     # whitening bias after whiten_bias_epochs): zero updates, the optimizer

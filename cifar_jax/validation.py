@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 import copy
+import dataclasses
 import fnmatch
 import functools
 import json
@@ -42,12 +43,14 @@ SCHEDULES: dict[str, tuple[str, ...]] = {
     'staircase_exponential': ('decay_factor', 'epochs_per_decay'),
     'warmup_cosine': ('warmup_epochs',),
     'linear_warmup_decay': ('warmup_fraction', 'start_scale', 'end_scale'),
+    'piecewise_constant': ('boundaries_epochs', 'decay_factor'),
 }
 OPTIMIZERS = ('sgd', 'momentum', 'muon', 'frozen')
-HYPERPARAMETER_FORMS = ('plain', 'decoupled')
+HYPERPARAMETER_FORMS = ('plain', 'decoupled', 'pytorch')
 GROUP_FIELDS = ('params', 'optimizer', 'learning_rate', 'lr_multiplier', 'momentum', 'nesterov',
                 'weight_decay', 'train_epochs', 'schedule_over')
 LOSS_REDUCTIONS = ('mean', 'sum')
+PADDING_MODES = ('reflect', 'constant')  # augment.translate's: airbench's | torchvision's (zeros)
 EMA_KINDS = ('tensorflow', 'optax_debiased', 'none')
 PREPROCESSING = ('per_image_standardization', 'channel_normalization')
 TTA = ('none', 'mirror', 'mirror_translate')
@@ -87,6 +90,7 @@ ADDED = {
     'eval_resize': 0,
     'num_train_epochs': 0.0,
     'augment.random_resized_crop': False,
+    'augment.padding_mode': 'reflect',
     'augment.crop_scale': [0.08, 1.0],  # as JSON keeps them
     'augment.crop_ratio': [3 / 4, 4 / 3],
 }
@@ -384,6 +388,7 @@ def _check_input(c: _Checker) -> None:
   known = image_height_width(c.config)
   translate = c.integer('augment.translate', 0, hint=(
       f'config.augment.translate is {c.config.augment.translate}; use 0 or a number of pixels.'))
+  c.choice('augment.padding_mode', PADDING_MODES)
   resized_crop = c.flag('augment.random_resized_crop')
   if known and crop_size > min(known) + (0 if resized_crop else 2 * translate):
     where = ('config.dataset.image_size' if c.config.dataset.image_size
@@ -430,11 +435,14 @@ def _check_input(c: _Checker) -> None:
       f'config.augment.contrast_lower ({lower}).'))
 
 
-# Range checks of model fields, by model; a field listed for no model is checked against the
-# type of the model's default value. Model names and fields come from `models.MODELS`.
-def _model_rules() -> dict[str, Callable[[_Checker, str], Any]]:
+# Range checks of model fields; a field listed for no model is checked against the type of the
+# model's default value. Model names and fields come from `models.MODELS` (or, for a model
+# outside the package, its class).
+def _model_rules(name: str) -> dict[str, Callable[[_Checker, str], Any]]:
+  if models.is_external(name):  # its fields mean what its author says: types only
+    return {}
   positive = lambda c, p: c.integer(p, 1)  # noqa: E731
-  return {
+  rules = {
       'conv_features': positive, 'local3_features': positive, 'local4_features': positive,
       'formulation': lambda c, p: c.choice(p, models.FORMULATIONS),
       'dtype': lambda c, p: c.choice(p, tuple(models.DTYPES)),
@@ -446,7 +454,22 @@ def _model_rules() -> dict[str, Callable[[_Checker, str], Any]]:
       'batch_norm_epsilon': lambda c, p: c.number(p, above=0.0),
       'head_multiplier': lambda c, p: c.number(p, above=0.0),
       'head_init': lambda c, p: c.choice(p, models.HEAD_INITS),
+      'width': positive, 'width_factor': positive, 'stem_width': positive,
+      'stem': lambda c, p: c.choice(p, models.STEMS),
   }
+  if name in ('resnet', 'preact_resnet'):
+    rules['depth'] = lambda c, p: c.choice(p, sorted(models.DEPTHS))
+  elif name == 'wide_resnet':
+    rules['depth'] = _wide_resnet_depth
+  return rules
+
+
+def _wide_resnet_depth(c: _Checker, path: str) -> int:
+  depth = c.integer(path, 10)
+  if (depth - 4) % 6:
+    raise UserError(f'config.{path} is {depth}; a Wide ResNet has depth 6n + 4 (16, 22, 28, '
+                    '40, ...): two convolutions per block, three groups of n blocks.')
+  return depth
 
 
 def _positive_integers(c: _Checker, path: str) -> tuple[int, ...]:
@@ -457,9 +480,9 @@ def _positive_integers(c: _Checker, path: str) -> tuple[int, ...]:
 
 
 def _check_model(c: _Checker) -> None:
-  name = c.get('model.name')
+  name = c.text('model.name')
   accepted = models.model_fields(name)  # an unknown name is models.model_class's sentence
-  rules = _model_rules()
+  rules = _model_rules(name)
   c.groups.add('model')
   for field, value in c.config.model.items():
     if field == 'name':
@@ -469,9 +492,17 @@ def _check_model(c: _Checker) -> None:
                       f'(its fields: {sorted(accepted)}).')
     if field in rules:
       rules[field](c, f'model.{field}')
-    elif not isinstance(value, type(accepted[field])):
+    elif field == 'dtype':
+      c.choice('model.dtype', tuple(models.DTYPES))
+    elif (accepted[field] is not dataclasses.MISSING and accepted[field] is not None
+          and not isinstance(value, type(accepted[field]))):
       raise UserError(f'config.model.{field} is {value!r}; model {name!r} takes a '
                       f'{type(accepted[field]).__name__} there.')
+  required = sorted(field for field, default in accepted.items()
+                    if default is dataclasses.MISSING and field not in c.config.model)
+  if required:
+    raise UserError(f'Model {name!r} needs config.model.{required[0]} (it has no default); set '
+                    'it in the config.')
 
 
 def _check_optimizer(c: _Checker) -> None:
@@ -491,7 +522,14 @@ def _check_optimizer(c: _Checker) -> None:
             'warmup_epochs': dict(minimum=0.0), 'warmup_fraction': dict(minimum=0.0, maximum=1.0),
             'start_scale': dict(minimum=0.0), 'end_scale': dict(minimum=0.0)}
   for field in SCHEDULES[name]:
-    c.number(f'schedule.{field}', **checks[field])
+    if field == 'boundaries_epochs':
+      boundaries = c.sequence('schedule.boundaries_epochs', (int, float), min_length=1)
+      pairs = zip(boundaries, boundaries[1:], strict=False)
+      if min(boundaries) < 0 or any(earlier >= later for earlier, later in pairs):
+        raise UserError(f'config.schedule.boundaries_epochs is {boundaries}; give the epochs '
+                        'where the learning rate drops, increasing and not negative.')
+    else:
+      c.number(f'schedule.{field}', **checks[field])
   for field in c.config.optimizer_groups:
     _check_group(c, field)
   c.groups.add('optimizer_groups')
@@ -560,8 +598,16 @@ def _check_eval(c: _Checker) -> None:
 
 def _check_model_structure(config: ml_collections.ConfigDict) -> None:
   size = config.crop_size or min(image_height_width(config) or (32, 32))
-  paths = _parameter_paths(config.model.to_json_best_effort(sort_keys=True), size,
-                           config.dataset.channels or 3)
+  try:
+    paths = _parameter_paths(config.model.to_json_best_effort(sort_keys=True), size,
+                             config.dataset.channels or 3)
+  except (TypeError, ValueError, AttributeError, KeyError) as error:
+    if not models.is_external(config.model.name):
+      raise  # a registered model that cannot build is cifar_jax's bug: its traceback helps
+    raise UserError(f'Model {config.model.name!r} (config.model.name) cannot be built on '
+                    f'[1, {size}, {size}, {config.dataset.channels or 3}] images: '
+                    f'{type(error).__name__}: {error}; check it against the model contract '
+                    '(docs/development.md, "Adding a model").') from None
   modules = {path.rsplit('/', 1)[0] for path in paths}
   for module in config.l2_penalty_modules:
     if f'{module}/kernel' not in paths:

@@ -60,7 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.channel_mean = (0.4914, 0.4822, 0.4465)  # CIFAR-10 training split, 0-1 scale
   config.channel_std = (0.2470, 0.2435, 0.2616)
   config.augment = ml_collections.ConfigDict()
-  config.augment.translate = 0  # pixels of reflect padding before the random crop
+  config.augment.translate = 0  # pixels of padding before the random crop
+  # reflect (airbench's) | constant (zeros, black: torchvision's RandomCrop(padding=...)).
+  config.augment.padding_mode = 'reflect'
   # Instead of the plain random crop: a box of a random share of the image's area (crop_scale)
   # and aspect ratio (crop_ratio, log-uniform), resized to crop_size (antialiased), as the
   # ImageNet recipes do.
@@ -74,7 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.contrast_lower = 0.2
   config.augment.contrast_upper = 1.8
 
-  # A model by name (cifar_jax.models.MODELS) and its fields.
+  # A model by name (cifar_jax.models.MODELS: tutorial_cnn, airbench94, resnet, preact_resnet,
+  # wide_resnet), or 'package.module:ClassName' for one outside cifar_jax (docs/development.md),
+  # and its fields.
   config.model = ml_collections.ConfigDict()
   config.model.name = 'tutorial_cnn'
   config.model.conv_features = 64
@@ -111,14 +115,19 @@ def get_config() -> ml_collections.ConfigDict:
   # The optimizer (cifar_jax/optimizers.py): sgd | momentum | muon | frozen, its peak
   # learning rate, and the schedule that scales it, chosen by name with that name's fields:
   #   constant | staircase_exponential (decay_factor, epochs_per_decay) | warmup_cosine
-  #   (warmup_epochs) | linear_warmup_decay (warmup_fraction, start_scale, end_scale)
+  #   (warmup_epochs) | linear_warmup_decay (warmup_fraction, start_scale, end_scale) |
+  #   piecewise_constant (boundaries_epochs, decay_factor: PyTorch's MultiStepLR)
   config.optimizer = 'sgd'
   config.learning_rate = 0.1
   config.momentum = 0.9  # momentum and muon
   config.nesterov = False
-  config.hyperparameter_form = 'plain'  # plain | decoupled (per 1024 examples, airbench94)
+  # plain | decoupled (per 1024 examples, airbench94) | pytorch (weight_decay as PyTorch's SGD
+  # and optax.add_decayed_weights: g += weight_decay * p; the ResNet recipes).
+  config.hyperparameter_form = 'plain'
+
   config.schedule = ml_collections.ConfigDict({'name': 'constant'})
-  # PyTorch-style weight decay inside the optimizer, per example of the global batch (0: none).
+  # Weight decay inside the optimizer (0: none), in the units hyperparameter_form says: plain,
+  # per example of the global batch; decoupled, per 1024 examples; pytorch, PyTorch's.
   config.weight_decay = 0.0
   # name -> ConfigDict(params=(glob patterns,), optimizer=..., learning_rate=..., ...).
   config.optimizer_groups = ml_collections.ConfigDict()

@@ -26,7 +26,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 from cifar_jax import builder, checkpoints, datasets, parallel  # noqa: E402
-from experiments import airbench94_muon, airbench94_smoke, smoke  # noqa: E402
+from experiments import (  # noqa: E402
+    airbench94_muon,
+    airbench94_smoke,
+    preact_resnet18,
+    resnet18,
+    smoke,
+    wrn28_10,
+)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,6 +50,8 @@ def tiny_config(base=None, **overrides):
   if config.model.name == 'airbench94':
     config.model.widths = (8, 16, 16)
     config.model_init_examples = 256
+  elif config.model.name != 'tutorial_cnn':
+    pass  # tiny_family_config sets its widths
   else:
     config.model.conv_features = 8
     config.model.local3_features = 16
@@ -80,6 +89,25 @@ def tiny_airbench_config(muon=False, **overrides):
                   'learning_rate', 'weight_decay', 'schedule', 'optimizer_groups', 'lookahead'):
       base[field] = muon_config[field]
   return tiny_config(base, **{'eval.batch_size': 50, **overrides})
+
+
+def tiny_family_config(recipe='resnet18', **overrides):
+  """A ResNet-family recipe (experiments/resnet18.py, preact_resnet18.py, wrn28_10.py) at width
+  4 (WRN-10-1), 16x16 synthetic images, batch 8, 20 steps: every block kind, a step in ms."""
+  module = {'resnet18': resnet18, 'preact_resnet18': preact_resnet18,
+            'wrn28_10': wrn28_10}[recipe]
+  config = module.get_config()
+  config.dataset.source = 'synthetic'
+  config.dataset.synthetic_image_size = 16
+  config.crop_size = 16
+  config.augment.translate = 2
+  config.num_train_epochs = 0.0
+  if config.model.name == 'wide_resnet':
+    config.model.depth, config.model.width_factor, config.model.stem_width = 10, 1, 4
+  else:
+    config.model.width = 4
+  config.eval.poll_secs = 1.0
+  return tiny_config(config, **overrides)
 
 
 def run_steps(config, num_steps, fixed_indices=None):

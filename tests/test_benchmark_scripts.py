@@ -41,9 +41,10 @@ def _run(command, timeout=600, **kwargs):
 
 def test_the_scripts_are_all_known():
   assert set(SCRIPTS) == {
-      'airbench_reference.py', 'faults.py', 'gpu_run.py', 'gpu_wheelhouse.py', 'host_placement.py',
-      'input_pipeline.py', 'make_image_folder.py', 'multi_device.py', 'multiprocess_stress.py',
-      'pytorch_reference.py', 'startup.py'}, 'a new script needs a tiny run here (and in the list)'
+      'airbench_reference.py', 'conv_passes.py', 'faults.py', 'gpu_run.py', 'gpu_wheelhouse.py',
+      'host_placement.py', 'input_pipeline.py', 'make_image_folder.py', 'multi_device.py',
+      'multiprocess_stress.py', 'pytorch_reference.py', 'resnet_reference.py', 'startup.py'}, (
+          'a new script needs a tiny run here (and in the list)')
 
 
 @pytest.mark.parametrize('name', SCRIPTS)
@@ -110,10 +111,26 @@ def test_airbench94_is_faithful_to_the_pytorch_original():
 
 
 @needs_torch
+def test_the_resnet_families_are_faithful_to_pytorch():
+  """ResNet-18, PreAct-ResNet-18, WRN-16-4 at full widths: counts, float64 forward/backward/step."""
+  result = _run([sys.executable, _script('resnet_reference.py'), f'--torch_python={TORCH_PYTHON}',
+                 '--batch=4'])
+  summary = json.loads(result.stdout.strip().splitlines()[-1])
+  assert summary['agree'], result.stdout[-4000:]
+  assert set(summary) == {'agree', 'resnet18', 'preact_resnet18', 'wrn16_4'}
+  assert summary['resnet18']['parameter_count'] == 11_173_962
+  assert max(summary['wrn16_4']['float64'].values()) < 1e-10
+
+
+@needs_torch
 def test_the_pytorch_speed_references_run():
+  from cifar_jax import benchmark  # pylint: disable=g-import-not-at-top
+  from tests.conftest import tiny_family_config  # pylint: disable=g-import-not-at-top
+  resnet = benchmark._pytorch_command(tiny_family_config('wrn28_10'), steps=1, repeats=1)
+  assert resnet[0].endswith('resnet_reference.py')
   for command in ([_script('pytorch_reference.py'), '--batch=8', '--steps=1', '--repeats=1'],
                   [_script('airbench_reference.py'), '--speed', '--recipe=airbench94',
-                   '--batch=8', '--steps=1', '--repeats=1']):
+                   '--batch=8', '--steps=1', '--repeats=1'], resnet):
     last = _run([TORCH_PYTHON, *command], timeout=300).stdout.strip().splitlines()[-1]
     assert float(dict(item.split('=') for item in last.split())['train_step_img_per_s']) > 0
 
@@ -150,3 +167,11 @@ def test_make_image_folder_writes_a_folder_the_recipe_loads(tmp_path):
   config.dataset.image_size = 24  # mixed sizes: one size when loaded
   split = datasets.load_split(config.dataset, 'train')
   assert split.images.shape == (15, 24, 24, 1) and split.num_classes == 5
+
+
+def test_the_convolution_passes_are_timed_in_each_variant():
+  command = [sys.executable, _script('conv_passes.py'), '--batch=2', '--repeats=1', '--limit=2',
+             '--variants=xla,taps', *([f'--torch_python={TORCH_PYTHON}'] if TORCH_PYTHON else [])]
+  totals = json.loads(_run(command).stdout.strip().splitlines()[-1])
+  assert set(totals) == {'xla', 'taps', *(['pytorch'] if TORCH_PYTHON else [])}
+  assert all(ms > 0 for passes in totals.values() for ms in passes.values())

@@ -1,8 +1,10 @@
 """The notebook API: each function on a tiny run, checked against the modules it wraps."""
 
 import os
+import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -166,15 +168,100 @@ def test_a_checkpoint_of_replicas_gives_each_run_on_its_own(tmp_path):
 def test_a_checkpoint_of_an_unregistered_model_is_one_sentence(tmp_path, monkeypatch):
   from cifar_jax import models, train  # pylint: disable=g-import-not-at-top
 
-  class PreactResnet(models.TutorialCNN):  # a model registered by the code that trained it
+  class MyNet(models.TutorialCNN):  # a model registered by the code that trained it
     pass
 
-  monkeypatch.setitem(models.MODELS, 'preact_resnet', PreactResnet)
+  monkeypatch.setitem(models.MODELS, 'my_net', MyNet)
   config = tiny_config(num_train_steps=2, checkpoint_every_steps=2)
-  config.model.name = 'preact_resnet'
+  config.model.name = 'my_net'
   train.train_and_evaluate(config, str(tmp_path), evaluate_in_process=False)
-  monkeypatch.delitem(models.MODELS, 'preact_resnet')  # a fresh process without that code
-  with pytest.raises(UserError, match=r"Unknown model 'preact_resnet' \(config.model.name\): the "
-                                      r"registered models are \['airbench94', 'tutorial_cnn'\]; "
-                                      r'register it in cifar_jax.models.MODELS'):
+  monkeypatch.delitem(models.MODELS, 'my_net')  # a fresh process without that code
+  with pytest.raises(UserError, match=r"Unknown model 'my_net' \(config.model.name\): the "
+                                      r"registered models are \['airbench94', 'preact_resnet', "
+                                      r"'resnet', 'tutorial_cnn', 'wide_resnet'\]; name one, "
+                                      r"name a module outside cifar_jax as 'package.module:"):
     experiment.load_checkpoint(str(tmp_path))
+
+
+# A model outside the package: any importable flax module that keeps the contract
+# (cifar_jax/models/__init__.py, docs/development.md).
+_OUTSIDE_MODEL = """
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class TinyNet(nn.Module):
+  num_classes: int
+  features: int = 8
+  axis_name: str | None = None  # cifar_jax sets its device axis: statistics of the global batch
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    x = nn.Conv(self.features, (3, 3), dtype=self.dtype)(images.astype(self.dtype))
+    x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x)
+    x = jnp.mean(nn.relu(x), axis=(1, 2))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+"""
+
+
+def test_a_model_outside_the_package_trains_is_saved_scored_and_loaded(tmp_path, monkeypatch):
+  from cifar_jax import evaluate, train  # pylint: disable=g-import-not-at-top
+
+  (tmp_path / 'my_models.py').write_text(_OUTSIDE_MODEL)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  workdir = str(tmp_path / 'run')
+
+  def outside_config(**overrides):
+    config = tiny_config(num_train_steps=4, checkpoint_every_steps=4, num_devices=2,
+                         l2_penalty_modules=(), **overrides)
+    config.model = ml_collections.ConfigDict({'name': 'my_models:TinyNet', 'features': 4,
+                                              'dtype': 'float32'})
+    return config
+
+  state = train.train_and_evaluate(outside_config(), workdir, evaluate_in_process=False)
+  assert set(state.batch_stats) == {'BatchNorm_0'} and state.params['Conv_0']['kernel'].shape[
+      -1] == 4
+  scored = evaluate.evaluate(outside_config(**{'eval.run_once': True}), workdir)
+  assert 0 <= scored[4].precision_raw <= 1  # the evaluator built it from the saved config
+  run = experiment.load_checkpoint(workdir)
+  assert run.config.model.name == 'my_models:TinyNet'
+  jax.tree.map(np.testing.assert_array_equal, run.state.params, state.params)
+  assert experiment.predict(run, np.zeros((3, 32, 32, 3), np.uint8)).shape == (3, 10)
+  # Elsewhere, without the module: one sentence.
+  monkeypatch.delitem(sys.modules, 'my_models')
+  monkeypatch.setattr(sys, 'path', [p for p in sys.path if p != str(tmp_path)])
+  with pytest.raises(UserError, match=r"'my_models' cannot be imported .*put its folder on "
+                                      'PYTHONPATH'):
+    experiment.load_checkpoint(workdir)
+
+
+def test_an_outside_model_that_breaks_the_contract_is_one_sentence(tmp_path, monkeypatch):
+  (tmp_path / 'bad_models.py').write_text(_OUTSIDE_MODEL + """
+
+class NoClasses(nn.Module):
+  @nn.compact
+  def __call__(self, images, train=False):
+    return images
+
+
+class Broken(TinyNet):
+  @nn.compact
+  def __call__(self, images, train=False):
+    return nn.Dense(self.num_classes)(images.reshape(-1))[None].reshape(3, 3, 3)
+""")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  from cifar_jax import validation  # pylint: disable=g-import-not-at-top
+  for name, words in [('bad_models:Missing', 'has no flax module'),
+                      ('bad_models:NoClasses', 'has no num_classes field'),
+                      ('bad_models:Broken', 'cannot be built on')]:
+    config = tiny_config(l2_penalty_modules=())
+    config.model = ml_collections.ConfigDict({'name': name})
+    with pytest.raises(UserError, match=words):
+      validation.validate(config)
+  config = tiny_config()
+  config.model = ml_collections.ConfigDict({'name': 'bad_models:TinyNet', 'feature': 3})
+  with pytest.raises(UserError, match="has no field 'feature'"):
+    validation.validate(config)

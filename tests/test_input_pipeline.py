@@ -155,15 +155,17 @@ def test_alternating_flip_schedule():
   np.testing.assert_array_equal(flips[15], ~flips[0])
 
 
-def test_translation_is_a_window_of_the_reflect_padded_image():
+@pytest.mark.parametrize('padding_mode', ['reflect', 'constant'])
+def test_translation_is_a_window_of_the_padded_image(padding_mode):
+  """airbench's reflect padding, or torchvision's RandomCrop(padding=2): black (0) borders."""
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-  options = dataclasses.replace(AIRBENCH, flip=False, translate=2)
+  options = dataclasses.replace(AIRBENCH, flip=False, translate=2, padding_mode=padding_mode)
   out = np.asarray(input_pipeline.augment_batch(images, np.arange(8), jax.random.PRNGKey(0), 0,
                                                 options))
   shifts = set()
   for o, image in zip(out, images, strict=True):
-    padded = _normalized(np.pad(image, ((2, 2), (2, 2), (0, 0)), mode='reflect'))
+    padded = _normalized(np.pad(image, ((2, 2), (2, 2), (0, 0)), mode=padding_mode))
     found = [(top, left) for top in range(5) for left in range(5)
              if np.allclose(padded[top:top + 32, left:left + 32], o, atol=1e-5)]
     assert found

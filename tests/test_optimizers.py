@@ -9,7 +9,7 @@ import pytest
 
 from cifar_jax import builder, optimizers, validation
 from cifar_jax.errors import UserError
-from tests.conftest import tiny_airbench_config
+from tests.conftest import tiny_airbench_config, tiny_family_config
 
 
 def _numpy_newton_schulz(g, steps=3, eps=1e-7):
@@ -134,3 +134,40 @@ def test_bad_groups_are_refused(groups, message):
   config.optimizer_groups = ml_collections.ConfigDict(groups)
   with pytest.raises(UserError, match=message):
     validation.validate(config)
+
+
+def test_the_pytorch_form_is_torch_sgds_weight_decay_for_two_steps():
+  """PyTorch's SGD(lr, momentum, nesterov, weight_decay) by its formulas, two steps by hand:
+  g' = g + wd p;  buf = m buf + g';  p -= lr (g' + m buf)."""
+  config = ml_collections.ConfigDict(tiny_family_config().to_dict())
+  config.schedule = ml_collections.ConfigDict({'name': 'constant'})
+  tx, _ = optimizers.create_optimizer(config, 1280, 128)
+  lr, m, wd = 0.1, 0.9, 5e-4
+  p = np.array([0.5, -2.0, 3.0], np.float64)
+  g = [np.array([1.0, 0.25, -0.5]), np.array([-0.3, 0.1, 0.2])]
+  params = {'w': jnp.asarray(p, jnp.float32)}
+  state = tx.init(params)
+  buf = np.zeros(3)
+  for grad in g:
+    updates, state = tx.update({'w': jnp.asarray(grad, jnp.float32)}, state, params)
+    params = optax.apply_updates(params, updates)
+    decayed = grad + wd * p
+    buf = m * buf + decayed
+    p = p - lr * (decayed + m * buf)
+    np.testing.assert_allclose(params['w'], p, rtol=1e-6)
+
+
+def test_piecewise_constant_lowers_the_rate_on_the_first_step_of_each_boundary_epoch():
+  """PyTorch's MultiStepLR(milestones=[2, 3], gamma=0.2), stepped per epoch, at 10 steps/epoch."""
+  config = ml_collections.ConfigDict(tiny_family_config().to_dict())
+  config.schedule = ml_collections.ConfigDict({
+      'name': 'piecewise_constant', 'boundaries_epochs': (2.0, 3.0), 'decay_factor': 0.2})
+  schedule = optimizers.create_learning_rate_fn(config, num_train_examples=1280,
+                                                global_batch_size=128)
+  rates = [float(schedule(step)) for step in (0, 19, 20, 29, 30, 100)]
+  np.testing.assert_allclose(rates, [0.1, 0.1, 0.02, 0.02, 0.004, 0.004], rtol=1e-6)
+  for boundaries, words in [((3.0, 2.0), 'increasing'), ((-1.0,), 'not negative'),
+                            ((), 'tuple of numbers')]:
+    config.schedule.boundaries_epochs = boundaries
+    with pytest.raises(UserError, match=words):
+      validation.validate(config)

@@ -53,6 +53,8 @@ TUTORIAL_MISTAKES = [
     ('channel_std', (0.2, 0.0, 0.2), r'every standard deviation must be positive'),
     ('channel_std', (0.2, 0.2), r'config.channel_std is .*a tuple of 3 numbers'),
     ('augment.translate', -1, r'config.augment.translate is -1; use 0 or a number of pixels'),
+    ('augment.padding_mode', 'zeros',
+     r"Unknown config.augment.padding_mode 'zeros'; use one of \['reflect', 'constant'\]"),
     ('augment.max_brightness_delta', -5.0, r'max_brightness_delta is -5.0; it must be at least 0'),
     ('augment.contrast_upper', 0.1, r'contrast_upper is 0.1; it must be at least'),
     ('model.conv_features', 0, r'config.model.conv_features is 0; it must be at least 1'),
@@ -67,7 +69,8 @@ TUTORIAL_MISTAKES = [
     ('learning_rate', -0.1, r'config.learning_rate is -0.1; it must be at least 0'),
     ('learning_rate', float('nan'), r'config.learning_rate is nan; it must be a finite number'),
     ('momentum', 1.0, r'config.momentum is 1.0; it must be less than 1'),
-    ('hyperparameter_form', 'scaled', r"Unknown config.hyperparameter_form 'scaled'"),
+    ('hyperparameter_form', 'scaled', r"Unknown config.hyperparameter_form 'scaled'; use one of "
+                                      r"\['plain', 'decoupled', 'pytorch'\]"),
     ('weight_decay', -1e-4, r'config.weight_decay is -0.0001; it must be at least 0'),
     ('schedule.decay_factor', 0.0, r'schedule.decay_factor is 0.0; it must be greater than 0'),
     ('schedule.epochs_per_decay', -1.0, r'epochs_per_decay is -1.0; it must be greater than 0'),

@@ -1,0 +1,223 @@
+r"""ResNet-18's step taken apart: each convolution's three passes and BatchNorm, JAX vs PyTorch.
+
+  python benchmarks/conv_passes.py [--batch=128] [--torch_python=/path/to/venv/bin/python]
+
+For every distinct convolution of ResNet-18 on 32x32 images (kuangliu's;
+`cifar_jax.models.resnet`) and the number of times it occurs, the time of its
+forward pass, its input gradient and its weight gradient, and of BatchNorm's
+forward and backward on its output, each compiled alone (float32, NHWC):
+
+  xla          cifar_jax's XLA CPU options (`parallel.CPU_COMPILER_OPTIONS`: convolutions
+               through YNNPACK)
+  xla_default  XLA's own CPU defaults (no option)
+  taps         the weight gradient as one matmul per kernel tap (dW[i, j] = the shifted
+               input's [C_in, N*H*W] times the output gradient's [N*H*W, C_out]), with
+               cifar_jax's options
+  pytorch      torch.nn.functional.conv2d and torch.nn.grad.conv2d_input / conv2d_weight,
+               channels_last, in its own process (--torch_python)
+
+The totals weight each row by its count: the convolutions' share of a training
+step. The last line is machine-readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (name, input side, C_in, C_out, kernel, stride, occurrences) of ResNet-18 at width 64.
+CONVS = (
+    ('stem 3x3 3->64', 32, 3, 64, 3, 1, 1),
+    ('layer1 3x3 64->64', 32, 64, 64, 3, 1, 4),
+    ('layer2 3x3/2 64->128', 32, 64, 128, 3, 2, 1),
+    ('layer2 3x3 128->128', 16, 128, 128, 3, 1, 3),
+    ('layer2 shortcut 1x1/2', 32, 64, 128, 1, 2, 1),
+    ('layer3 3x3/2 128->256', 16, 128, 256, 3, 2, 1),
+    ('layer3 3x3 256->256', 8, 256, 256, 3, 1, 3),
+    ('layer3 shortcut 1x1/2', 16, 128, 256, 1, 2, 1),
+    ('layer4 3x3/2 256->512', 8, 256, 512, 3, 2, 1),
+    ('layer4 3x3 512->512', 4, 512, 512, 3, 1, 3),
+    ('layer4 shortcut 1x1/2', 8, 256, 512, 1, 2, 1),
+)
+PASSES = ('forward', 'input_grad', 'weight_grad', 'batch_norm')
+
+
+def _median_ms(run, repeats: int) -> float:
+  run()  # compiled and warm
+  times = []
+  for _ in range(repeats):
+    started = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - started)
+  return 1e3 * statistics.median(times)
+
+
+def jax_times(batch: int, repeats: int, variant: str) -> dict[str, dict[str, float]]:
+  """{conv name: {pass: ms}} in JAX for `variant` (xla | xla_default | taps)."""
+  sys.path.insert(0, REPO_ROOT)
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from cifar_jax import parallel  # pylint: disable=import-outside-toplevel
+  from cifar_jax.models import layers  # pylint: disable=import-outside-toplevel
+
+  options = {} if variant == 'xla_default' else parallel.compiler_options('cpu')
+
+  def compiled(fn, *args):
+    executable = jax.jit(fn).lower(*args).compile(options)
+    return lambda: jax.block_until_ready(executable(*args))
+
+  out = {}
+  key = jax.random.key(0)
+  for name, side, c_in, c_out, k, stride, _ in CONVS:
+    x = jax.random.normal(key, (batch, side, side, c_in))
+    w = jax.random.normal(key, (k, k, c_in, c_out)) * 0.05
+    pad = ((k // 2, k // 2),) * 2
+
+    def conv(x, w, stride=stride, pad=pad):
+      return jax.lax.conv_general_dilated(x, w, (stride, stride), pad,
+                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+    y = conv(x, w)
+    dy = jnp.ones_like(y)
+    times = {'forward': _median_ms(compiled(conv, x, w), repeats),
+             'input_grad': _median_ms(compiled(
+                 lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0], x, w, dy),
+                 repeats)}
+    if variant == 'taps':
+      weight_grad = lambda x, dy, k=k, stride=stride, pad=pad: _taps_weight_grad(  # noqa: E731
+          x, dy, k, stride, pad)
+      times['weight_grad'] = _median_ms(compiled(weight_grad, x, dy), repeats)
+    else:
+      times['weight_grad'] = _median_ms(compiled(
+          lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0], x, w, dy), repeats)
+    norm = layers.BatchNorm(momentum=0.9, epsilon=1e-5, use_scale=True)
+    variables = norm.init(key, y, True)
+
+    def norm_step(variables, y, dy, norm=norm):
+      def f(y, params):
+        out, _ = norm.apply({**variables, 'params': params}, y, True, mutable=['batch_stats'])
+        return out
+      out, pullback = jax.vjp(f, y, variables['params'])
+      return out, pullback(dy)
+
+    times['batch_norm'] = _median_ms(compiled(norm_step, variables, y, dy), repeats)
+    out[name] = times
+  return out
+
+
+def _taps_weight_grad(x, dy, k, stride, pad):
+  """dW [k, k, C_in, C_out] as k * k matmuls of the shifted, strided input and dy."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  n, out_h, out_w, c_out = dy.shape
+  padded = jnp.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
+  flat_dy = dy.reshape(-1, c_out)
+  rows = []
+  for i in range(k):
+    row = []
+    for j in range(k):
+      window = padded[:, i:i + stride * out_h:stride, j:j + stride * out_w:stride, :]
+      row.append(window.reshape(-1, x.shape[-1]).T @ flat_dy)
+    rows.append(jnp.stack(row))
+  return jnp.stack(rows)
+
+
+def torch_times(batch: int, repeats: int) -> dict[str, dict[str, float]]:
+  """The same in PyTorch (channels_last, every core)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch.nn.functional as F  # noqa: N812  pylint: disable=import-outside-toplevel
+
+  torch.set_num_threads(os.cpu_count())
+  out = {}
+  cl = torch.channels_last
+  for name, side, c_in, c_out, k, stride, _ in CONVS:
+    x = torch.randn(batch, c_in, side, side).contiguous(memory_format=cl)
+    w = (torch.randn(c_out, c_in, k, k) * 0.05).contiguous(memory_format=cl)
+    with torch.no_grad():
+      y = F.conv2d(x, w, stride=stride, padding=k // 2)
+    dy = torch.ones_like(y)
+    norm = torch.nn.BatchNorm2d(c_out).to(memory_format=cl)
+
+    def norm_step(y=y, dy=dy, norm=norm):
+      y = y.detach().requires_grad_()
+      norm(y).backward(dy)
+
+    with torch.no_grad():
+      out[name] = {
+          'forward': _median_ms(lambda x=x, w=w, s=stride, p=k // 2: F.conv2d(
+              x, w, stride=s, padding=p), repeats),
+          'input_grad': _median_ms(lambda x=x, w=w, dy=dy, s=stride, p=k // 2:
+                                   torch.nn.grad.conv2d_input(x.shape, w, dy, stride=s,
+                                                              padding=p), repeats),
+          'weight_grad': _median_ms(lambda x=x, w=w, dy=dy, s=stride, p=k // 2:
+                                    torch.nn.grad.conv2d_weight(x, w.shape, dy, stride=s,
+                                                                padding=p), repeats)}
+    out[name]['batch_norm'] = _median_ms(norm_step, repeats)
+  return out
+
+
+def table(results: dict[str, dict], batch: int) -> str:
+  columns = list(results)
+  lines = [f'ResNet-18 convolutions at batch {batch}, 32x32, float32: ms per pass (median)', '',
+           '| convolution | count | pass | ' + ' | '.join(columns) + ' |',
+           '|---|---|---|' + '---|' * len(columns)]
+  totals = {c: {p: 0.0 for p in PASSES} for c in columns}
+  for name, *_, count in CONVS:
+    for p in PASSES:
+      values = [results[c][name][p] for c in columns]
+      for c, v in zip(columns, values, strict=True):
+        totals[c][p] += count * v
+      lines.append(f'| {name} | {count} | {p} | ' + ' | '.join(f'{v:.1f}' for v in values)
+                   + ' |')
+  for p in PASSES:
+    lines.append(f'| **all, x count** | | {p} | ' + ' | '.join(
+        f'**{totals[c][p]:.0f}**' for c in columns) + ' |')
+  lines.append('| **all, x count** | | sum | ' + ' | '.join(
+      f'**{sum(totals[c].values()):.0f}**' for c in columns) + ' |')
+  return '\n'.join(lines)
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--batch', type=int, default=128)
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--variants', default='xla,xla_default,taps')
+  parser.add_argument('--limit', type=int, default=0,
+                      help='only the first N convolutions (a quick check of the script)')
+  parser.add_argument('--torch_python', default='',
+                      help='a Python with torch for the PyTorch column (none: no column)')
+  parser.add_argument('--torch_part', action='store_true', help='(internal) the PyTorch half')
+  args = parser.parse_args()
+  global CONVS  # noqa: PLW0603  (--limit shortens the table for a quick check)
+  CONVS = CONVS[:args.limit] if args.limit else CONVS
+  if args.torch_part:
+    print(json.dumps(torch_times(args.batch, args.repeats)))
+    return 0
+  results = {variant: jax_times(args.batch, args.repeats, variant)
+             for variant in args.variants.split(',') if variant}
+  if args.torch_python:
+    done = subprocess.run([args.torch_python, os.path.abspath(__file__), '--torch_part',
+                           f'--batch={args.batch}', f'--repeats={args.repeats}',
+                           f'--limit={args.limit}'],
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+      print(done.stderr[-3000:], file=sys.stderr)
+      print(f'error: the PyTorch half failed with {args.torch_python}.', file=sys.stderr)
+      return 1
+    results['pytorch'] = json.loads(done.stdout.strip().splitlines()[-1])
+  print(table(results, args.batch))
+  print(json.dumps({column: {p: sum(count * results[column][name][p]
+                                    for name, *_, count in CONVS) for p in PASSES}
+                    for column in results}))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,159 @@
+"""Models, looked up by `config.model.name`: the registry, and how a model is built from the config.
+
+One module per family: `tutorial` (the TensorFlow tutorial's CNN),
+`airbench` (airbench94), `resnet` (ResNet and pre-activation ResNet),
+`wide_resnet` (WRN-d-k); `layers` holds what they share (PyTorch's BatchNorm
+over the global batch, pooling, PyTorch's initialisers).
+
+`config.model.name` is a key of `MODELS` or, for a model outside the
+package, 'package.module:ClassName' (any importable flax module that keeps
+the contract below); either way the name is saved with the checkpoints, and
+the evaluator and `experiment.load_checkpoint` build the same model again
+from it. The other fields of `config.model` are the module's dataclass
+fields (validated against them at the entry).
+
+The contract (docs/development.md walks through adding a model both ways):
+
+* `__call__(self, images, train: bool = False)`: float32 NHWC images, as
+  the input pipeline makes them, -> float32 logits [N, num_classes];
+* a `num_classes: int` field (set from the data) and, for BatchNorm over
+  the global batch, an `axis_name: str | None` field (set to
+  `cifar_jax.parallel.AXIS_NAME`; statistics that average over it are the
+  same for any number of devices); mutable state lives in `batch_stats`;
+* a `dtype` field (optional) receives `jnp.float32` or `jnp.bfloat16` from
+  `config.model.dtype`; parameters stay float32;
+* optionally `data_init(params, images) -> params`: a data-dependent
+  initialisation from `config.model_init_examples` preprocessed training
+  images (airbench's whitening).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+import importlib
+import inspect
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cifar_jax.errors import UserError
+from cifar_jax.models.airbench import (
+    HEAD_INITS,
+    WHITEN_BIAS_INITS,
+    Airbench94,
+    image_patches,
+    whitening_kernel,
+)
+from cifar_jax.models.layers import (
+    BatchNorm,
+    dirac_init,
+    max_pool,
+    max_pool_2x2,
+    pytorch_default_uniform,
+)
+from cifar_jax.models.resnet import DEPTHS, STEMS, PreActResNet, ResNet
+from cifar_jax.models.tutorial import FORMULATIONS, TutorialCNN, local_response_normalization
+from cifar_jax.models.wide_resnet import WideResNet, blocks_per_group
+from cifar_jax.parallel import AXIS_NAME
+
+__all__ = [
+    'AXIS_NAME', 'DEPTHS', 'DTYPES', 'FORMULATIONS', 'HEAD_INITS', 'MODELS', 'STEMS',
+    'WHITEN_BIAS_INITS', 'Airbench94', 'BatchNorm', 'PreActResNet', 'ResNet', 'TutorialCNN',
+    'WideResNet', 'blocks_per_group', 'count_parameters', 'create_model', 'dirac_init',
+    'image_patches', 'is_external', 'local_response_normalization', 'max_pool', 'max_pool_2x2',
+    'model_class', 'model_fields', 'parameter_paths', 'pytorch_default_uniform',
+    'whitening_kernel',
+]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    'tutorial_cnn': TutorialCNN,
+    'airbench94': Airbench94,
+    'resnet': ResNet,
+    'preact_resnet': PreActResNet,
+    'wide_resnet': WideResNet,
+}
+
+
+# config.model.dtype: what activations, convolutions and matmuls compute in.
+# Parameters are created in float32 whatever it is (flax's param_dtype), and
+# every model returns float32 logits, so the loss is computed in float32.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+# Module fields that are not options of the config's `model` group.
+_NOT_OPTIONS = ('parent', 'name', 'num_classes', 'axis_name')
+
+
+def is_external(name: str) -> bool:
+  """Whether `name` is 'package.module:ClassName' rather than a key of `MODELS`."""
+  return ':' in name
+
+
+def _import_external(name: str) -> Callable[..., nn.Module]:
+  module_name, _, class_name = name.partition(':')
+  where = (f"config.model.name is {name!r}, a model outside cifar_jax ('package.module:"
+           "ClassName')")
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as error:
+    raise UserError(f'{where}, but {module_name!r} cannot be imported ({error}); install it or '
+                    'put its folder on PYTHONPATH, in the trainer and the evaluator '
+                    'alike.') from None
+  model = getattr(module, class_name, None)
+  if not (inspect.isclass(model) and issubclass(model, nn.Module)):
+    raise UserError(f'{where}, but {module_name} has no flax module {class_name!r}; name a '
+                    'flax.linen.Module subclass there.')
+  fields = {f.name for f in dataclasses.fields(model)}
+  if 'num_classes' not in fields:
+    raise UserError(f'{where}, but {class_name} has no num_classes field; the model contract '
+                    '(docs/development.md) needs one: it is set from the data.')
+  return model
+
+
+def model_class(name: str) -> Callable[..., nn.Module]:
+  """`MODELS[name]`, or the class 'package.module:ClassName' names; else one sentence."""
+  if is_external(name):
+    return _import_external(name)
+  if name not in MODELS:
+    raise UserError(
+        f'Unknown model {name!r} (config.model.name): the registered models are '
+        f"{sorted(MODELS)}; name one, name a module outside cifar_jax as 'package.module:"
+        "ClassName', or register it in cifar_jax.models.MODELS (cifar_jax/models/__init__.py) "
+        'before the config, or a checkpoint trained with it, is used.')
+  return MODELS[name]
+
+
+def model_fields(name: str) -> dict[str, Any]:
+  """{field: default (dataclasses.MISSING if none)} that `config.model` may set."""
+  return {f.name: f.default for f in dataclasses.fields(model_class(name))
+          if f.name not in _NOT_OPTIONS and f.init}
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  """The model `model_config.name` names, the other fields its arguments (a valid config)."""
+  options = dict(model_config)
+  name = options.pop('name')
+  if 'dtype' in options:
+    options['dtype'] = DTYPES[options['dtype']]
+  for key, value in options.items():
+    if isinstance(value, list):  # tuples come back from JSON (saved configs) as lists
+      options[key] = tuple(value)
+  model = model_class(name)
+  if is_external(name) and 'axis_name' in {f.name for f in dataclasses.fields(model)}:
+    options['axis_name'] = AXIS_NAME  # the registered models default to it
+  return model(num_classes=num_classes, **options)
+
+
+def parameter_paths(params: Any) -> list[str]:
+  """'module/param' path of every leaf, in tree order."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  return ['/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in flat]
+
+
+def count_parameters(params: Any) -> int:
+  """Total number of scalars in a parameter tree."""
+  return sum(x.size for x in jax.tree.leaves(params))
