@@ -34,7 +34,6 @@ parameters and `PreActResNet` 11,171,146, as the PyTorch models
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -153,7 +152,7 @@ class PreActResNet(_Family):
       shortcut = x
       if stride != 1 or x.shape[-1] != out_width:
         shortcut = self._conv(out_width, 1, stride, f'{name}_shortcut_conv')(activated)
-      bn_relu = functools.partial(_bn_relu, train=train)
+      bn_relu = lambda norm, y: nn.relu(norm(y, train))  # noqa: E731
       if kind == 'basic':
         y = self._conv(width, 3, stride, f'{name}_conv1')(activated)
         y = self._conv(width, 3, 1, f'{name}_conv2')(bn_relu(self._norm(f'{name}_bn2'), y))
@@ -166,6 +165,3 @@ class PreActResNet(_Family):
       x = nn.relu(self._norm('bn')(x, train))
     return self._head(x)
 
-
-def _bn_relu(norm: nn.Module, x: jax.Array, train: bool) -> jax.Array:
-  return nn.relu(norm(x, train))
