@@ -23,6 +23,9 @@ Its parts, in order of value, each in its own time box:
   7 resnet18     `cifar_jax.benchmark` of ResNet-18 (experiments/resnet18.py) in float32 and
                  bfloat16, then a short run of its recipe on the data (5 epochs, bfloat16,
                  the cosine over those 5): seconds, precision@1
+  8 sweep        airbench94 as a sweep of 8 learning rates in one program (loop and vmap)
+                 against one run (8 runs one after another take 8 x its run_s): seconds per
+                 run, images/s summed over the points
 
 A part gets a share of what is left of --budget_secs (time a part does not use
 goes to the ones after it); one that cannot start with its minimum left is
@@ -55,7 +58,7 @@ from cifar_jax import summaries  # noqa: E402  pylint: disable=g-import-not-at-t
 # (number, name, share of the budget left, minimum seconds to start).
 PARTS = ((0, 'install', 0.10, 20), (1, 'environment', 0.03, 5), (2, 'airbench94', 0.20, 20),
          (3, 'original', 0.20, 20), (4, 'benchmark', 0.27, 20), (5, 'tutorial', 0.13, 15),
-         (6, 'replicas', 0.17, 15), (7, 'resnet18', 0.15, 20))
+         (6, 'replicas', 0.17, 15), (7, 'resnet18', 0.15, 20), (8, 'sweep', 0.15, 15))
 # --tiny: every network tiny, one device, no decoded-data cache (a CPU check of the script).
 TINY = ['--config.num_devices=1', '--config.dataset.cache_dir=', '--config.eval.batch_size=64']
 TINY_TUTORIAL = [*TINY, '--config.model.conv_features=8', '--config.model.local3_features=16',
@@ -315,6 +318,20 @@ def replicas(runner: Runner, args, deadline: float, report: dict) -> None:
   _benchmarks(runner, 'replicas', settings, options, args.tiny, deadline, report)
 
 
+def sweep(runner: Runner, args, deadline: float, report: dict) -> None:
+  """8: airbench94 swept over 8 learning rates (--tiny: 2) in one program against one run."""
+  tiny = TINY_AIRBENCH_OVERRIDES if args.tiny else {}
+  rates = (11.5, 23.0) if args.tiny else tuple(11.5 * 2 ** (k / 2 - 2) for k in range(8))
+  settings = [('airbench94, 1 run', 'experiments/airbench94.py', {**tiny})]
+  settings += [(f'airbench94, sweep of {len(rates)} learning rates, {execution}',
+                'experiments/airbench94.py',
+                {**tiny, 'sweep.learning_rate': rates, 'replica_execution': execution})
+               for execution in ('loop', 'vmap')]
+  options = {'steps': 16, 'repeats': 3, 'synthetic_train_size': 20_000,
+             'synthetic_eval_size': 2_000}
+  _benchmarks(runner, 'sweep', settings, options, args.tiny, deadline, report)
+
+
 def tutorial(runner: Runner, args, deadline: float, report: dict) -> None:
   """5: the tutorial recipe and the evaluator beside it, on one device, until the target."""
   workdir = os.path.join(args.out, 'tutorial')
@@ -372,7 +389,7 @@ def resnet18(runner: Runner, args, deadline: float, report: dict) -> None:
 
 STEPS = {'install': install, 'environment': environment, 'airbench94': airbench,
          'original': original, 'benchmark': benchmark_table, 'tutorial': tutorial,
-         'replicas': replicas, 'resnet18': resnet18}
+         'replicas': replicas, 'resnet18': resnet18, 'sweep': sweep}
 
 
 def run_parts(runner: Runner, args, started: float) -> list[dict]:
@@ -435,7 +452,7 @@ def main(argv: list[str] | None = None) -> dict:
                       help='wheels from benchmarks/gpu_wheelhouse.py: install into a venv first')
   parser.add_argument('--torch_python', default='',
                       help='a Python with PyTorch for the original (default: the one running)')
-  parser.add_argument('--parts', default='01234567', help='which parts to run')
+  parser.add_argument('--parts', default='012345678', help='which parts to run')
   parser.add_argument('--tutorial_steps', type=int, default=100_000)
   parser.add_argument('--tutorial_target', type=float, default=0.86)
   parser.add_argument('--tiny', action='store_true', help='tiny networks (a check on a CPU)')

@@ -44,6 +44,7 @@ from cifar_jax import (
   profiling,
   scoring,
   summaries,
+  sweeps,
   train_state,
 )
 from cifar_jax.loop import PeriodicAction, Progress
@@ -72,7 +73,7 @@ class Run:
 
   def first_replica(self, tree):
     """Replica 0's part of a tree with a replica axis (the tree itself for one run)."""
-    return train_state.replica(tree, 0) if self.config.num_replicas > 1 else tree
+    return train_state.replica(tree, 0) if sweeps.num_runs(self.config) > 1 else tree
 
 
 class StartupReport(PeriodicAction):
@@ -143,7 +144,7 @@ class LogLine(PeriodicAction):
     if not self._run.is_main:
       return
     examples_per_sec, sec_per_batch, timed = progress.throughput()
-    replicas = self._run.config.num_replicas
+    replicas = sweeps.num_runs(self._run.config)
     runs = f'mean of {replicas} runs; ' if replicas > 1 else ''
     summaries.print_line(
         f'step {progress.step}, loss = {means["loss"]:.2f} ({runs}{examples_per_sec:.1f} '

@@ -24,7 +24,8 @@ After warm-up it times, over `--repeats` windows of `--steps` steps each
 It also reports compile seconds, peak host (and, on GPUs/TPUs, device) memory,
 and the achieved GFLOP/s of the train step (XLA's FLOP count of the step) next
 to a 2048x2048 float32 matmul measured in the same run. With
-`--config.num_replicas=R` every figure counts the images of all R runs, and
+`--config.num_replicas=R` (or a recipe with a sweep: P points x R) every figure counts the
+images of all R runs, and
 "one run" is each run's share of the time of `config.num_train_steps` steps
 (compare with R = 1 for R runs one after the other). `--synthetic` swaps the dataset for random
 images of the same shape (no data needed; TensorFlow not needed). With
@@ -66,6 +67,7 @@ from cifar_jax import (
   parallel,
   placement,
   scoring,
+  sweeps,
   terminal,
   train_state,
   train_step,
@@ -214,18 +216,27 @@ def _pure_train_step(setup: builder.Setup, split: datasets.Split,
   rows = parallel.shard(input_pipeline.DeviceData(images=split.images[indices],
                                                   labels=split.labels[indices]), devices)
   batch = make_batch(rows, indices)
-  step = functools.partial(train_step.train_step, apply_fn=setup.model.apply, tx=setup.tx,
-                           learning_rate_fn=setup.learning_rate_fn, options=setup.options)
-  if config.num_replicas > 1:
-    each = train_step.map_replicas(step, config.replica_execution, devices[0].platform == 'cpu')
-    step = lambda state, batch: each((state,), batch)  # noqa: E731
+  unroll = devices[0].platform == 'cpu'
+  if setup.run_values:  # a sweep: each run's optimizer and options from its values
+    def one_run(state, values, batch):
+      return train_step.train_step(state, batch, apply_fn=setup.model.apply,
+                                   **setup.step_pieces(values))
+    each = train_step.map_replicas(one_run, config.replica_execution, unroll)
+    step = lambda state, values, batch: each((state, values), batch)  # noqa: E731
+  else:
+    one = functools.partial(train_step.train_step, apply_fn=setup.model.apply, tx=setup.tx,
+                            learning_rate_fn=setup.learning_rate_fn, options=setup.options)
+    each = train_step.map_replicas(one, config.replica_execution, unroll)
+    step = ((lambda state, values, batch: each((state,), batch)) if sweeps.num_runs(config) > 1
+            else lambda state, values, batch: one(state, batch))
   pure_step = parallel.pmap(step, devices, donate_argnums=(0,))
   p_state = parallel.replicate(setup.state, devices)
+  p_values = parallel.replicate(setup.run_values, devices)
 
   def pure_steps(n):
     nonlocal p_state
     for _ in range(n):
-      p_state, step_metrics = pure_step(p_state, batch)
+      p_state, step_metrics = pure_step(p_state, p_values, batch)
     return step_metrics
 
   pure_steps(1 + warmup_steps)
@@ -244,7 +255,7 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 30, repeats: int = 5,
                                          synthetic_eval_size)
   setup = builder.build(config, train_split, devices)
   config = setup.config
-  replicas = config.num_replicas
+  replicas = sweeps.num_runs(config)  # a sweep's points x seeds
   examples = setup.batches.examples_per_step  # the global batch of every replica
   figures: dict[str, Any] = {
       'platform': devices[0].platform, 'device_kind': devices[0].device_kind,

@@ -15,10 +15,13 @@ from collections.abc import Callable, Sequence
 import dataclasses
 import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from cifar_jax import (
@@ -28,6 +31,7 @@ from cifar_jax import (
   optimizers,
   parallel,
   placement,
+  sweeps,
   train_step,
   validation,
 )
@@ -36,6 +40,8 @@ from cifar_jax.train_state import TrainState, create_train_state, stack_replicas
 
 ParallelSteps = Callable[[TrainState, input_pipeline.DeviceData, jax.Array],
                          tuple[TrainState, dict[str, jax.Array]]]
+# One run's swept values -> {'tx', 'learning_rate_fn', 'options'} of `train_step.train_step`.
+StepPieces = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +54,13 @@ class Setup:
   [devices, n, B] (`batches.indices(step, n)`) in one call on every device;
   the state and data carry a leading device axis (`parallel.replicate`) and
   the metrics come back [devices, n]. It exists when built with devices.
-  With `config.num_replicas` R > 1 every state leaf has a replica axis after
-  the device axis, indices are [devices, R, n, B] and metrics [devices, R, n].
+  With several runs -- `config.num_replicas` R > 1 and/or a sweep of P points
+  (`sweeps`), P x R runs -- every state leaf has a run axis after the device
+  axis, indices are [devices, runs, n, B] and metrics [devices, runs, n].
+  `run_values` holds a sweep's values of every run ({field: float32 [runs]};
+  {} otherwise) and `step_pieces(values)` builds one run's optimizer, schedule
+  and step options from them inside the step; `tx`, `learning_rate_fn` and
+  `options` are then run 0's.
   `placement` (device or host: `placement.choose`) says whether `data` is the
   split on every device or the rows of `indices` gathered on the host;
   `feed(split)` gives the matching source of each call's data and indices.
@@ -65,6 +76,8 @@ class Setup:
   parallel_steps: ParallelSteps | None = None
   placement: str = 'device'
   devices: tuple[jax.Device, ...] = ()
+  run_values: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  step_pieces: StepPieces | None = None
 
   def feed(self, split: datasets.Split) -> placement.DeviceFeed | placement.HostFeed:
     """Each call's data and indices of `split` (the training split), as `placement` says."""
@@ -82,37 +95,30 @@ def build(config: ml_collections.ConfigDict, train_split: datasets.Split | None 
   (the optimizer is built for a one-example epoch: its state has the same
   shapes).
   """
-  num_devices = len(devices) if devices else 1
+  config, batches, (num_examples, global_batch, steps_per_epoch) = _batches(
+      config, train_split, len(devices) if devices else 1)
   if train_split is not None:
-    image_shape = train_split.image_shape
-    num_classes = train_split.num_classes
-    batches = input_pipeline.BatchSchedule(
-        num_examples=train_split.num_examples, per_device_batch_size=config.per_device_batch_size,
-        num_local_devices=num_devices, seed=config.seed, num_processes=jax.process_count(),
-        process_index=jax.process_index(), num_replicas=config.num_replicas)
-    if batches.steps_per_epoch < 1:
-      raise UserError(
-          f'The training split has {train_split.num_examples} examples, fewer than one global '
-          f'batch ({batches.global_batch_size}); lower config.per_device_batch_size.')
-    config = steps_from_epochs(config, batches.steps_per_epoch)
-    num_examples, global_batch, steps_per_epoch = (
-        train_split.num_examples, batches.global_batch_size, batches.steps_per_epoch)
-  else:
-    batches, num_examples, global_batch, steps_per_epoch = None, 1, 1, 1
-    if image_shape is None:
-      image_shape = (*(validation.image_height_width(config) or (32, 32)),
-                     config.dataset.channels or 3)
+    image_shape, num_classes = train_split.image_shape, train_split.num_classes
+  elif image_shape is None:
+    image_shape = (*(validation.image_height_width(config) or (32, 32)),
+                   config.dataset.channels or 3)
   model = models.create_model(config.model, num_classes)
-  tx, learning_rate_fn = optimizers.create_optimizer(config, num_examples, global_batch)
-  options = train_step.StepOptions.from_config(config, steps_per_epoch)
+  run_values = sweeps.run_values(config)
+  step_pieces = functools.partial(_step_pieces, config, num_examples, global_batch,
+                                  steps_per_epoch)
+  # A sweep's optimizer has the structure of every point's (`sweeps.enabled`): run 0's values
+  # as arrays build the state's optimizer state.
+  pieces = step_pieces({path: jnp.asarray(values[0]) for path, values in run_values.items()})
+  tx, learning_rate_fn, options = pieces['tx'], pieces['learning_rate_fn'], pieces['options']
   if train_split is not None:
     options.augmentation.check(train_split.image_shape, 'the training images of ' +
                                datasets.split_label(config.dataset, config.dataset.train_split))
   make_state = functools.partial(
       create_train_state, model, tx, with_lookahead=config.lookahead.every_steps > 0,
       input_shape=input_pipeline.model_input_shape(image_shape, config.crop_size))
-  # Replica r is the run of seed + r: its initialisation, whitening images, order, augmentation.
-  seeds = [config.seed + r for r in range(config.num_replicas)]
+  # Run r = p * R + s is point p of a sweep with seed + s: its initialisation, whitening
+  # images, order, augmentation.
+  seeds = sweeps.run_seeds(config)
   if train_split is None:
     state = jax.eval_shape(lambda: stack_replicas([make_state(seed=s) for s in seeds]))
   else:
@@ -121,12 +127,47 @@ def build(config: ml_collections.ConfigDict, train_split: datasets.Split | None 
         train_split, config, s) if uses_data else None) for s in seeds])
   where = (placement.choose(config.dataset.placement, train_split, devices)
            if train_split is not None and devices else 'device')
-  steps = (_parallel_steps(config, model, tx, learning_rate_fn, options, devices,
-                           gathered=where == 'host') if devices else None)
+  steps = (_parallel_steps(config, model, pieces, devices, gathered=where == 'host',
+                           run_values=run_values, step_pieces=step_pieces)
+           if devices else None)
   return Setup(config=config, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-               batches=batches,
-               options=options, state=state, parallel_steps=steps, placement=where,
-               devices=tuple(devices or ()))
+               batches=batches, options=options, state=state, parallel_steps=steps, placement=where,
+               devices=tuple(devices or ()), run_values=run_values,
+               step_pieces=step_pieces if run_values else None)
+
+
+def _batches(config: ml_collections.ConfigDict, train_split: datasets.Split | None,
+             num_devices: int
+             ) -> tuple[ml_collections.ConfigDict, input_pipeline.BatchSchedule | None,
+                        tuple[int, int, int]]:
+  """`config` with its epochs as steps, the batch schedule and the schedule's sizes.
+
+  The sizes are (examples, global batch, steps per epoch), which the
+  optimizer's schedule needs; without `train_split` there is no schedule and
+  they are (1, 1, 1): the state then holds shapes only.
+  """
+  if train_split is None:
+    return config, None, (1, 1, 1)
+  batches = input_pipeline.BatchSchedule(
+      num_examples=train_split.num_examples, per_device_batch_size=config.per_device_batch_size,
+      num_local_devices=num_devices, seed=config.seed, num_processes=jax.process_count(),
+      process_index=jax.process_index(), num_replicas=sweeps.num_runs(config),
+      replica_seeds=tuple(sweeps.run_seeds(config)))
+  if batches.steps_per_epoch < 1:
+    raise UserError(
+        f'The training split has {train_split.num_examples} examples, fewer than one global '
+        f'batch ({batches.global_batch_size}); lower config.per_device_batch_size.')
+  return (steps_from_epochs(config, batches.steps_per_epoch), batches,
+          (train_split.num_examples, batches.global_batch_size, batches.steps_per_epoch))
+
+
+def _step_pieces(config: ml_collections.ConfigDict, num_examples: int, global_batch: int,
+                 steps_per_epoch: int, values: dict[str, Any]) -> dict[str, Any]:
+  """The optimizer, schedule and step options of the run whose swept fields are `values`."""
+  point = sweeps.with_values(config, values) if values else config
+  tx, learning_rate_fn = optimizers.create_optimizer(point, num_examples, global_batch)
+  return {'tx': tx, 'learning_rate_fn': learning_rate_fn,
+          'options': train_step.StepOptions.from_config(point, steps_per_epoch)}
 
 
 def steps_from_epochs(config: ml_collections.ConfigDict, steps_per_epoch: int
@@ -145,22 +186,37 @@ def steps_from_epochs(config: ml_collections.ConfigDict, steps_per_epoch: int
   return resolved
 
 
-def _parallel_steps(config: ml_collections.ConfigDict, model: nn.Module,
-                    tx: optax.GradientTransformation, learning_rate_fn: optax.Schedule,
-                    options: train_step.StepOptions, devices: Sequence[jax.Device],
-                    gathered: bool) -> ParallelSteps:
-  """`train_step.device_steps` (of every replica) mapped over `devices`."""
+def _parallel_steps(config: ml_collections.ConfigDict, model: nn.Module, pieces: dict[str, Any],
+                    devices: Sequence[jax.Device], gathered: bool,
+                    run_values: dict[str, np.ndarray], step_pieces: StepPieces
+                    ) -> ParallelSteps:
+  """`train_step.device_steps` (of every run) mapped over `devices`."""
   # Several steps per call are a lax.scan; XLA's CPU backend runs a loop body several
   # times slower than the same step as straight-line code, so on CPUs it is unrolled.
-  steps = functools.partial(train_step.device_steps, scan=config.steps_per_call > 1,
-                            unroll=devices[0].platform == 'cpu', gathered=gathered,
-                            apply_fn=model.apply, tx=tx,
-                            learning_rate_fn=learning_rate_fn, options=options)
-  replicas = config.num_replicas
-  if replicas > 1:
+  common = {'scan': config.steps_per_call > 1, 'unroll': devices[0].platform == 'cpu',
+            'gathered': gathered, 'apply_fn': model.apply}
+  runs = sweeps.num_runs(config)
+  if run_values:  # each run builds its pieces from its values, an argument of the step
     steps = functools.partial(train_step.replica_steps, execution=config.replica_execution,
-                              **steps.keywords)
-  memory = (f'config.num_replicas={replicas} runs x config.per_device_batch_size='
-            f'{config.per_device_batch_size} do not fit the memory of a device; lower '
-            f'config.num_replicas or config.per_device_batch_size')
-  return parallel.pmap(steps, devices, donate_argnums=(0,), out_of_memory=memory)
+                              step_pieces=step_pieces, **common)
+  elif runs > 1:
+    steps = functools.partial(train_step.replica_steps, execution=config.replica_execution,
+                              **common, **pieces)
+  else:
+    steps = functools.partial(train_step.device_steps, **common, **pieces)
+  what, lower = ((f'{sweeps.num_points(config)} sweep points x {config.num_replicas} seeds',
+                  'config.num_replicas, the sweep\'s points') if run_values
+                 else (f'config.num_replicas={runs}', 'config.num_replicas'))
+  memory = (f'{what} runs x config.per_device_batch_size={config.per_device_batch_size} do not '
+            f'fit the memory of a device; lower {lower} or config.per_device_batch_size')
+  mapped = parallel.pmap(steps, devices, donate_argnums=(0,), out_of_memory=memory)
+  if not run_values:
+    return mapped
+  return functools.partial(_with_values, mapped, parallel.replicate(run_values, devices))
+
+
+def _with_values(mapped: Callable[..., Any], device_values: dict[str, jax.Array],
+                 state: TrainState, data: input_pipeline.DeviceData, indices: jax.Array
+                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """A sweep's mapped steps with every run's values as their last (array) argument."""
+  return mapped(state, data, indices, device_values)

@@ -53,7 +53,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cifar_jax import train_state, validation
+from cifar_jax import sweeps, train_state, validation
 from cifar_jax.errors import UserError, WriteError
 
 TRAIN_COMPLETE_FILE = 'train_complete'
@@ -395,6 +395,7 @@ class Checkpointer:
     if latest is None:
       return fresh
     state, trained = restore(self.manager, latest, fresh, self._config, verify_checksums=False)
+    self._check_same_sweep(latest)
     if list(trained['class_names']) != list(self._dataset_info['class_names']):
       raise UserError(
           f'{self.directory} was trained on classes {list(trained["class_names"])} but the '
@@ -403,6 +404,18 @@ class Checkpointer:
     self.saved_steps = [*read_earlier_steps(self.manager, latest), latest]
     logging.info('Resuming from checkpoint step %d in %s.', latest, self.directory)
     return state
+
+  def _check_same_sweep(self, step: int) -> None:
+    """Refuses to resume a sweep's runs under other values (the shapes alone may agree)."""
+    saved = sweeps.points(ml_collections.ConfigDict(read_saved_config(self.manager, step)))
+    wanted = sweeps.points(self._config)
+    if saved != wanted:
+      def show(points):
+        return '; '.join(sweeps.describe(p) for p in points) if points != [{}] else 'no sweep'
+      raise UserError(
+          f'{self.directory} holds the runs of {show(saved)}, but this config asks for '
+          f'{show(wanted)}; resuming would continue those runs under other values. Use a new '
+          '--workdir for another sweep, or the config.sweep it was trained with.')
 
   def _latest_intact(self) -> int | None:
     """The newest step whose files match their checksums; corrupt newer ones moved aside.

@@ -1,13 +1,14 @@
 r"""Is B better than A, or is it noise? Groups of runs compared from their evaluator records.
 
   python -m cifar_jax.compare DIR_A DIR_B [DIR_C ...] [--tta=mirror_translate] [--step=N]
+  python -m cifar_jax.compare SWEEP_WORKDIR
 
 Each DIR is one group of runs:
 
 * a WORKDIR of a run with `config.num_replicas` = R: its R replicas, scored by
   the evaluator at the final step (every replica's precision@1 is in the
   record); a WORKDIR of one run is a group of one;
-* a folder of such WORKDIRs (a sweep over seeds): all their runs together;
+* a folder of such WORKDIRs (seeds run apart): all their runs together;
 * what `benchmarks/airbench_reference.py --train --seeds=N --out=DIR` writes
   (the original recipe in PyTorch, one record of N seeds).
 
@@ -16,6 +17,13 @@ It prints each group's n and mean ± the 95% confidence interval of the mean
 the difference of the means with its 95% CI and the p-value of Welch's
 t-test (`run_statistics`). The last line is JSON. `--tta` picks the records
 of one test-time augmentation where a run was scored with several.
+
+A WORKDIR of a sweep (`config.sweep`) given alone is a table by point: each
+point's seeds are a group, the swept values are columns, the best mean is
+marked, and every other point is compared with the best (Welch), so the
+runner-up's p-value says whether the best is significantly better. Picking the
+best of P points and testing it against the runner-up is P - 1 comparisons at
+once; the table says when the p-value does not survive Bonferroni's 0.05 / (P - 1).
 
 Groups are compared at one step: each group's latest scored step, which must
 be the same for all (the table shows it), or the step `--step=N` names;
@@ -36,7 +44,7 @@ import re
 
 from absl import app, flags
 
-from cifar_jax import cli, run_statistics, summaries
+from cifar_jax import cli, run_statistics, summaries, sweeps
 from cifar_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -62,6 +70,7 @@ class Group:
   step: int
   tta: str
   count: int | None = None  # images each run was scored on (None: not recorded)
+  point: dict | None = None  # a sweep point's swept values (None: not a sweep point)
 
   @property
   def summary(self) -> run_statistics.Summary:
@@ -120,6 +129,9 @@ def read_group(directory: str, tta: str | None = None, metric: str = 'precision'
   name = os.path.basename(directory)
   if _scored_records(directory):
     record = _pick(_records_at(directory, step), tta, directory)
+    if record.get('sweep_points'):
+      raise UserError(f'{directory} is a sweep of {len(record["sweep_points"])} points; compare '
+                      f'its points on their own: python -m cifar_jax.compare {directory}')
     return Group(name, tuple(record_values(record, metric)), int(record['step']),
                  record.get('tta', 'none'), record.get('count'))
   runs = sorted(os.path.join(directory, entry) for entry in os.listdir(directory)
@@ -141,21 +153,48 @@ def read_group(directory: str, tta: str | None = None, metric: str = 'precision'
                counts.pop() if len(counts) == 1 else None)
 
 
+def read_sweep(workdir: str, tta: str | None = None, metric: str = 'precision',
+               step: int | None = None) -> tuple[Group, ...] | None:
+  """A sweep WORKDIR's points as groups (each its seeds' values); None if it is not a sweep."""
+  workdir = os.path.abspath(workdir)
+  if not os.path.isdir(workdir) or not _scored_records(workdir):
+    return None
+  record = _pick(_records_at(workdir, step), tta, workdir)
+  points = record.get('sweep_points')
+  if not points:
+    return None
+  per_point = sweeps.by_point(record_values(record, metric), len(points))
+  return tuple(Group(sweeps.describe(point), tuple(values), int(record['step']),
+                     record.get('tta', 'none'), record.get('count'), point=point)
+               for point, values in zip(points, per_point, strict=True))
+
+
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-  """Groups, and each group after the first against the first (None where n < 2)."""
+  """Groups, and each group after the first against the first (None where n < 2).
+
+  A sweep's (`best` set): each point against the best point instead.
+  """
 
   groups: tuple[Group, ...]
   differences: tuple[run_statistics.Difference | None, ...]
+  best: int | None = None  # a sweep: the index of the best point; differences are against it
+
+  @property
+  def is_sweep(self) -> bool:
+    return self.best is not None
 
   def rows(self) -> list[dict]:
-    """One dict per group: its summary and its difference from the first group."""
+    """One dict per group: its summary and its difference from the first (a sweep's: best)."""
     rows = []
-    for group, difference in zip(self.groups, (None, *self.differences), strict=True):
+    against = ((None, *self.differences) if not self.is_sweep else self.differences)
+    for index, (group, difference) in enumerate(zip(self.groups, against, strict=True)):
       summary = group.summary
-      row = {'group': group.name, 'n': summary.n, 'mean': summary.mean, 'ci95': summary.ci95,
-             'std': summary.std, 'min': summary.min, 'max': summary.max, 'step': group.step,
-             'tta': group.tta}
+      row = {'group': group.name, **(group.point or {}), 'n': summary.n, 'mean': summary.mean,
+             'ci95': summary.ci95, 'std': summary.std, 'min': summary.min, 'max': summary.max,
+             'step': group.step, 'tta': group.tta}
+      if self.is_sweep:
+        row['best'] = index == self.best
       if difference is not None:
         row.update({'difference': difference.difference, 'difference_ci_low': difference.ci_low,
                     'difference_ci_high': difference.ci_high, 'p_value': difference.p_value})
@@ -171,6 +210,12 @@ def compare(directories: Sequence[str], tta: str | None = None, metric: str = 'p
   share); groups at different latest steps are refused unless
   `allow_different_steps`.
   """
+  if len(directories) == 1:
+    points = read_sweep(directories[0], tta, metric, step)
+    if points is None:
+      raise UserError(f'{directories[0]} is not a sweep; give two or more WORKDIRs (or folders '
+                      'of them) to compare, or a sweep\'s WORKDIR alone.')
+    return _compare_points(points)
   groups = tuple(read_group(d, tta, metric, step) for d in directories)
   steps = {group.name: group.step for group in groups}
   if len(set(steps.values())) > 1 and not allow_different_steps:
@@ -184,7 +229,75 @@ def compare(directories: Sequence[str], tta: str | None = None, metric: str = 'p
   return Comparison(groups, differences)
 
 
+def _compare_points(points: tuple[Group, ...]) -> Comparison:
+  """Every point against the best (Welch where both have two seeds or more)."""
+  best = int(max(range(len(points)), key=lambda p: points[p].summary.mean))
+  differences = tuple(
+      None if p == best or min(points[best].summary.n, g.summary.n) < 2
+      else run_statistics.welch(points[best].values, g.values) for p, g in enumerate(points))
+  return Comparison(points, differences, best=best)
+
+
+def runner_up(comparison: Comparison) -> int | None:
+  """The index of a sweep's second-best point (None with one point)."""
+  others = [p for p in range(len(comparison.groups)) if p != comparison.best]
+  return max(others, key=lambda p: comparison.groups[p].summary.mean) if others else None
+
+
+def format_sweep_table(comparison: Comparison, metric: str = 'precision') -> str:
+  """A sweep by point: swept values, mean ± CI, the best marked, each against the best."""
+  groups, best = comparison.groups, comparison.best
+  fields = list(groups[0].point)
+  seeds = {g.summary.n for g in groups}
+  lines = [f'{metric} @ 1 of each sweep point at step {groups[0].step} (mean ± 95% CI over '
+           f'{"/".join(map(str, sorted(seeds)))} seeds); differences against the best (*, '
+           'Welch\'s t-test)', '',
+           '| point | ' + ' | '.join(fields) + ' | n | mean ± 95% CI | std | min | max | '
+           'difference (95% CI) | p |',
+           '| --- | ' + '--- | ' * len(fields) + '--- | --- | --- | --- | --- | --- | --- |']
+  for index, row in enumerate(comparison.rows()):
+    several = row['n'] > 1
+    spread = f'{row["mean"]:.4f} ± {row["ci95"]:.4f}' if several else f'{row["mean"]:.4f}'
+    difference, p = ('best', '') if index == best else ('needs n >= 2', '—')
+    if 'difference' in row:
+      difference = (f'{row["difference"]:+.4f} ({row["difference_ci_low"]:+.4f} to '
+                    f'{row["difference_ci_high"]:+.4f})')
+      p = f'{row["p_value"]:.3g}'
+    mark = '*' if index == best else ''
+    lines.append(f'| {index}{mark} | ' + ' | '.join(f'{row[f]:g}' for f in fields) +
+                 f' | {row["n"]} | {spread} | {row["std"]:.4f} | {row["min"]:.4f} | '
+                 f'{row["max"]:.4f} | {difference} | {p} |'.replace('nan', '—'))
+  return '\n'.join([*lines, '', _verdict(comparison), _sampling_note([groups[best]])])
+
+
+def _verdict(comparison: Comparison) -> str:
+  """Whether the best point is significantly better than the runner-up, and how strongly."""
+  second = runner_up(comparison)
+  if second is None:
+    return 'One point: nothing to compare.'
+  best, other = comparison.groups[comparison.best], comparison.groups[second]
+  difference = comparison.differences[second]
+  if difference is None:
+    return (f'The best point ({best.name}) leads the runner-up ({other.name}) by '
+            f'{best.summary.mean - other.summary.mean:.4f}; a test needs two seeds or more '
+            '(config.num_replicas >= 2).')
+  comparisons = len(comparison.groups) - 1
+  threshold = 0.05 / comparisons
+  verdict = ('significantly better than' if difference.p_value < 0.05
+             else 'not significantly better than')
+  text = (f'The best point ({best.name}) is {verdict} the runner-up ({other.name}): '
+          f'{-difference.difference:+.4f}, Welch p = {difference.p_value:.3g}.')
+  if comparisons > 1 and difference.p_value < 0.05 <= difference.p_value * comparisons:
+    text += (f' With {comparisons + 1} points the best is chosen among {comparisons} '
+             f'comparisons: the evidence is weak (Bonferroni asks p < {threshold:.3g}).')
+  elif comparisons > 1 and difference.p_value < threshold:
+    text += f' It survives Bonferroni for {comparisons} comparisons (p < {threshold:.3g}).'
+  return text
+
+
 def format_table(comparison: Comparison, metric: str = 'precision') -> str:
+  if comparison.is_sweep:
+    return format_sweep_table(comparison, metric)
   lines = [f'{metric} @ 1 of each group (mean ± 95% CI of the mean, t distribution); '
            f'differences against {comparison.groups[0].name} (Welch\'s t-test)', '',
            '| group | step | n | mean ± 95% CI | std | min | max | difference (95% CI) | p |',
@@ -214,8 +327,8 @@ def _sampling_note(groups: Sequence[Group]) -> str:
     return note + '.'
   count, mean = counts.pop(), groups[0].summary.mean
   half_width = 1.96 * math.sqrt(max(mean * (1 - mean), 0.0) / count)
-  return (f'{note}: ±{half_width:.4f} (95%, binomial) at {mean:.4f} on {count} images, for '
-          'generalising beyond this test set.')
+  return (f'{note}: ±{half_width:.4f} (95%, binomial) at {mean:.4f} on {round(count):,} '
+          'images, for generalising beyond this test set.')
 
 
 def _json_safe(value):
@@ -223,9 +336,9 @@ def _json_safe(value):
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) < 3:
-    cli.fail('give two or more WORKDIRs (or folders of them): python -m cifar_jax.compare '
-             'DIR_A DIR_B [...]')
+  if len(argv) < 2:
+    cli.fail('give two or more WORKDIRs (or folders of them), or one sweep\'s WORKDIR: '
+             'python -m cifar_jax.compare DIR_A DIR_B [...]')
   try:
     comparison = compare(argv[1:], FLAGS.tta, FLAGS.metric, FLAGS.step,
                          FLAGS.allow_different_steps)

@@ -34,6 +34,7 @@ from cifar_jax import (
   input_pipeline,
   scoring,
   summaries,
+  sweeps,
   train_state,
   validation,
 )
@@ -47,8 +48,9 @@ def load_config(path: str, overrides: dict[str, Any] | None = None
   """`get_config()` of an experiments/*.py file, with dotted-name overrides.
 
   load_config('experiments/smoke.py', {'model.conv_features': 8}). Unknown
-  names are refused, as on the command line, and the result is checked
-  (`validation.validate`) as the command line checks it.
+  names are refused, as on the command line, except under `sweep.`, whose
+  fields a recipe adds: {'sweep.learning_rate': (0.05, 0.1, 0.2)}. The result
+  is checked (`validation.validate`) as the command line checks it.
   """
   if not os.path.isfile(path):
     raise UserError(f'No config file {path}; pass the path of an experiments/*.py file.')
@@ -64,11 +66,15 @@ def load_config(path: str, overrides: dict[str, Any] | None = None
   config = module.get_config()
   for name, value in (overrides or {}).items():
     *parents, leaf = name.split('.')
+    swept = name.startswith('sweep.')  # a sweep's fields are new keys: created, not looked up
     target = config
     try:
       for parent in parents:
+        if swept and parent not in target:
+          target[parent] = ml_collections.ConfigDict()
         target = target[parent]
-      target[leaf]  # pylint: disable=pointless-statement
+      if not swept:
+        target[leaf]  # pylint: disable=pointless-statement
     except KeyError:
       raise UserError(f'Unknown config field {name!r} in overrides; see {path}.') from None
     target[leaf] = value
@@ -152,10 +158,32 @@ class Checkpoint:
 
   @property
   def num_replicas(self) -> int:
-    return self.config.num_replicas
+    """The runs it holds: a sweep's points x seeds, or config.num_replicas."""
+    return sweeps.num_runs(self.config)
+
+  @property
+  def num_points(self) -> int:
+    return sweeps.num_points(self.config)
+
+  def point(self, index: int) -> Checkpoint:
+    """Point `index` of a sweep's checkpoint: its config alone and its config.num_replicas runs."""
+    if not sweeps.is_sweep(self.config):
+      raise UserError('This checkpoint is not of a sweep (config.sweep is empty); load it '
+                      'without point=.')
+    if not 0 <= index < self.num_points:
+      raise UserError(f'This checkpoint holds a sweep of {self.num_points} points: point is 0 '
+                      f'to {self.num_points - 1}, not {index}.')
+    seeds = self.config.num_replicas
+    runs = jax.tree.map(lambda x: x[index * seeds:(index + 1) * seeds], self.state)
+    return dataclasses.replace(self, config=sweeps.point_config(self.config, index),
+                               state=train_state.replica(runs, 0) if seeds == 1 else runs)
 
   def replica(self, index: int) -> Checkpoint:
     """Run `index` of a checkpoint of `config.num_replicas` runs (seed + index), on its own."""
+    if sweeps.is_sweep(self.config):
+      raise UserError(f'This checkpoint holds a sweep of {self.num_points} points x '
+                      f'{self.config.num_replicas} seeds; choose the point too: '
+                      'load_checkpoint(workdir, point=p, replica=r) or checkpoint.point(p).')
     if not 0 <= index < self.num_replicas:
       raise UserError(f'This checkpoint holds {self.num_replicas} run(s): replica is 0 to '
                       f'{self.num_replicas - 1}, not {index}.')
@@ -167,12 +195,14 @@ class Checkpoint:
                                state=train_state.replica(self.state, index))
 
 
-def load_checkpoint(workdir: str, step: int | None = None, replica: int | None = None
-                    ) -> Checkpoint:
+def load_checkpoint(workdir: str, step: int | None = None, replica: int | None = None,
+                    point: int | None = None) -> Checkpoint:
   """The latest (or the given) checkpoint in WORKDIR, with the config saved beside it.
 
   Safe while a trainer is writing: only finalised checkpoints are read. In a
-  run of several replicas, `replica=r` keeps run r alone (`predict` needs one).
+  run of several replicas, `replica=r` keeps run r alone (`predict` needs one);
+  in a sweep, `point=p` keeps point p (its config and seeds) and `replica=r`
+  then its seed r.
   """
   if not os.path.isdir(checkpoints.checkpoint_dir(workdir)):
     raise UserError(f'No checkpoints in {workdir}; train there first or fix the path.')
@@ -196,6 +226,8 @@ def load_checkpoint(workdir: str, step: int | None = None, replica: int | None =
     manager.close()
   checkpoint = Checkpoint(config=config, model=model, state=state, step=step,
                           class_names=class_names, image_shape=trained.get('image_shape'))
+  if point is not None:
+    checkpoint = checkpoint.point(point)
   return checkpoint if replica is None else checkpoint.replica(replica)
 
 
@@ -207,8 +239,9 @@ def predict(checkpoint: Checkpoint, images: np.ndarray, which: str = 'ema',
   mirror_translate, as the evaluator (softmax of the averaged logits).
   """
   if checkpoint.num_replicas > 1:
+    how = ('point=p, replica=r' if sweeps.is_sweep(checkpoint.config) else 'replica=r')
     raise UserError(f'This checkpoint holds {checkpoint.num_replicas} runs; predict with one: '
-                    'load_checkpoint(workdir, replica=r) or checkpoint.replica(r).')
+                    f'load_checkpoint(workdir, {how}) or checkpoint.replica(r).')
   images = np.asarray(images)
   preprocessing = input_pipeline.EvalPreprocessing.from_config(checkpoint.config)
   preprocessing.check(images.shape, 'The images given to predict', checkpoint.image_shape)
@@ -275,15 +308,54 @@ def compare(*workdirs: str, tta: str | None = None, metric: str = 'precision',
             step: int | None = None, allow_different_steps: bool = False):
   """`python -m cifar_jax.compare` as a DataFrame: one row per group of runs.
 
-  Each argument is a WORKDIR (its replicas) or a folder of WORKDIRs (a sweep);
-  columns step, n, mean, ci95, std, min, max and, against the first group,
-  difference, difference_ci_low/high and Welch's p_value. Groups are compared
-  at one `step` (default: the latest scored step they share); see
-  `cifar_jax.compare`.
+  Each argument is a WORKDIR (its replicas) or a folder of WORKDIRs (seeds run
+  apart); columns step, n, mean, ci95, std, min, max and, against the first
+  group, difference, difference_ci_low/high and Welch's p_value. Groups are
+  compared at one `step` (default: the latest scored step they share); see
+  `cifar_jax.compare`. A sweep's WORKDIR alone gives one row per point: its
+  swept values as columns, `best`, and the differences against the best point.
   """
   import pandas as pd  # pylint: disable=g-import-not-at-top
   comparison = compare_lib.compare(workdirs, tta, metric, step, allow_different_steps)
   return pd.DataFrame(comparison.rows()).set_index('group')
+
+
+def plot_sweep(workdir: str, field: str | None = None, tta: str | None = None,
+               metric: str = 'precision', step: int | None = None, title: str | None = None):
+  """A sweep's precision against one swept `field` (default: the first), with 95% CI bars.
+
+  With several swept fields, one line per combination of the others.
+  """
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  comparison = compare_lib.compare([workdir], tta, metric, step)
+  fields = list(comparison.groups[0].point)
+  field = field or fields[0]
+  if field not in fields:
+    raise UserError(f'{field!r} is not swept in {workdir}; its swept fields are {fields}.')
+  lines: dict[str, list] = {}
+  for group in comparison.groups:
+    others = ', '.join(f'{k}={v:g}' for k, v in group.point.items() if k != field)
+    lines.setdefault(others, []).append(group)
+  figure, axis = plt.subplots(figsize=(5.5, 3.6))
+  for label, groups in lines.items():
+    groups = sorted(groups, key=lambda g: g.point[field])
+    x = [g.point[field] for g in groups]
+    means = [g.summary.mean for g in groups]
+    errors = [0.0 if g.summary.n < 2 else g.summary.ci95 for g in groups]
+    axis.errorbar(x, means, yerr=errors, fmt='o-', capsize=4, label=label or None)
+  best = comparison.groups[comparison.best]
+  axis.plot([best.point[field]], [best.summary.mean], '*', color='black', markersize=12,
+            label='best')
+  positive = all(g.point[field] > 0 for g in comparison.groups)
+  if positive and max(g.point[field] for g in comparison.groups) / min(
+      g.point[field] for g in comparison.groups) >= 10:
+    axis.set_xscale('log')
+  axis.set(xlabel=field, ylabel=f'{metric} @ 1',
+           title=title or f'sweep at step {best.step}: mean and 95% CI over seeds')
+  axis.grid(alpha=0.3)
+  axis.legend()
+  figure.tight_layout()
+  return figure
 
 
 def plot_comparison(*workdirs: str, tta: str | None = None, metric: str = 'precision',

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cifar_jax import parallel
+from cifar_jax import parallel, sweeps
 from cifar_jax.datasets import Split
 from cifar_jax.errors import UserError
 
@@ -276,7 +276,7 @@ def augment_train_image(key: jax.Array, image: jax.Array, augmentation: Augmenta
     if flipped is None:
       flipped = jax.random.uniform(flip_key) < 0.5
     image = jnp.where(flipped, image[:, ::-1], image)
-  if augmentation.max_brightness_delta:
+  if sweeps.enabled(augmentation.max_brightness_delta):
     delta = jax.random.uniform(brightness_key, (), minval=-augmentation.max_brightness_delta,
                                maxval=augmentation.max_brightness_delta)
     image = adjust_brightness(image, delta)
@@ -441,7 +441,8 @@ class BatchSchedule:
   batch of an epoch is dropped, as the tutorial's queue-based input did. The
   global batch of a step is split across processes first (each process feeds a
   disjoint, contiguous part) and then across this process's devices. With
-  `num_replicas` R > 1, replica r draws its own order from seed + r.
+  `num_replicas` R > 1, replica r draws its own order from seed + r (or
+  `replica_seeds[r]`).
   """
 
   num_examples: int
@@ -451,6 +452,8 @@ class BatchSchedule:
   num_processes: int = 1
   process_index: int = 0
   num_replicas: int = 1
+  # The seed of each replica's order (a sweep's runs repeat the seeds); () is seed + r.
+  replica_seeds: tuple[int, ...] = ()
 
   def __post_init__(self):
     self._permutations: dict[int, tuple[int, np.ndarray]] = {}  # replica -> (epoch, order)
@@ -471,7 +474,8 @@ class BatchSchedule:
   def _epoch_permutation(self, epoch: int, replica: int) -> np.ndarray:
     cached_epoch, permutation = self._permutations.get(replica, (-1, None))
     if epoch != cached_epoch:
-      rng = np.random.default_rng([self.seed + replica, epoch])
+      seed = self.replica_seeds[replica] if self.replica_seeds else self.seed + replica
+      rng = np.random.default_rng([seed, epoch])
       permutation = rng.permutation(self.num_examples).astype(np.int32)
       self._permutations[replica] = (epoch, permutation)
     return permutation

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cifar_jax import models
+from cifar_jax import models, sweeps
 
 # ----------------------------------------------------------------------------
 # Learning-rate schedules.
@@ -69,27 +69,40 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict, num_train_example
   if schedule.name == 'constant':
     return optax.constant_schedule(peak)
   if schedule.name == 'staircase_exponential':
-    return optax.exponential_decay(
-        init_value=peak,
-        transition_steps=max(1, int(batches_per_epoch * schedule.epochs_per_decay)),
-        decay_rate=schedule.decay_factor,
-        staircase=True,
-    )
+    return staircase_exponential(peak, max(1, int(batches_per_epoch * schedule.epochs_per_decay)),
+                                 schedule.decay_factor)
   if schedule.name == 'warmup_cosine':
     warmup_steps = int(batches_per_epoch * schedule.warmup_epochs)
-    return optax.warmup_cosine_decay_schedule(
+    # The shape at peak 1, scaled: the peak may be a swept value (an array in the step), which
+    # optax's schedule would compare with 0 in Python.
+    shape = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
-        peak_value=peak,
+        peak_value=1.0,
         warmup_steps=warmup_steps,
         decay_steps=max(num_steps, warmup_steps + 1),
         end_value=0.0,
     )
+    return lambda count: peak * shape(count)
   if schedule.name == 'piecewise_constant':
     return piecewise_constant(peak, [int(batches_per_epoch * epoch)
                                      for epoch in schedule.boundaries_epochs],
                               schedule.decay_factor)
   return linear_warmup_decay(peak, num_steps, schedule.warmup_fraction, schedule.start_scale,
                              schedule.end_scale)
+
+
+def staircase_exponential(peak: float, transition_steps: int, decay_factor: float
+                          ) -> optax.Schedule:
+  """peak x decay_factor ** floor(count / transition_steps): the tutorial's staircase decay.
+
+  optax's `exponential_decay(..., staircase=True)`, written out so that the
+  factor may be a swept value (optax checks it in Python).
+  """
+  def schedule(count):
+    decays = jnp.floor(jnp.asarray(count, jnp.float32) / transition_steps)
+    return peak * jnp.power(jnp.asarray(decay_factor, jnp.float32), decays)
+
+  return schedule
 
 
 def piecewise_constant(peak: float, boundary_steps: Sequence[int], decay_factor: float
@@ -104,7 +117,7 @@ def piecewise_constant(peak: float, boundary_steps: Sequence[int], decay_factor:
 
   def schedule(count):
     reached = jnp.sum(jnp.asarray(count, jnp.int32) >= boundaries)
-    return peak * jnp.power(jnp.float32(decay_factor), reached.astype(jnp.float32))
+    return peak * jnp.power(jnp.asarray(decay_factor, jnp.float32), reached.astype(jnp.float32))
 
   return schedule
 
@@ -246,12 +259,11 @@ def _group_optimizer(config, group, num_train_examples, global_batch_size, steps
   else:
     tx = optax.sgd(learning_rate, momentum=group.momentum if uses_momentum else None,
                    nesterov=group.nesterov and uses_momentum)
-    if config.hyperparameter_form == 'pytorch':
-      decay = group.weight_decay  # g += wd * p: PyTorch's SGD, optax.add_decayed_weights
-    else:
-      decay_per_step = group.weight_decay * scale * global_batch_size
-      decay = decay_per_step / peak if decay_per_step else 0.0
-    if decay:
+    if sweeps.enabled(group.weight_decay):  # a swept decay is on at every point (0: g += 0)
+      if config.hyperparameter_form == 'pytorch':
+        decay = group.weight_decay  # g += wd * p: PyTorch's SGD, optax.add_decayed_weights
+      else:
+        decay = group.weight_decay * scale * global_batch_size / peak
       tx = optax.chain(optax.add_decayed_weights(decay), tx)
   if train_steps:
     # Like a PyTorch parameter whose requires_grad is switched off (airbench's

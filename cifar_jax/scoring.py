@@ -37,6 +37,7 @@ from cifar_jax import (
   placement,
   run_statistics,
   summaries,
+  sweeps,
   train_step,
 )
 from cifar_jax.train_state import TrainState
@@ -128,6 +129,8 @@ class Result:
   raw: tuple[Score, ...]
   headline: str = 'ema'  # which of the two the log line leads with
   has_ema: bool = True
+  # A sweep's points ({field: value}, `sweeps.points`); run k is point k // (runs / points).
+  points: tuple[dict[str, Any], ...] = ()
 
   @property
   def num_replicas(self) -> int:
@@ -154,6 +157,16 @@ class Result:
     """The replicas' precisions: n, mean, std, min, max, 95% CI of the mean."""
     return run_statistics.Summary.of([s.precision for s in getattr(self, which)])
 
+  @property
+  def _lead_kind(self) -> str:
+    return 'ema' if self.headline == 'ema' and self.has_ema else 'raw'
+
+  def point_summaries(self, which: str | None = None) -> list[run_statistics.Summary]:
+    """Each sweep point's precisions over its seeds (the headline parameters by default)."""
+    scores = getattr(self, which or self._lead_kind)
+    return [run_statistics.Summary.of([s.precision for s in seeds])
+            for seeds in sweeps.by_point(scores, len(self.points))]
+
   def scalars(self) -> dict[str, float]:
     """What metrics.jsonl and TensorBoard get: precision (EMA), precision_raw, losses, count.
 
@@ -167,10 +180,15 @@ class Result:
       return scalars
     for name, scores in (('precision', self.ema), ('precision_raw', self.raw)):
       scalars.update({f'{name}/replica_{r}': s.precision for r, s in enumerate(scores)})
-    summary = self.summary('ema' if self.headline == 'ema' and self.has_ema else 'raw')
+    summary = self.summary(self._lead_kind)
     scalars.update({'num_replicas': summary.n, 'precision_std': summary.std,
                     'precision_min': summary.min, 'precision_max': summary.max,
                     'precision_ci95': summary.ci95})
+    # A sweep: each point's mean and CI over its seeds (the headline parameters), one
+    # TensorBoard curve per point.
+    for p, point in enumerate(self.point_summaries() if self.points else ()):
+      scalars.update({f'point_precision/point_{p}': point.mean,
+                      f'point_precision_ci95/point_{p}': point.ci95})
     return scalars
 
   def line(self, step: int) -> str:
@@ -180,6 +198,8 @@ class Result:
     """
     suffix = f'; TTA {self.tta}' if self.tta != 'none' else ''
     lead, other = ('raw', 'ema') if self.headline == 'raw' or not self.has_ema else ('ema', 'raw')
+    if self.points:
+      return self._sweep_lines(step, lead, suffix)
     if self.num_replicas > 1:
       summary, second = self.summary(lead), self.summary(other)
       extra = ('no EMA' if not self.has_ema else
@@ -194,6 +214,18 @@ class Result:
               f'(EMA parameters: {self.precision:.3f}{suffix})')
     return (f'step {step}, precision @ 1 = {self.precision:.3f} '
             f'(raw parameters: {self.precision_raw:.3f}{suffix})')
+
+  def _sweep_lines(self, step: int, lead: str, suffix: str) -> str:
+    """A line per sweep point: its values and mean ± 95% CI over its seeds; * marks the best."""
+    summaries_ = self.point_summaries(lead)
+    best = int(np.argmax([s.mean for s in summaries_]))
+    which = 'EMA' if lead == 'ema' else ('raw' if self.has_ema else 'no EMA')
+    lines = [f'step {step}, precision @ 1 of {len(self.points)} sweep points '
+             f'({which} parameters{suffix}):']
+    for p, (point, summary) in enumerate(zip(self.points, summaries_, strict=True)):
+      mark = '*' if p == best else ' '
+      lines.append(f'  {mark} point {p} ({sweeps.describe(point)}): {summary.text()}')
+    return '\n'.join(lines)
 
 
 def check_eval_split(config: ml_collections.ConfigDict, split: datasets.Split,
@@ -225,7 +257,8 @@ class Evaluator:
     self.devices = list(devices)
     self.headline = config.eval.headline
     self.tta = config.eval.tta
-    self.num_replicas = config.num_replicas
+    self.num_replicas = sweeps.num_runs(config)
+    self.points = tuple(sweeps.points(config)) if sweeps.is_sweep(config) else ()
     # Without an EMA the EMA parameters are the parameters: scored once.
     self.has_ema = config.ema.kind != 'none'
     # As the training split: on every device, or (host) each batch's rows copied in turn.
@@ -240,7 +273,7 @@ class Evaluator:
                                              else None),
                           unroll=self.devices[0].platform == 'cpu', gathered=self._on_host),
         self.devices, out_of_memory=(
-            f'config.num_replicas={self.num_replicas} runs x config.eval.batch_size='
+            f'{self.num_replicas} runs x config.eval.batch_size='
             f'{config.eval.batch_size} do not fit the memory of a device; lower '
             'config.eval.batch_size'))
 
@@ -290,7 +323,8 @@ class Evaluator:
     """EMA and raw parameters side by side, both with the state's BatchNorm statistics."""
     raw = self.scores(state.variables())
     ema = self.scores(state.variables(state.ema_params)) if self.has_ema else raw
-    return Result(tta=self.tta, ema=ema, raw=raw, headline=self.headline, has_ema=self.has_ema)
+    return Result(tta=self.tta, ema=ema, raw=raw, headline=self.headline, has_ema=self.has_ema,
+                  points=self.points)
 
 
 def report(writer: summaries.Writer, step: int, result: Result, split: datasets.Split,
@@ -304,7 +338,9 @@ def report(writer: summaries.Writer, step: int, result: Result, split: datasets.
       **result.scalars(), **(extra or {}),
       **{f'per_class_precision/{name}': p
          for name, p in zip(split.class_names, per_class, strict=True)},
-  }, record={'status': 'scored', 'tta': result.tta, 'wall_time': time.time()})
+  }, record={'status': 'scored', 'tta': result.tta, 'wall_time': time.time(),
+             # A sweep's points, for `compare` to group the runs by (run k is point k // R).
+             **({'sweep_points': list(result.points)} if result.points else {})})
   wrong = np.flatnonzero(lead.predictions != split.labels)[:num_misclassified_images]
   names = split.class_names
   writer.write_images(step, {

@@ -31,6 +31,7 @@ from cifar_jax import (
   loop,
   parallel,
   summaries,
+  sweeps,
   validation,
   workdir_lock,
 )
@@ -103,7 +104,9 @@ def _starting(state: TrainState, config: ml_collections.ConfigDict, workdir: str
   if _is_main():
     checkpoints.clear_train_complete(workdir)
     parameter_overview.log_parameter_overview(state.params)
-    logging.info('%d devices (%s), global batch %d, %d steps per epoch, %d replica(s).',
+    logging.info('%d devices (%s), global batch %d, %d steps per epoch, %d run(s) (%d sweep '
+                 'point(s) x %d replica(s)).',
                  len(devices), devices[0].platform, setup.batches.global_batch_size,
-                 setup.batches.steps_per_epoch, config.num_replicas)
+                 setup.batches.steps_per_epoch, sweeps.num_runs(config),
+                 sweeps.num_points(config), config.num_replicas)
   return True

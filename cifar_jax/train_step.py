@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cifar_jax import input_pipeline, parallel
+from cifar_jax import input_pipeline, parallel, sweeps
 from cifar_jax import train_state as train_state_lib
 from cifar_jax.train_state import TrainState
 
@@ -43,7 +43,7 @@ def cross_entropy_loss(logits: jax.Array, labels: jax.Array, label_smoothing: fl
   Label smoothing is PyTorch's and optax's: targets (1 - s) one_hot + s / K.
   """
   targets = jax.nn.one_hot(labels, logits.shape[-1])
-  if label_smoothing:
+  if sweeps.enabled(label_smoothing):  # a swept 0 smooths by 0: the targets unchanged
     targets = optax.smooth_labels(targets, label_smoothing)
   per_example = optax.softmax_cross_entropy(logits, targets)
   return jnp.sum(per_example) if reduction == 'sum' else jnp.mean(per_example)
@@ -159,19 +159,26 @@ def map_replicas(fn: Callable[..., Any], execution: str, unroll: bool) -> Callab
   return mapped
 
 
-def replica_steps(state: TrainState, data: input_pipeline.DeviceData, indices: jax.Array, *,
-                  execution: str, unroll: bool, gathered: bool, **device_step_kwargs
+def replica_steps(state: TrainState, data: input_pipeline.DeviceData, indices: jax.Array,
+                  values: dict[str, jax.Array] | None = None, *, execution: str, unroll: bool,
+                  gathered: bool, step_pieces: Callable[[dict[str, jax.Array]], dict[str, Any]]
+                  | None = None, **device_step_kwargs
                   ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """`device_steps` of every replica (`map_replicas`); `indices` [R, n, B], metrics [R, n].
+  """`device_steps` of every run (`map_replicas`); `indices` [R, n, B], metrics [R, n].
 
-  Gathered rows (`gathered`) are each replica's own, [R, n, B, ...]; a split on
-  the device is shared by the replicas.
+  Gathered rows (`gathered`) are each run's own, [R, n, B, ...]; a split on
+  the device is shared by the runs. A sweep's `values` ({field: [R]}) are
+  mapped with the runs: `step_pieces(one run's values)` builds that run's
+  `tx`, `learning_rate_fn` and `options` (otherwise in `device_step_kwargs`).
   """
-  steps = lambda state, indices, data: device_steps(  # noqa: E731
-      state, data, indices, unroll=unroll, gathered=gathered, **device_step_kwargs)
+  def steps(state, indices, run_values, data):
+    pieces = step_pieces(run_values) if step_pieces is not None else {}
+    return device_steps(state, data, indices, unroll=unroll, gathered=gathered,
+                        **pieces, **device_step_kwargs)
+  values = {} if values is None else values
   if gathered:
-    return map_replicas(steps, execution, unroll)((state, indices, data))
-  return map_replicas(steps, execution, unroll)((state, indices), data)
+    return map_replicas(steps, execution, unroll)((state, indices, values, data))
+  return map_replicas(steps, execution, unroll)((state, indices, values), data)
 
 
 def device_steps(state: TrainState, data: input_pipeline.DeviceData, indices: jax.Array, *,

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cifar_jax import datasets, image_format, models
+from cifar_jax import datasets, image_format, models, sweeps
 from cifar_jax.errors import UserError
 
 # ----------------------------------------------------------------------------
@@ -93,6 +93,8 @@ ADDED = {
     'augment.padding_mode': 'reflect',
     'augment.crop_scale': [0.08, 1.0],  # as JSON keeps them
     'augment.crop_ratio': [3 / 4, 4 / 3],
+    'sweep': {},
+    'sweep_mode': 'cross',
 }
 
 
@@ -112,7 +114,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_fields(checker)
   checker.refuse_unknown()
   _check_model_structure(config)
+  # A sweep's every point must be a valid config: the ranges above, for each swept value.
+  for point in sweeps.check_sweep(config, _fail):
+    validate(point)
   _validated.add(key)
+
+
+def _fail(message: str) -> None:
+  raise UserError(message)
 
 
 def _check_renamed(fields: dict[str, Any]) -> None:
@@ -154,7 +163,9 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
   Old names (`RENAMED`) become the new ones; fields added since (`ADDED`) get
   the values that mean what the run did.
   """
-  missing = [path for path in ADDED if path not in _leaf_paths(saved)]
+  leaves = _leaf_paths(saved)
+  missing = [path for path in ADDED  # (a group such as `sweep` is there if any field under it is)
+             if path not in leaves and not any(leaf.startswith(path + '.') for leaf in leaves)]
   if not _old_names(saved) and not missing:
     return saved
   upgraded = copy.deepcopy(saved)
@@ -282,6 +293,8 @@ def _check_fields(c: _Checker) -> None:
     raise UserError(f'config.num_devices is {num_devices}; use -1 (all local devices) or N >= 1.')
   c.integer('num_replicas', 1)
   c.choice('replica_execution', REPLICA_EXECUTIONS)
+  c.choice('sweep_mode', sweeps.SWEEP_MODES)
+  c.groups.add('sweep')  # its fields are checked by sweeps.check_sweep
   c.number('num_train_epochs', 0.0, hint=(
       f'config.num_train_epochs is {c.config.num_train_epochs}; use 0 (train '
       'config.num_train_steps) or a positive number of epochs.'))

@@ -102,6 +102,13 @@ def get_config() -> ml_collections.ConfigDict:
   # (batched: a convolution over the replicas' weights becomes a grouped one).
   config.num_replicas = 1
   config.replica_execution = 'loop'
+  # A sweep (cifar_jax/sweeps.py, docs/replicas.md): fields that enter the step as numbers
+  # (learning_rate, weight_decay, label_smoothing, ema.decay, ...), nested as the config, each
+  # with a tuple of values, e.g. config.sweep.learning_rate = (0.05, 0.1, 0.2). Every point
+  # (cross: every combination; zip: the i-th values together) trains num_replicas seeds, all in
+  # one program on the replica axis. Empty: a single run.
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep_mode = 'cross'
   config.num_train_steps = 10_000
   # > 0: train this many epochs instead; num_train_steps is then ceil(epochs x steps per
   # epoch), set when the training split is loaded (its size and the global batch decide).

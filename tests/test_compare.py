@@ -16,7 +16,7 @@ from tests.conftest import REPO_ROOT
 def _workdir(path, precisions, step=100, tta='none', extra_records=()):
   """A WORKDIR whose evaluator scored `precisions` (one per replica) at `step`."""
   os.makedirs(os.path.join(path, 'eval'), exist_ok=True)
-  record = {'step': step, 'status': 'scored', 'tta': tta, 'count': 5000,
+  record = {'step': step, 'status': 'scored', 'tta': tta, 'count': 5000.0,
             'precision': float(np.mean(precisions)), 'precision_raw': float(np.mean(precisions))}
   if len(precisions) > 1:
     record.update({f'precision/replica_{r}': p for r, p in enumerate(precisions)})
@@ -136,7 +136,7 @@ def test_the_table_says_the_ci_leaves_out_the_test_sets_sampling_noise(tmp_path)
   table = compare.format_table(compare.compare([_workdir(tmp_path / 'a', A),
                                                 _workdir(tmp_path / 'b', A)]))
   # 1.96 * sqrt(0.91 * 0.09 / 5000) = 0.0079
-  assert 'over seeds only' in table and '±0.0079 (95%, binomial) at 0.9100 on 5000 images' in table
+  assert 'over seeds only' in table and '±0.0079 (95%, binomial) at 0.9100 on 5,000 images' in table
 
 
 def test_the_command_line_takes_the_step(tmp_path):

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cifar_jax import builder, datasets, train, validation
+from cifar_jax import builder, datasets, sweeps, train, validation
 from tests.conftest import REPO_ROOT, tiny_config
 
 CONFIGS = sorted(os.path.basename(p)[:-3]
@@ -19,7 +19,8 @@ def test_config_is_valid_and_builds_a_model_and_optimizer(name):
   config = importlib.import_module(f'experiments.{name}').get_config()
   validation.validate(config)
   setup = builder.build(config, num_classes=10)
-  assert int(setup.state.step.size) == 1 and setup.model is not None
+  # One step counter per run: a sweep's points x seeds, or the replicas.
+  assert int(setup.state.step.size) == sweeps.num_runs(config) and setup.model is not None
 
 
 def test_svhn_trains_and_evaluates_on_mock_data(tmp_path, monkeypatch):

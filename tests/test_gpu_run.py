@@ -35,13 +35,14 @@ def _run(folder, tmp_path, budget, *flags):
 def test_every_part_runs_within_its_budget(cifar_like_folder, tmp_path, capsys, monkeypatch):
   monkeypatch.delenv('XLA_FLAGS')  # one CPU device in the processes it starts
   torch_python = os.environ.get('CIFAR_JAX_TORCH_PYTHON')  # a side venv with torch, if any
-  result = _run(cifar_like_folder, tmp_path, 240,
+  result = _run(cifar_like_folder, tmp_path, 300,
                 *([f'--torch_python={torch_python}'] if torch_python else []))
-  assert result['elapsed_secs'] <= 240
+  assert result['elapsed_secs'] <= 300
   parts = {report['name']: report for report in result['parts']}
   assert list(parts) == ['environment', 'airbench94', 'original', 'benchmark', 'tutorial',
-                         'replicas', 'resnet18']  # no --wheelhouse: nothing to install
-  for name in ('environment', 'airbench94', 'benchmark', 'tutorial', 'replicas', 'resnet18'):
+                         'replicas', 'resnet18', 'sweep']  # no --wheelhouse: nothing to install
+  for name in ('environment', 'airbench94', 'benchmark', 'tutorial', 'replicas', 'resnet18',
+               'sweep'):
     assert parts[name]['status'] == 'done', parts[name]
   assert parts['environment']['jax'] and parts['environment']['devices'] == '1 x cpu (cpu)'
   assert 0 <= parts['airbench94']['precision'] <= 1
@@ -58,6 +59,9 @@ def test_every_part_runs_within_its_budget(cifar_like_folder, tmp_path, capsys, 
       'airbench94, 2 replicas, vmap']  # --tiny: 2 replicas, the last row
   assert all(row['run_s'] > 0 for row in parts['replicas']['rows'])
   assert parts['resnet18']['steps'] == 2 and 0 <= parts['resnet18']['precision'] <= 1
+  assert [row['setting'] for row in parts['sweep']['rows']] == [
+      'airbench94, sweep of 2 learning rates, vmap']  # --tiny: 2 points, the last row
+  assert parts['sweep']['rows'][0]['num_replicas'] == 2  # the runs: 2 points x 1 seed
   output = capsys.readouterr().out
   assert '| 4 | airbench94, bfloat16, steps_per_call 16 |' in output
   assert output.splitlines()[-1].startswith('{"device": "1 x cpu (cpu)"')
