@@ -171,3 +171,22 @@ def test_piecewise_constant_lowers_the_rate_on_the_first_step_of_each_boundary_e
     config.schedule.boundaries_epochs = boundaries
     with pytest.raises(UserError, match=words):
       validation.validate(config)
+
+
+def test_the_schedules_a_sweep_can_scale_are_optaxs():
+  """The staircase is optax's bit for bit; warmup_cosine (peak x shape) after its warm-up too."""
+  counts = jnp.arange(0, 2_000, dtype=jnp.int32)
+  staircase = optimizers.staircase_exponential(0.1, 350, 0.1)
+  reference = optax.exponential_decay(0.1, transition_steps=350, decay_rate=0.1, staircase=True)
+  np.testing.assert_array_equal(jax.vmap(staircase)(counts), jax.vmap(reference)(counts))
+  config = ml_collections.ConfigDict(tiny_family_config().to_dict())
+  config.learning_rate, config.num_train_steps = 0.4, 1_000
+  config.schedule = ml_collections.ConfigDict({'name': 'warmup_cosine', 'warmup_epochs': 3.0})
+  ours = optimizers.create_learning_rate_fn(config, num_train_examples=12_800,
+                                            global_batch_size=128)  # 100 steps per epoch
+  theirs = optax.warmup_cosine_decay_schedule(0.0, 0.4, warmup_steps=300, decay_steps=1_000)
+  ours, theirs = np.asarray(jax.vmap(ours)(counts)), np.asarray(jax.vmap(theirs)(counts))
+  np.testing.assert_array_equal(ours[300:], theirs[300:])
+  # In the warm-up optax draws its line to the peak, this one to 1 and scales it: float32 rounding.
+  np.testing.assert_allclose(ours[:300], theirs[:300], rtol=1e-5, atol=0)
+  assert np.any(ours[:300] != theirs[:300])
