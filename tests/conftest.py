@@ -10,6 +10,7 @@ import sys
 import tempfile
 
 import numpy as np
+import pytest
 
 os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
@@ -25,6 +26,8 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+import jax  # noqa: E402
+
 from cifar_jax import builder, checkpoints, datasets, parallel  # noqa: E402
 from experiments import (  # noqa: E402
     airbench94_muon,
@@ -36,6 +39,21 @@ from experiments import (  # noqa: E402
 )
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _release_compiled_programs():
+  """Each test module ends by emptying JAX's in-memory caches (the persistent one stays).
+
+  JAX keeps every compiled program of a live function loaded (up to 2,048 per
+  cache), and each loaded CPU executable holds memory maps: one session of all
+  the tests otherwise passes Linux's limit of 65,530 maps per process
+  (vm.max_map_count) about three quarters of the way through, and XLA's loader
+  aborts the process. The next module reloads what it needs from the
+  persistent cache in milliseconds.
+  """
+  yield
+  jax.clear_caches()
 
 
 def tiny_config(base=None, **overrides):
