@@ -335,6 +335,11 @@ def _json_safe(value):
   return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """The command line's flags, with the WORKDIRs as positional arguments."""
+  return cli.parse_flags(argv, positional=True)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) < 2:
     cli.fail('give two or more WORKDIRs (or folders of them), or one sweep\'s WORKDIR: '
@@ -350,4 +355,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, positional=True))
+  app.run(main, flags_parser=parse_flags)

@@ -4,6 +4,7 @@ import os
 import types
 
 import numpy as np
+import pytest
 
 from cifar_jax import actions, loop, summaries, train
 from tests.conftest import tiny_config
@@ -35,6 +36,7 @@ class LearningRateCurve(loop.PeriodicAction):
     self.closed = True
 
 
+@pytest.mark.slow
 def test_a_new_action_gets_its_cadence_and_calls_end_on_its_steps(tmp_path, monkeypatch):
   created = []
   monkeypatch.setattr(actions, 'ACTIONS', (*actions.ACTIONS, _remembered(created)))

@@ -29,6 +29,7 @@ def test_run_reports_every_figure_and_a_parseable_last_line():
   assert 'train step' in benchmark.format_figures(figures)
 
 
+@pytest.mark.slow
 def test_airbench_configs_are_measured_and_matched_with_their_pytorch_recipe():
   figures = benchmark.run(tiny_airbench_config(), steps=1, repeats=1, warmup_steps=1,
                           synthetic=True, synthetic_train_size=64, synthetic_eval_size=40,
@@ -46,6 +47,7 @@ def test_bad_arguments_are_user_errors():
     benchmark.run(tiny_config(), steps=0, synthetic=True)
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'cifar_jax.benchmark', '--config=experiments/smoke.py',
@@ -59,6 +61,7 @@ def test_command_line(tmp_path):
   assert result.stdout.strip().splitlines()[-1].startswith('train_step_img_per_s=')
 
 
+@pytest.mark.slow
 def test_replicas_are_counted_in_every_figure():
   one = benchmark.run(tiny_config(), steps=2, repeats=1, warmup_steps=1, synthetic=True,
                       synthetic_train_size=64, synthetic_eval_size=40, matmul_size=128)

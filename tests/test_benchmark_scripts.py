@@ -56,6 +56,7 @@ def test_every_script_parses_its_arguments(name):
   assert result.stdout.startswith('usage:')
 
 
+@pytest.mark.slow
 def test_the_tiny_runs_of_the_speed_scripts():
   """input_pipeline, multi_device and startup, started together (each a few seconds)."""
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
@@ -100,6 +101,7 @@ def test_the_wheelhouse_asks_pip_for_every_wheel(tmp_path):
   assert sum('--python-version 3.13' in call for call in calls) == len(gpu_wheelhouse.COMPILED)
 
 
+@pytest.mark.slow
 @needs_torch
 def test_airbench94_is_faithful_to_the_pytorch_original():
   """The port-vs-PyTorch check of both recipes at full widths (the project's main claim)."""
@@ -110,6 +112,7 @@ def test_airbench94_is_faithful_to_the_pytorch_original():
   assert set(summary) == {'agree', 'airbench94', 'airbench94_muon'}
 
 
+@pytest.mark.slow
 @needs_torch
 def test_the_resnet_families_are_faithful_to_pytorch():
   """ResNet-18, PreAct-ResNet-18, WRN-16-4 at full widths: counts, float64 forward/backward/step."""
@@ -122,6 +125,7 @@ def test_the_resnet_families_are_faithful_to_pytorch():
   assert max(summary['wrn16_4']['float64'].values()) < 1e-10
 
 
+@pytest.mark.slow
 @needs_torch
 def test_the_pytorch_speed_references_run():
   from cifar_jax import benchmark  # pylint: disable=g-import-not-at-top
@@ -135,6 +139,7 @@ def test_the_pytorch_speed_references_run():
     assert float(dict(item.split('=') for item in last.split())['train_step_img_per_s']) > 0
 
 
+@pytest.mark.slow
 @needs_torch
 def test_the_originals_training_run_is_a_group_compare_reads(tmp_path):
   out = tmp_path / 'original'
@@ -147,6 +152,7 @@ def test_the_originals_training_run_is_a_group_compare_reads(tmp_path):
   assert group.step == 4096 // 256 and group.count == 1000
 
 
+@pytest.mark.slow
 def test_host_placement_trains_from_a_memory_mapped_split(tmp_path):
   result = _run([sys.executable, _script('host_placement.py'), '--gib=0.002',
                  '--image_size=16', '--steps=4', '--batch=8', '--steps_per_call=2',
@@ -169,6 +175,7 @@ def test_make_image_folder_writes_a_folder_the_recipe_loads(tmp_path):
   assert split.images.shape == (15, 24, 24, 1) and split.num_classes == 5
 
 
+@pytest.mark.slow
 def test_the_convolution_passes_are_timed_in_each_variant():
   command = [sys.executable, _script('conv_passes.py'), '--batch=2', '--repeats=1', '--limit=2',
              '--variants=xla,taps', *([f'--torch_python={TORCH_PYTHON}'] if TORCH_PYTHON else [])]

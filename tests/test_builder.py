@@ -22,8 +22,10 @@ def _single_run(config_name, seed, num_devices):
 
 
 @pytest.mark.parametrize('config_name, num_devices, execution, steps_per_call', [
-    ('tutorial', 1, 'loop', 1), ('tutorial', 4, 'loop', 1), ('tutorial', 1, 'vmap', 2),
-    ('airbench', 1, 'loop', 1), ('airbench', 4, 'vmap', 1)])
+    pytest.param('tutorial', 1, 'loop', 1, marks=pytest.mark.slow),
+    pytest.param('tutorial', 4, 'loop', 1, marks=pytest.mark.slow), ('tutorial', 1, 'vmap', 2),
+    pytest.param('airbench', 1, 'loop', 1, marks=pytest.mark.slow),
+    pytest.param('airbench', 4, 'vmap', 1, marks=pytest.mark.slow)])
 def test_replica_r_is_the_single_run_of_seed_plus_r(config_name, num_devices, execution,
                                                      steps_per_call):
   make = {'tutorial': tiny_config, 'airbench': tiny_airbench_config}[config_name]

@@ -134,6 +134,7 @@ def test_tables_of_a_killed_run_skip_the_cut_line(tmp_path):
   assert list(table.index) == [5] and table['loss'].tolist() == [2.0]
 
 
+@pytest.mark.slow
 def test_an_airbench_checkpoint_predicts_with_batch_stats_and_tta(tmp_path):
   workdir = str(tmp_path / 'airbench')
   experiment.train(tiny_airbench_config(), workdir, num_steps=4, evaluate_in_process=False)

@@ -3,6 +3,8 @@
 import os
 import sys
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 from tests.test_main import TINY_FLAGS
 
@@ -10,6 +12,7 @@ sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
 import faults  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
+@pytest.mark.slow
 def test_kills_and_a_sigterm_leave_the_run_bit_identical_and_scored_once(tmp_path, capsys):
   config, *overrides = TINY_FLAGS
   report = faults.run(

@@ -32,6 +32,7 @@ def _run(folder, tmp_path, budget, *flags):
                        '--tutorial_target=0', *flags])
 
 
+@pytest.mark.slow
 def test_every_part_runs_within_its_budget(cifar_like_folder, tmp_path, capsys, monkeypatch):
   monkeypatch.delenv('XLA_FLAGS')  # one CPU device in the processes it starts
   torch_python = os.environ.get('CIFAR_JAX_TORCH_PYTHON')  # a side venv with torch, if any

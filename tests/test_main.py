@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from PIL import Image
 import pytest
 
 from cifar_jax import checkpoints, summaries, train
+from tests import command_runner
 from tests.conftest import REPO_ROOT, restore_latest, tiny_config
 
 TINY_FLAGS = [
@@ -59,6 +61,7 @@ def test_trains_logs_in_the_tutorial_format_and_resumes(tmp_path):
                    r'sec/batch, compilation included\)$', once_more.stdout, re.M), once_more.stdout
 
 
+@pytest.mark.slow
 def test_killed_trainer_resumes_with_identical_state(tmp_path):
   killed = str(tmp_path / 'killed')
   process = subprocess.Popen(
@@ -84,6 +87,7 @@ def test_killed_trainer_resumes_with_identical_state(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, restore_latest(killed), restore_latest(straight))
 
 
+@pytest.mark.slow
 def test_a_restart_loads_its_programs_from_the_compilation_cache(tmp_path):
   workdir = str(tmp_path / 'run')
   cache = os.path.join(workdir, 'compilation_cache')
@@ -158,6 +162,7 @@ def small_disk(tmp_path):
     subprocess.run(['umount', str(mount_point)], check=True)
 
 
+@pytest.mark.slow
 def test_disk_full_mid_run_ends_in_one_error_line_and_a_rerun_resumes(small_disk):
   workdir = os.path.join(small_disk, 'run')
   no_cache = '--config.compilation_cache_dir='
@@ -182,6 +187,7 @@ def test_disk_full_mid_run_ends_in_one_error_line_and_a_rerun_resumes(small_disk
   assert f'resuming from step {latest}' in resumed.stdout
 
 
+@pytest.mark.slow
 def test_checkpoint_folder_replaced_mid_run_ends_in_one_error_line(tmp_path):
   workdir = str(tmp_path / 'run')
   process = _start_long_run(workdir)
@@ -227,6 +233,7 @@ EVALUATOR_FLAGS = ['--mode=eval', '--config.eval.poll_secs=0.3', '--config.eval.
                    '--config.dataset.synthetic_test_size=3000']
 
 
+@pytest.mark.slow
 def test_trainer_and_evaluator_processes_score_every_checkpoint_once(tmp_path):
   # Both started at once, as a job script does: the evaluator waits for the WORKDIR too.
   workdir = str(tmp_path / 'run')
@@ -249,6 +256,7 @@ def test_trainer_and_evaluator_processes_score_every_checkpoint_once(tmp_path):
   assert 'waiting for' not in out  # said once
 
 
+@pytest.mark.slow
 def test_killed_evaluator_restarts_without_rescoring_or_missing(tmp_path):
   workdir = str(tmp_path / 'run')
   os.makedirs(workdir)
@@ -278,6 +286,7 @@ def test_killed_evaluator_restarts_without_rescoring_or_missing(tmp_path):
     assert f'step {step}, precision' not in restarted.stdout  # not rescored
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_step_in_flight_and_a_rerun_resumes_identically(tmp_path):
   stopped = str(tmp_path / 'stopped')
   process = subprocess.Popen(
@@ -452,7 +461,8 @@ COMMAND_LINE_MISTAKES = [
 ]
 
 
-def _mistake_command(module, arguments, tmp_path, trained_workdir):
+def _mistake_arguments(module, arguments, tmp_path, trained_workdir):
+  """The command line (after `python -m module`) of one mistake."""
   if callable(arguments):
     arguments = arguments(tmp_path, trained_workdir)
   flags = list(TINY_FLAGS) if module != COMPARE else []
@@ -467,33 +477,68 @@ def _mistake_command(module, arguments, tmp_path, trained_workdir):
         flags = [f for f in flags if not f.startswith('--config.model.')]
     else:
       flags.append(argument)
-  return [sys.executable, '-m', module, *flags]
+  return flags
 
 
-def _timed_run(command):
+# One real process per command: `python -m ...` exits with 1 and prints no traceback (app.run,
+# absl's handlers, the interpreter's exit); the table's other lines run in-process.
+IN_A_REAL_PROCESS = ('config value out of range', 'benchmark: out of range',
+                     'compare: one folder')
+
+
+def _real_process(arguments):
+  module, *flags = arguments
   started = time.time()
-  result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-  return result, time.time() - started
+  result = subprocess.run([sys.executable, '-m', module, *flags], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+  return {'returncode': result.returncode, 'stdout': result.stdout, 'stderr': result.stderr,
+          'seconds': time.time() - started}
 
 
 @pytest.fixture(scope='module')
 def mistakes_run(tmp_path_factory, trained_workdir):
-  """Every mistake's command, run four at a time (they are independent): {id: (result, s)}."""
-  commands = {case_id: _mistake_command(module, arguments, tmp_path_factory.mktemp('mistake'),
-                                        trained_workdir)
-              for case_id, module, arguments, _ in COMMAND_LINE_MISTAKES}
-  with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-    return dict(zip(commands, pool.map(_timed_run, commands.values()), strict=True))
+  """Every mistake's command line, {id: result}: each command's table in one process through its
+  parser and main (tests/command_runner.py), the three commands at once, and a real process for
+  each of IN_A_REAL_PROCESS (the same line again)."""
+  by_module = {}
+  for case_id, module, arguments, _ in COMMAND_LINE_MISTAKES:
+    flags = _mistake_arguments(module, arguments, tmp_path_factory.mktemp('mistake'),
+                               trained_workdir)
+    by_module.setdefault(module, []).append((case_id, flags))
+  jobs = {module: functools.partial(command_runner.run_many, module, [f for _, f in cases])
+          for module, cases in by_module.items()}
+  for case_id, module, _, _ in COMMAND_LINE_MISTAKES:
+    if case_id in IN_A_REAL_PROCESS:
+      (flags,) = [f for i, f in by_module[module] if i == case_id]
+      jobs[('process', case_id)] = functools.partial(_real_process, [module, *flags])
+  with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+    futures = {key: pool.submit(job) for key, job in jobs.items()}
+  results = {}
+  for module, cases in by_module.items():
+    results.update(zip([i for i, _ in cases], futures[module].result(), strict=True))
+  for case_id in IN_A_REAL_PROCESS:
+    results[('process', case_id)] = futures[('process', case_id)].result()
+  return results
+
+
+def _assert_one_error_line(result, expected):
+  assert result['returncode'] == 1, result['stderr'][-2000:]
+  assert 'Traceback' not in result['stderr'] + result['stdout'], result['stderr'][-3000:]
+  errors = [line for line in result['stderr'].splitlines() if line.startswith('error:')]
+  assert len(errors) == 1, result['stderr'][-3000:]
+  assert re.search(expected, errors[0]), errors[0]
 
 
 @pytest.mark.parametrize('case_id, expected',
                          [(case[0], case[3]) for case in COMMAND_LINE_MISTAKES],
                          ids=[case[0] for case in COMMAND_LINE_MISTAKES])
 def test_a_command_line_mistake_is_one_error_line(case_id, expected, mistakes_run):
-  result, seconds = mistakes_run[case_id]
-  assert seconds < 60
-  assert result.returncode == 1, result.stderr[-2000:]
-  assert 'Traceback' not in result.stderr + result.stdout, result.stderr[-3000:]
-  errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
-  assert len(errors) == 1, result.stderr[-3000:]
-  assert re.search(expected, errors[0]), errors[0]
+  result = mistakes_run[case_id]
+  assert result['seconds'] < 60
+  _assert_one_error_line(result, expected)
+
+
+@pytest.mark.parametrize('case_id', IN_A_REAL_PROCESS)
+def test_each_command_exits_with_1_and_no_traceback_in_a_real_process(case_id, mistakes_run):
+  (expected,) = [case[3] for case in COMMAND_LINE_MISTAKES if case[0] == case_id]
+  _assert_one_error_line(mistakes_run[('process', case_id)], expected)

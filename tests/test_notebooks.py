@@ -45,6 +45,7 @@ def test_strip_check_catches_outputs(tmp_path, monkeypatch):
   assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=os.path.basename)
 def test_runs_top_to_bottom(path, monkeypatch):
   nbformat = pytest.importorskip('nbformat')

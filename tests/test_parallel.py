@@ -116,6 +116,7 @@ def two_process_run(tmp_path_factory):
   return workdir, outputs
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_four_devices(two_process_run):
   workdir, outputs = two_process_run
   multi_process = restore_latest(workdir)
@@ -130,6 +131,7 @@ def test_two_processes_equal_one_process_with_four_devices(two_process_run):
   assert 'step 120, loss = ' in outputs[0][0] and 'step 120, loss = ' not in outputs[1][0]
 
 
+@pytest.mark.slow
 def test_a_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_path):
   workdir, _ = two_process_run
   resumed_dir = str(tmp_path / 'resumed')
@@ -173,6 +175,7 @@ def _wait_for_line(process, text, timeout):
   pytest.fail(f'{text!r} did not appear within {timeout} s: {"".join(read)[-2000:]}')
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_every_process_at_the_same_saved_step(tmp_path):
   workdir = str(tmp_path / 'run')
   processes = _start_processes(workdir, '--config.log_every_steps=20',
@@ -192,6 +195,7 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_saved_step(tmp_p
   assert int(restore_latest(workdir).step) == step > 40
 
 
+@pytest.mark.slow
 def test_a_peer_that_stops_answering_ends_the_run_with_one_error_line(tmp_path):
   workdir = str(tmp_path / 'run')
   processes = _start_processes(workdir, '--config.log_every_steps=20',

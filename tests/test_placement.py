@@ -55,10 +55,13 @@ def test_the_host_feed_gathers_each_devices_rows_in_the_schedules_order():
 
 
 @pytest.mark.parametrize('make_config', [
-    lambda: tiny_config(num_devices=2),
-    lambda: tiny_config(num_devices=2, num_replicas=2),
-    lambda: tiny_airbench_config(num_devices=2, num_replicas=2, replica_execution='vmap'),
-], ids=['tutorial', 'tutorial-replicas-loop', 'airbench-replicas-vmap'])
+    pytest.param(lambda: tiny_config(num_devices=2), id='tutorial'),
+    pytest.param(lambda: tiny_config(num_devices=2, num_replicas=2),
+                 id='tutorial-replicas-loop', marks=pytest.mark.slow),
+    pytest.param(
+        lambda: tiny_airbench_config(num_devices=2, num_replicas=2, replica_execution='vmap'),
+        id='airbench-replicas-vmap', marks=pytest.mark.slow),
+])
 def test_host_and_device_placement_give_bit_identical_parameters(make_config):
   results = {}
   for where in ('device', 'host'):
@@ -80,6 +83,7 @@ def _write_folder(root, per_class=24, size=12):
           root / 'train' / name / f'{i:03d}.png')
 
 
+@pytest.mark.slow
 def test_training_from_the_memory_mapped_cache_on_the_host_matches_the_device(tmp_path):
   """The trainer end to end, several steps per call, prefetching: the same final parameters."""
   _write_folder(tmp_path / 'data')

@@ -12,6 +12,7 @@ from cifar_jax.errors import UserError
 from tests.conftest import tiny_config
 
 
+@pytest.mark.slow
 def test_traces_the_chosen_steps_with_step_annotations(tmp_path):
   workdir = str(tmp_path / 'run')
   # Steps 4-6, 2 steps per call, calls ending on the log step 5: the calls 3-4, 5 and 6-7,

@@ -81,10 +81,10 @@ def _tiny_model(recipe, **fields):
 
 
 @pytest.mark.parametrize('recipe, fields, shape', [
-    ('resnet18', {}, (3, 16, 16, 3)),
-    ('preact_resnet18', {}, (3, 16, 16, 3)),
+    pytest.param('resnet18', {}, (3, 16, 16, 3), marks=pytest.mark.slow),
+    pytest.param('preact_resnet18', {}, (3, 16, 16, 3), marks=pytest.mark.slow),
     ('wrn28_10', {}, (3, 16, 16, 3)),
-    ('resnet18', {'stem': 'imagenet'}, (2, 48, 40, 1)),
+    pytest.param('resnet18', {'stem': 'imagenet'}, (2, 48, 40, 1), marks=pytest.mark.slow),
 ])
 def test_logits_are_float32_per_class_for_any_image_shape(recipe, fields, shape):
   model = _tiny_model(recipe, **fields)
@@ -132,7 +132,9 @@ def test_the_resnet_initialisers_are_pytorchs_defaults():
   assert conv.padding == ((1, 1), (1, 1))  # PyTorch's, not 'SAME' (see pytorch_conv)
 
 
-@pytest.mark.parametrize('recipe', ['resnet18', 'preact_resnet18', 'wrn28_10'])
+@pytest.mark.parametrize('recipe', [pytest.param('resnet18', marks=pytest.mark.slow),
+                                    pytest.param('preact_resnet18', marks=pytest.mark.slow),
+                                    'wrn28_10'])
 def test_batch_norm_uses_the_global_batch_on_four_devices(recipe):
   """The same losses, parameters and statistics on 1 and 4 devices (statistics over all 16)."""
   one, one_losses = run_steps(tiny_family_config(recipe, per_device_batch_size=16), 2)
@@ -145,6 +147,7 @@ def test_batch_norm_uses_the_global_batch_on_four_devices(recipe):
   assert np.any(np.asarray(jax.tree.leaves(one.batch_stats)[0]) != 0)
 
 
+@pytest.mark.slow
 def test_replica_one_is_the_run_of_seed_one():
   """Each replica has its own BatchNorm statistics: replica 1 equals the single run of seed 1."""
   seed1, _ = run_steps(tiny_family_config('wrn28_10', seed=1), 2)
@@ -160,6 +163,7 @@ def test_bfloat16_keeps_float32_parameters_statistics_and_loss():
   assert all(np.isfinite(losses))
 
 
+@pytest.mark.slow
 def test_a_preact_resnet_trains_resumes_bit_identically_and_is_scored(tmp_path):
   straight_dir, interrupted_dir = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
   config = tiny_family_config('preact_resnet18', num_train_steps=6, checkpoint_every_steps=3,

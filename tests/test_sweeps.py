@@ -140,8 +140,9 @@ def _single_run(name, point_json, seed, num_devices):
 
 
 @pytest.mark.parametrize('name, num_devices, execution, seeds', [
-    ('tutorial', 1, 'loop', 2), ('tutorial', 4, 'vmap', 2), ('airbench', 1, 'vmap', 1),
-    ('airbench', 4, 'loop', 1)])
+    pytest.param('tutorial', 1, 'loop', 2, marks=pytest.mark.slow), ('tutorial', 4, 'vmap', 2),
+    pytest.param('airbench', 1, 'vmap', 1, marks=pytest.mark.slow),
+    pytest.param('airbench', 4, 'loop', 1, marks=pytest.mark.slow)])
 def test_run_p_s_is_the_single_run_of_point_p_with_seed_s(name, num_devices, execution, seeds):
   fields = TUTORIAL_SWEEP if name == 'tutorial' else AIRBENCH_SWEEP
   config = _sweep(_make(name, seed=5, num_replicas=seeds, replica_execution=execution,
@@ -166,6 +167,7 @@ def test_run_p_s_is_the_single_run_of_point_p_with_seed_s(name, num_devices, exe
   assert not np.allclose(first, second)
 
 
+@pytest.mark.slow
 def test_the_whole_sweep_is_one_compilation_with_its_values_as_arguments():
   config = _sweep(tiny_config(num_replicas=2), 'cross', learning_rate=(0.05, 0.1, 0.2))
   devices = parallel.select_devices(1)
@@ -254,6 +256,7 @@ def _train(config, workdir, steps, evaluate=False):
   return experiment.train(config, workdir, num_steps=steps, evaluate_in_process=evaluate)
 
 
+@pytest.mark.slow
 def test_a_sweep_trains_scores_resumes_bit_identically_and_loads_by_point(tmp_path, capsys):
   config = _sweep(tiny_config(num_replicas=2, checkpoint_every_steps=2, eval_every_steps=0),
                   'cross', learning_rate=(0.05, 0.2))

@@ -122,6 +122,7 @@ def test_bad_inputs_end_in_one_sentence(tmp_path):
 # airbench94: BatchNorm statistics, whitening, groups and lookahead in the same loop.
 
 
+@pytest.mark.slow
 def test_airbench_trains_resumes_bit_identically_and_is_scored_with_tta(tmp_path, capsys):
   straight_dir, interrupted_dir = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
   config = tiny_airbench_config(num_train_steps=12, checkpoint_every_steps=5,
@@ -183,6 +184,7 @@ def _float_dtypes(tree):
   return {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
 
 
+@pytest.mark.slow
 def test_bfloat16_trains_close_to_float32_with_float32_state():
   fixed_batch = np.arange(16, dtype=np.int32)[None]
   no_augmentation = {'augment.random_contrast': False, 'augment.flip_left_right': False,
@@ -226,6 +228,7 @@ def test_steps_per_call_steps_of_each_call_end_on_every_cadence():
   assert calls == [4, 1, 1, 4, 2, 3, 3, 2]
 
 
+@pytest.mark.slow
 def test_several_steps_per_call_give_the_same_run_as_one(tmp_path):
   config = functools.partial(tiny_config, eval_every_steps=10, schedule=ml_collections.ConfigDict(
       {'name': 'warmup_cosine', 'warmup_epochs': 0.0}), **{'ema.kind': 'optax_debiased'})
@@ -265,6 +268,7 @@ def test_several_steps_per_call_give_the_same_run_as_one(tmp_path):
 # Several runs in one program (config.num_replicas).
 
 
+@pytest.mark.slow
 def test_replicas_resume_bit_identically_and_each_is_scored(tmp_path, capsys):
   config = functools.partial(tiny_config, num_replicas=3, eval_every_steps=0)
   straight_dir, interrupted_dir = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')

@@ -44,6 +44,7 @@ def _trainer(workdir, *flags):
       cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_two_trainers_on_one_workdir(tmp_path):
   """The second refuses at once naming the first; after a SIGKILL of the first, a restart runs."""
   workdir = str(tmp_path / 'run')
