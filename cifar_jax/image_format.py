@@ -97,10 +97,14 @@ class ImageFormat:
     cover = self.aspect == 'crop'
     scale = (max if cover else min)(height / image.height, width / image.width)
     if cover:
-      # The centred box of the source that maps onto the target exactly.
-      box_w, box_h = width / scale, height / scale
+      # The centred box of the source that maps onto the target exactly. On the side that
+      # decides the scale the box is the whole side, but `target / scale` can come out a
+      # hair above it in floating point, and Pillow refuses a box outside the image:
+      # clamped to the image, it is the whole side.
+      box_w, box_h = min(image.width, width / scale), min(image.height, height / scale)
       left, top = (image.width - box_w) / 2, (image.height - box_h) / 2
-      return image.resize((width, height), resample, box=(left, top, left + box_w, top + box_h))
+      box = (left, top, min(image.width, left + box_w), min(image.height, top + box_h))
+      return image.resize((width, height), resample, box=box)
     inner = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     canvas = Image.new(image.mode, (width, height))
     canvas.paste(image.resize(inner, resample),

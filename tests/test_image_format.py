@@ -77,3 +77,24 @@ def test_size_pairs_and_cache_keys():
   assert ImageFormat().key() == ''  # the data's own format: the same cache as before
   assert ImageFormat((64, 64), 'bicubic', 'pad', 1).key() == '64x64-bicubic-pad-c1'
   assert ImageFormat((64, 64)).key() != ImageFormat((64, 64), aspect='pad').key()
+
+
+@pytest.mark.parametrize('aspect', image_format.RESIZE_ASPECTS)
+def test_every_source_side_from_1_to_600_gives_exactly_the_target(aspect):
+  # Real folders (photos of 500x375, 375x500, 500x333, ...; 49x49 to 64) were refused when the
+  # centred box came out a hair larger than the image in floating point.
+  targets = [ImageFormat(size=size, aspect=aspect) for size in ((64, 64), (32, 32), (24, 40))]
+  for side in range(1, 601):
+    other = max(1, side * 3 // 4 + side % 7)  # odd, uneven ratios
+    for shape in ((side, other), (other, side), (side, side)):
+      image = Image.new('L', shape[::-1])
+      for target in targets:
+        assert target.apply(image).shape == (*target.size, 1), (shape, target)
+
+
+def test_photo_sizes_that_were_refused_are_resized():
+  for height, width, size in ((375, 500, 64), (500, 375, 64), (333, 500, 64), (49, 49, 64),
+                              (500, 333, 224), (123, 457, 32)):
+    image = np.full((height, width, 3), 77, np.uint8)
+    out = ImageFormat(size=(size, size), aspect='crop').apply(image)
+    assert out.shape == (size, size, 3) and (out == 77).all()
