@@ -63,8 +63,8 @@ HEAD_INITS = ('pytorch_default', 'unit_std')
 class Airbench94(nn.Module):
   """airbench94's network (NHWC; widths configurable for tiny test models).
 
-    whiten: conv 2x2 'VALID', 2 * 3 * 2 * 2 = 24 filters (frozen, set by
-      `data_init`), bias -> GELU
+    whiten: conv 2x2 'VALID', 2 * C * 2 * 2 filters for C input channels (24 for
+      colour, 8 for grey; frozen, set by `data_init`), bias -> GELU
     3 x conv group: conv 3x3 -> max-pool 2 -> BatchNorm -> GELU
                     -> conv 3x3 -> BatchNorm -> GELU   (widths 64, 256, 256)
     max-pool 3 -> linear (no bias) -> x head_multiplier
@@ -88,13 +88,14 @@ class Airbench94(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    size, channels = self.whiten_patch_size, images.shape[-1]
+    patch_values = channels * size * size  # the whitening filters: +/- one per patch value
     bias_inits = {'zeros': nn.initializers.zeros,
-                  'pytorch_default': pytorch_default_bias(3 * self.whiten_patch_size**2)}
+                  'pytorch_default': pytorch_default_bias(patch_values)}
     head_inits = {'pytorch_default': pytorch_default_uniform(),
                   'unit_std': unit_std_init(pytorch_default_uniform())}
     gelu = functools.partial(nn.gelu, approximate=False)
-    size = self.whiten_patch_size
-    x = nn.Conv(2 * 3 * size * size, (size, size), padding='VALID', use_bias=True,
+    x = nn.Conv(2 * patch_values, (size, size), padding='VALID', use_bias=True,
                 bias_init=bias_inits[self.whiten_bias_init], dtype=self.dtype,
                 name='whiten')(images.astype(self.dtype))
     x = gelu(x)
