@@ -11,12 +11,13 @@ checkpoints and evaluator.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 import dataclasses
 import functools
 import math
 from typing import Any
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -119,12 +120,16 @@ def build(config: ml_collections.ConfigDict, train_split: datasets.Split | None 
   # Run r = p * R + s is point p of a sweep with seed + s: its initialisation, whitening
   # images, order, augmentation.
   seeds = sweeps.run_seeds(config)
-  if train_split is None:
-    state = jax.eval_shape(lambda: stack_replicas([make_state(seed=s) for s in seeds]))
-  else:
-    uses_data = hasattr(model, 'data_init')
-    state = stack_replicas([make_state(seed=s, init_images=input_pipeline.init_images(
-        train_split, config, s) if uses_data else None) for s in seeds])
+  try:
+    if train_split is None:
+      state = jax.eval_shape(lambda: stack_replicas([make_state(seed=s) for s in seeds]))
+    else:
+      uses_data = hasattr(model, 'data_init')
+      state = stack_replicas([make_state(seed=s, init_images=input_pipeline.init_images(
+          train_split, config, s) if uses_data else None) for s in seeds])
+  except (ArithmeticError, ValueError, TypeError) as e:
+    _raise_if_too_small(config, model, make_state.keywords['input_shape'], e)
+    raise
   where = (placement.choose(config.dataset.placement, train_split, devices)
            if train_split is not None and devices else 'device')
   steps = (_parallel_steps(config, model, pieces, devices, gathered=where == 'host',
@@ -134,6 +139,23 @@ def build(config: ml_collections.ConfigDict, train_split: datasets.Split | None 
                batches=batches, options=options, state=state, parallel_steps=steps, placement=where,
                devices=tuple(devices or ()), run_values=run_values,
                step_pieces=step_pieces if run_values else None)
+
+
+def _raise_if_too_small(config: ml_collections.ConfigDict, model: nn.Module,
+                        input_shape: Sequence[int], error: Exception) -> None:
+  """A `UserError` naming the model's smallest side if `input_shape` is below it (the network
+  pools it to nothing: its initialisation fails); returns if the size is not the cause."""
+  height, width, channels = input_shape
+  smallest = models.minimum_input_side(model, channels)
+  if smallest is None or min(height, width) >= smallest:
+    return
+  resize = 'which resizes the images when they are loaded'
+  remedy = (f'config.crop_size={smallest} or larger (and config.dataset.image_size at least as '
+            f'large, {resize})' if config.crop_size
+            else f'config.dataset.image_size={smallest} or larger, {resize}')
+  raise UserError(
+      f'The model\'s input is {height}x{width} pixels, but {config.model.name} pools images '
+      f'smaller than {smallest}x{smallest} to nothing; set {remedy}.') from error
 
 
 def _batches(config: ml_collections.ConfigDict, train_split: datasets.Split | None,
@@ -168,6 +190,28 @@ def _step_pieces(config: ml_collections.ConfigDict, num_examples: int, global_ba
   tx, learning_rate_fn = optimizers.create_optimizer(point, num_examples, global_batch)
   return {'tx': tx, 'learning_rate_fn': learning_rate_fn,
           'options': train_step.StepOptions.from_config(point, steps_per_epoch)}
+
+
+def given_length_wins(config: ml_collections.ConfigDict, given: Iterable[str]) -> None:
+  """A run length the user gave (`given`: the dotted fields set on the command line or in the
+  notebook's overrides) is never shadowed by the recipe's other length field.
+
+  `num_train_epochs` > 0 decides the length over `num_train_steps` (`steps_from_epochs`): a
+  recipe's 200 epochs would silently outlast a `--config.num_train_steps=20`. Given steps alone
+  set the recipe's epochs to 0, said in one warning line; both given, and both set, is refused.
+  """
+  given = set(given)
+  if 'num_train_steps' not in given or not config.num_train_epochs:
+    return
+  if 'num_train_epochs' in given:
+    raise UserError(
+        f'config.num_train_steps={config.num_train_steps} and config.num_train_epochs='
+        f'{config.num_train_epochs:g} both give the run\'s length; set one (steps: '
+        'config.num_train_epochs=0).')
+  logging.warning('config.num_train_steps=%d, as given, decides the run\'s length; the '
+                  'recipe\'s config.num_train_epochs=%g is set aside (0).',
+                  config.num_train_steps, config.num_train_epochs)
+  config.num_train_epochs = 0.0
 
 
 def steps_from_epochs(config: ml_collections.ConfigDict, steps_per_epoch: int

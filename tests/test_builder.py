@@ -76,3 +76,41 @@ def test_epochs_set_the_steps_when_the_data_are_loaded():
   setup = builder.build(config, split)
   assert setup.config.num_train_steps == 160 and config.num_train_steps == 20
   assert builder.build(tiny_config(), split).config.num_train_steps == 20  # 0 epochs: the steps
+
+
+def test_a_given_number_of_steps_is_not_shadowed_by_the_recipes_epochs(caplog):
+  from experiments import resnet18  # pylint: disable=g-import-not-at-top
+  config = resnet18.get_config()  # 200 epochs
+  config.num_train_steps = 20
+  builder.given_length_wins(config, {'num_train_steps': 20, 'model.width': 4})
+  assert (config.num_train_steps, config.num_train_epochs) == (20, 0.0)
+  assert "config.num_train_steps=20, as given, decides the run's length" in caplog.text
+  # Not given: the recipe's epochs decide, silently, as the recipe says.
+  config = resnet18.get_config()
+  builder.given_length_wins(config, {'model.width': 4})
+  assert config.num_train_epochs == 200.0
+  config.num_train_epochs = 3.0
+  with pytest.raises(UserError, match=r'config.num_train_steps=.* and config.num_train_epochs=3 '
+                                      r'both give the run\'s length; set one'):
+    builder.given_length_wins(config, {'num_train_steps': 5, 'num_train_epochs': 3.0})
+
+
+def test_the_notebooks_overrides_give_the_length_too():
+  from cifar_jax import experiment  # pylint: disable=g-import-not-at-top
+  config = experiment.load_config('experiments/resnet18.py', {'num_train_steps': 20})
+  assert (config.num_train_steps, config.num_train_epochs) == (20, 0.0)
+
+
+@pytest.mark.parametrize('size, crop_size, field', [(8, 0, 'config.dataset.image_size=25'),
+                                                    (40, 16, 'config.crop_size=25')])
+def test_images_a_network_pools_to_nothing_are_one_sentence_naming_its_smallest_side(
+    size, crop_size, field):
+  config = tiny_airbench_config(**{'dataset.synthetic_image_size': size, 'crop_size': crop_size,
+                                   'augment.translate': 0})
+  split = datasets.load_split(config.dataset, config.dataset.train_split)
+  with pytest.raises(UserError, match=rf"The model's input is (8x8|16x16) pixels, but airbench94 "
+                                      rf'pools images smaller than 25x25 to nothing; set {field} '
+                                      'or larger'):
+    builder.build(config, split)
+  # The tutorial network (SAME pooling) takes them.
+  builder.build(tiny_config(**{'dataset.synthetic_image_size': 8, 'crop_size': 0}), split)

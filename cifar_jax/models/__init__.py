@@ -157,3 +157,28 @@ def parameter_paths(params: Any) -> list[str]:
 def count_parameters(params: Any) -> int:
   """Total number of scalars in a parameter tree."""
   return sum(x.size for x in jax.tree.leaves(params))
+
+
+def _initialises(model: nn.Module, side: int, channels: int) -> bool:
+  """Whether `model` initialises on side x side images of `channels` (shapes only, no compute)."""
+  images = jax.ShapeDtypeStruct((1, side, side, channels), jnp.float32)
+  try:
+    jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
+  except (ArithmeticError, ValueError, TypeError):  # a side pooled to nothing: 0 / 0 in an init
+    return False
+  return True
+
+
+def minimum_input_side(model: nn.Module, channels: int, largest: int = 1024) -> int | None:
+  """The smallest square side `model` initialises on (None: none up to `largest`).
+
+  Found by bisection over shape-only traces (assumes every side above it fits, as the
+  pooling networks here do); called only after an initialisation failed.
+  """
+  if not _initialises(model, largest, channels):
+    return None
+  low, high = 0, largest  # low does not fit (or is 0), high does
+  while high - low > 1:
+    middle = (low + high) // 2
+    low, high = (low, middle) if _initialises(model, middle, channels) else (middle, high)
+  return high
