@@ -14,6 +14,7 @@ import jax
 from ml_collections import config_flags
 
 from cifar_jax import (
+  builder,
   cli,
   datasets,
   evaluate,
@@ -59,6 +60,7 @@ def main(argv):
   del argv  # cli.parse_flags refuses positional arguments
   terminal.show_on_terminal(FLAGS.verbose)
   try:
+    builder.given_length_wins(FLAGS.config, config_flags.get_override_values(FLAGS['config']))
     validation.validate(FLAGS.config)
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id, FLAGS.distributed_timeout_secs,
