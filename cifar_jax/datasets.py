@@ -193,12 +193,30 @@ def _in_memory(count: int, shape: tuple[int, ...]) -> np.ndarray:
   return np.empty((count, *shape), np.uint8)
 
 
+class DamagedCacheError(UserError):
+  """A cache entry that cannot be what was written: a file cut short (a full disk, a killed
+  copy), missing or unreadable, or counts that disagree."""
+
+
 def read_cached_split(path: str) -> Split:
-  """The split in the cache entry (folder) `path`: its images memory-mapped, read-only."""
-  images = np.load(os.path.join(path, 'images.npy'), mmap_mode='r')
-  labels = np.load(os.path.join(path, 'labels.npy'))
-  with open(os.path.join(path, 'class_names.json')) as f:
-    class_names = tuple(json.load(f))
+  """The split in the cache entry (folder) `path`: its images memory-mapped, read-only.
+
+  Raises `DamagedCacheError` where the entry is damaged: NumPy checks each file's
+  size against the shape its header records when it maps or reads it.
+  """
+  try:
+    images = np.load(os.path.join(path, 'images.npy'), mmap_mode='r')
+    labels = np.load(os.path.join(path, 'labels.npy'))
+    with open(os.path.join(path, 'class_names.json')) as f:
+      class_names = tuple(json.load(f))
+  except (OSError, ValueError, EOFError) as e:  # JSONDecodeError is a ValueError
+    raise DamagedCacheError(f'The cached split in {path} is damaged ({type(e).__name__}: {e}); '
+                            'delete that folder and run again.') from e
+  if len(labels) != len(images) or (len(labels) and not 0 <= labels.min() <= labels.max()
+                                    < len(class_names)):
+    raise DamagedCacheError(f'The cached split in {path} is damaged ({len(images)} images, '
+                            f'{len(labels)} labels, {len(class_names)} classes); delete that '
+                            'folder and run again.')
   return Split(images, labels, class_names)
 
 
@@ -215,7 +233,11 @@ def _cached(cache_dir: str, key: str, fingerprint: Callable[[], str | None],
     path = cache_path(cache_dir, key, before)
     if os.path.isdir(path):
       logging.info('Reading cached split %s from %s.', key, path)
-      return read_cached_split(path)
+      try:
+        return read_cached_split(path)
+      except DamagedCacheError as e:
+        logging.warning('%s Decoding split %s again instead.', str(e).split(';')[0] + '.', key)
+        shutil.rmtree(path, ignore_errors=True)
   os.makedirs(cache_dir, exist_ok=True)
   temporary = tempfile.mkdtemp(dir=cache_dir, prefix='.writing-')
   try:

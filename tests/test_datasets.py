@@ -282,6 +282,33 @@ def test_an_interrupted_decode_leaves_no_cache_entry(tmp_path):
   assert os.listdir(tmp_path / 'cache') == []
 
 
+@pytest.mark.parametrize('damage', ['images cut short', 'labels cut short',
+                                    'labels of another count', 'class names missing'])
+def test_a_damaged_cache_entry_is_discarded_and_rebuilt_with_one_warning(tmp_path, damage, caplog):
+  _write_folder(tmp_path / 'data')
+  config = _config(tmp_path / 'data')
+  config.cache_dir = str(tmp_path / 'cache')
+  first = np.array(datasets.load_split(config, 'train').images)
+  (entry,) = [tmp_path / 'cache' / name for name in os.listdir(tmp_path / 'cache')]
+  if damage == 'images cut short':  # a full disk, a killed copy
+    os.truncate(entry / 'images.npy', os.path.getsize(entry / 'images.npy') - 100)
+  elif damage == 'labels cut short':
+    os.truncate(entry / 'labels.npy', 20)
+  elif damage == 'labels of another count':
+    np.save(entry / 'labels.npy', np.zeros(3, np.int32))
+  else:
+    os.remove(entry / 'class_names.json')
+  with pytest.raises(datasets.DamagedCacheError, match=r'is damaged .*; delete that folder'):
+    datasets.read_cached_split(str(entry))
+  caplog.clear()
+  again = datasets.load_split(config, 'train')
+  np.testing.assert_array_equal(again.images, first)
+  (warning,) = [r for r in caplog.records if r.levelname == 'WARNING']
+  assert re.match(r'The cached split in .* is damaged \(.+\)\. Decoding split .* again instead\.$',
+                  warning.getMessage()), warning.getMessage()
+  np.testing.assert_array_equal(datasets.load_split(config, 'train').images, first)  # whole again
+
+
 def test_long_decoding_shows_count_rate_and_time_left(tmp_path, monkeypatch, capsys):
   _write_folder(tmp_path, per_class=4)
   clock = iter(np.arange(0.0, 1000.0, 2.0))  # every image takes 2 s
