@@ -9,6 +9,7 @@ and `--helpfull` are absl's, unchanged.
 
 from __future__ import annotations
 
+import ast
 import os
 import runpy
 import sys
@@ -58,6 +59,30 @@ def check_config_file(path: str) -> None:
     fail(f'--config={path} defines no get_config(); give {CONFIG_HINT}.')
 
 
+SWEEP_PREFIX = '--config.sweep.'
+
+
+def _add_sweep(config, arguments: list[str]) -> None:
+  """`--config.sweep.FIELD=(v1, v2, ...)` arguments as `config.sweep[FIELD]` tuples."""
+  for argument in arguments:
+    name, _, text = argument.removeprefix(SWEEP_PREFIX).partition('=')
+    try:
+      values = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      values = None
+    if not name or not isinstance(values, (tuple, list)):
+      fail(f"{argument}: a sweep field takes a tuple of values, e.g. "
+           f"--config.sweep.learning_rate='(0.02, 0.1)' (see docs/replicas.md#sweeps).")
+    *parents, leaf = name.split('.')  # a nested field: sweep.optimizer_groups.x.learning_rate
+    with config.unlocked():
+      target = config.sweep
+      for parent in parents:
+        if parent not in target:
+          target[parent] = type(config)()
+        target = target[parent]
+      target[leaf] = tuple(values)
+
+
 def parse_flags(argv: list[str], positional: bool = False) -> list[str]:
   """absl's parsing of `argv` (for `app.run(flags_parser=...)`), with one-line errors.
 
@@ -66,10 +91,17 @@ def parse_flags(argv: list[str], positional: bool = False) -> list[str]:
   path = _config_path(argv)
   if path is not None:
     check_config_file(path)  # before ml_collections loads it with a traceback for any fault
+  # A sweep's fields are new keys (`config.sweep` is empty in a recipe): ml_collections only
+  # overrides fields that exist, and reads sys.argv itself, so they are taken out of both and
+  # added once the config is built.
+  swept = [arg for arg in argv if arg.startswith(SWEEP_PREFIX)]
+  argv = [arg for arg in argv if arg not in swept]
+  saved_argv, sys.argv = sys.argv, argv
   try:
     remaining = FLAGS(argv)
     if 'config' in FLAGS:
       FLAGS.config  # noqa: B018 (ml_collections builds the config on first use)
+      _add_sweep(FLAGS.config, swept)
   except flags.UnrecognizedFlagError as e:
     fail(f'{e}; run with --help to see the flags.')
   except flags.IllegalFlagValueError as e:
@@ -86,6 +118,8 @@ def parse_flags(argv: list[str], positional: bool = False) -> list[str]:
   except Exception as e:  # pylint: disable=broad-except
     fail(f'a --config.* override was rejected ({type(e).__name__}: {e}); check that the field '
          'exists in the config file and that the value has its type.')
+  finally:
+    sys.argv = saved_argv
   if len(remaining) > 1 and not positional:
     fail(f'unexpected argument(s) {" ".join(remaining[1:])}; options are --flag=value '
          '(run with --help to see them).')

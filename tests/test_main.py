@@ -449,6 +449,10 @@ COMMAND_LINE_MISTAKES = [
      r'config.num_replicas is 0; it must be at least 1'),
     ('replicas not a whole number', MAIN, ['--config.num_replicas=1.5'],
      r'--config.num_replicas=1.5: invalid literal for int'),
+    ('a sweep field without a tuple', MAIN, ['--config.sweep.learning_rate=0.1'],
+     r"--config.sweep.learning_rate=0.1: a sweep field takes a tuple of values"),
+    ('a swept field that changes shapes', MAIN, ['--config.sweep.per_device_batch_size=(8, 16)'],
+     r'per_device_batch_size'),
     ('benchmark: config file missing', BENCHMARK, ['--config=experiments/nope.py'],
      r'no such file'),
     ('benchmark: bad value', BENCHMARK, ['--steps=abc'], r'--steps=abc'),
@@ -542,3 +546,12 @@ def test_a_command_line_mistake_is_one_error_line(case_id, expected, mistakes_ru
 def test_each_command_exits_with_1_and_no_traceback_in_a_real_process(case_id, mistakes_run):
   (expected,) = [case[3] for case in COMMAND_LINE_MISTAKES if case[0] == case_id]
   _assert_one_error_line(mistakes_run[('process', case_id)], expected)
+
+
+def test_a_sweep_given_on_the_command_line_trains_its_points(tmp_path):
+  (result,) = command_runner.run_many(MAIN, [[
+      f'--workdir={tmp_path}', *TINY_FLAGS, '--config.num_train_steps=4',
+      "--config.sweep.learning_rate=(0.02, 0.1)", '--config.sweep.ema.decay=[0.9, 0.99]',
+      '--config.sweep_mode=zip']])
+  assert result['returncode'] == 0, result['stderr'][-2000:]
+  assert 'step 4, loss = ' in result['stdout'] and '(mean of 2 runs;' in result['stdout']
