@@ -189,11 +189,26 @@ def run_once(scorer: _Scorer) -> dict[int, scoring.Result]:
     raise UserError(f'{checkpoints.checkpoint_dir(scorer.workdir)} holds no finished checkpoint.')
   latest = steps[-1]
   if latest in scorer.handled:
-    logging.info('Step %d was already handled (%s); see %s.', latest, scorer.handled[latest],
-                 os.path.join(scorer.eval_dir, summaries.METRICS_FILE))
+    summaries.print_line(_already_handled(scorer, latest))
   else:
     scorer.score(latest)
   return scorer.results
+
+
+def _already_handled(scorer: _Scorer, step: int) -> str:
+  """The line that says `step` was handled before: its precision (or why it was skipped) and
+  where its record is."""
+  path = os.path.join(scorer.eval_dir, summaries.METRICS_FILE)
+  status = scorer.handled[step]
+  if status != 'scored':
+    return f'step {step} was already handled ({status}); its record is in {path}'
+  tta = scorer.config.eval.tta
+  (record, *_) = [r for r in reversed(summaries.read_records(path)) if r.get('step') == step
+                  and r.get('status') == 'scored' and r.get('tta', 'none') == tta]
+  raw = (f' (raw parameters: {record["precision_raw"]:.3f})'
+         if record.get('precision_raw') is not None else '')
+  return (f'step {step} was already scored: precision @ 1 = {record["precision"]:.3f}{raw}; '
+          f'its record is in {path}')
 
 
 def _watch(scorer: _Scorer, eval_config: ml_collections.ConfigDict

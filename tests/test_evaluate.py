@@ -99,11 +99,17 @@ def _trained(tmp_path, **overrides):
   return workdir
 
 
-def test_run_once_scores_the_latest_checkpoint_once(tmp_path):
+def test_run_once_scores_the_latest_checkpoint_once(tmp_path, capsys):
   workdir = _trained(tmp_path)
   results = evaluate.evaluate(tiny_config(**{'eval.run_once': True}), workdir)
   assert list(results) == [20] and results[20].count == 200
+  capsys.readouterr()
   assert evaluate.evaluate(tiny_config(**{'eval.run_once': True}), workdir) == {}
+  # Not silence: the step's precision from its record, and where that is.
+  (line,) = capsys.readouterr().out.splitlines()
+  assert line.endswith(f': step 20 was already scored: precision @ 1 = {results[20].precision:.3f} '
+                       f'(raw parameters: {results[20].precision_raw:.3f}); its record is in '
+                       f'{workdir}/eval/metrics.jsonl'), line
   records = _records(workdir)
   assert [(r['step'], r['status']) for r in records] == [(20, 'scored')]
   assert {'precision', 'precision_raw', 'loss', 'count', 'wall_time'} <= set(records[0])
