@@ -42,6 +42,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import logging as logging_lib
 import os
 import time
 from typing import Any
@@ -53,7 +54,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cifar_jax import sweeps, train_state, validation
+from cifar_jax import sweeps, terminal, train_state, validation
 from cifar_jax.errors import UserError, WriteError
 
 TRAIN_COMPLETE_FILE = 'train_complete'
@@ -167,6 +168,20 @@ def create_manager(workdir: str, keep: int | None = None, read_only: bool = Fals
   its background thread, which would deadlock against the training step's
   collectives.
   """
+  # A read-only manager (the evaluator's, the notebook's) makes Orbax warn that it is read-only
+  # as its options and itself are built: dropped at the source, since a notebook has no
+  # terminal filter (terminal.QuietLibraries keeps Orbax's other warnings).
+  absl_logger = logging_lib.getLogger('absl')
+  quiet = terminal.QuietLibraries()
+  absl_logger.addFilter(quiet)
+  try:
+    return _create_manager(workdir, keep, read_only, every_steps, every_secs)
+  finally:
+    absl_logger.removeFilter(quiet)
+
+
+def _create_manager(workdir: str, keep: int | None, read_only: bool, every_steps: int | None,
+                    every_secs: int) -> ocp.CheckpointManager:
   policies = []
   if every_steps:
     policies.append(ocp.checkpoint_managers.FixedIntervalPolicy(every_steps))

@@ -1,5 +1,6 @@
 """The notebook API: each function on a tiny run, checked against the modules it wraps."""
 
+import logging
 import os
 import sys
 
@@ -89,6 +90,12 @@ def test_load_checkpoint_latest_and_by_step(tiny_run):
     experiment.load_checkpoint(workdir, step=7)
   with pytest.raises(UserError, match='ema or raw'):
     run.params('best')
+
+
+def test_load_checkpoint_prints_no_library_warnings_into_a_notebook(tiny_run, caplog):
+  caplog.set_level(logging.INFO)
+  experiment.load_checkpoint(tiny_run[0])
+  assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_load_checkpoint_without_checkpoints_is_a_user_error(tmp_path):
