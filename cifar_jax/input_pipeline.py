@@ -180,7 +180,9 @@ class Normalization:
     if self.preprocess == 'channel_normalization' and len(self.channel_mean) != channels:
       raise UserError(
           f'{what} have {channels} channel(s) but config.channel_mean and config.channel_std '
-          f'have {len(self.channel_mean)}; give one mean and std per channel.')
+          f'have {len(self.channel_mean)}; give one mean and std per channel, or set '
+          f'config.dataset.channels={len(self.channel_mean)} to convert the images when they are '
+          "loaded, or config.preprocess='per_image_standardization'.")
 
 
 def reflect_pad(image: jax.Array, pixels: int) -> jax.Array:

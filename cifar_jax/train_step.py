@@ -197,6 +197,7 @@ def device_steps(state: TrainState, data: input_pipeline.DeviceData, indices: ja
                     else (data.images[indices], data.labels[indices]))
   if not scan:
     state, metrics = step(state, images[0], labels[0], indices[0])
-    return state, jax.tree.map(lambda x: x[None], metrics)
+    # asarray: a metric can be a Python number (a constant schedule's learning rate).
+    return state, jax.tree.map(lambda x: jnp.asarray(x)[None], metrics)
   return jax.lax.scan(lambda carry, xs: step(carry, *xs), state, (images, labels, indices),
                       unroll=unroll)
