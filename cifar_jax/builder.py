@@ -149,10 +149,12 @@ def _raise_if_too_small(config: ml_collections.ConfigDict, model: nn.Module,
   smallest = models.minimum_input_side(model, channels)
   if smallest is None or min(height, width) >= smallest:
     return
-  resize = 'which resizes the images when they are loaded'
-  remedy = (f'config.crop_size={smallest} or larger (and config.dataset.image_size at least as '
-            f'large, {resize})' if config.crop_size
-            else f'config.dataset.image_size={smallest} or larger, {resize}')
+  if config.crop_size:
+    remedy = (f'config.crop_size={smallest} or larger (and config.dataset.image_size at least as '
+              'large, which resizes the images when they are loaded)')
+  else:
+    remedy = (f'config.dataset.image_size={smallest} or larger, which resizes the images when '
+              'they are loaded')
   raise UserError(
       f'The model\'s input is {height}x{width} pixels, but {config.model.name} pools images '
       f'smaller than {smallest}x{smallest} to nothing; set {remedy}.') from error

@@ -72,7 +72,7 @@ def test_a_sample_error_line_is_a_sentence_of_the_package(where, line):
   source = _package_text()
   # Fixed stretches: runs of plain words between paths, numbers, quoted names and brackets.
   stretches = [s.strip() for s in re.split(r"\S*[/\d'(){}\[\]]\S*", line.removeprefix('error: '))]
-  stretches = [s for s in stretches if len(s.split()) >= 3]
+  stretches = [s.rstrip('.;,') for s in stretches if len(s.split()) >= 3]
   assert stretches, line
   for stretch in stretches:
     assert stretch in source, (where, stretch)
