@@ -194,6 +194,15 @@ def _step_pieces(config: ml_collections.ConfigDict, num_examples: int, global_ba
           'options': train_step.StepOptions.from_config(point, steps_per_epoch)}
 
 
+def respect_given_fields(config: ml_collections.ConfigDict, given: Iterable[str]) -> None:
+  """What the user gave (`given`: dotted fields from the command line or the notebook's
+  overrides) is never silently shadowed by another field: the run length, and top-level
+  optimizer fields that groups override (`optimizers.warn_given_fields_groups_keep`)."""
+  given = set(given)
+  given_length_wins(config, given)
+  optimizers.warn_given_fields_groups_keep(config, given)
+
+
 def given_length_wins(config: ml_collections.ConfigDict, given: Iterable[str]) -> None:
   """A run length the user gave (`given`: the dotted fields set on the command line or in the
   notebook's overrides) is never shadowed by the recipe's other length field.

@@ -78,7 +78,7 @@ def load_config(path: str, overrides: dict[str, Any] | None = None
     except KeyError:
       raise UserError(f'Unknown config field {name!r} in overrides; see {path}.') from None
     target[leaf] = value
-  builder.given_length_wins(config, overrides or {})
+  builder.respect_given_fields(config, overrides or {})
   validation.validate(config)
   return config
 

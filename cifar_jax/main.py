@@ -60,7 +60,7 @@ def main(argv):
   del argv  # cli.parse_flags refuses positional arguments
   terminal.show_on_terminal(FLAGS.verbose)
   try:
-    builder.given_length_wins(FLAGS.config, config_flags.get_override_values(FLAGS['config']))
+    builder.respect_given_fields(FLAGS.config, config_flags.get_override_values(FLAGS['config']))
     validation.validate(FLAGS.config)
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id, FLAGS.distributed_timeout_secs,

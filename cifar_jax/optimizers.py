@@ -37,11 +37,12 @@ checked at the entry.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 import fnmatch
 import math
 from typing import Any, NamedTuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -225,6 +226,30 @@ def _groups(config: ml_collections.ConfigDict) -> dict[str, ml_collections.Confi
             for name, group in dict(config.optimizer_groups).items()}
   groups['default'] = ml_collections.ConfigDict({**defaults, 'params': ('*',)})
   return groups
+
+
+GROUP_FIELDS = ('optimizer', 'learning_rate', 'momentum', 'nesterov', 'weight_decay')
+
+
+def warn_given_fields_groups_keep(config: ml_collections.ConfigDict, given: Iterable[str]
+                                  ) -> None:
+  """One warning line for each top-level field the user gave (`given`: dotted names from the
+  command line or the notebook's overrides) that groups setting their own value keep.
+
+  A group's own `learning_rate` (airbench94_muon's filters: 0.24) wins over the top-level
+  one, which then moves only the parameters outside such groups: a given value is not
+  silently shadowed.
+  """
+  given = set(given)
+  for field in GROUP_FIELDS:
+    if field not in given:
+      continue
+    keeping = [name for name, group in config.optimizer_groups.items()
+               if field in group and f'optimizer_groups.{name}.{field}' not in given]
+    if keeping:
+      logging.warning('config.%s=%s, as given, applies outside the optimizer groups that set '
+                      'their own (%s); set config.optimizer_groups.NAME.%s to change theirs.',
+                      field, config[field], ', '.join(keeping), field)
 
 
 def group_labels(config: ml_collections.ConfigDict, params: Any) -> Any:

@@ -190,3 +190,21 @@ def test_the_schedules_a_sweep_can_scale_are_optaxs():
   # In the warm-up optax draws its line to the peak, this one to 1 and scales it: float32 rounding.
   np.testing.assert_allclose(ours[:300], theirs[:300], rtol=1e-5, atol=0)
   assert np.any(ours[:300] != theirs[:300])
+
+
+def test_a_given_top_level_field_that_groups_keep_their_own_of_is_said(caplog):
+  from cifar_jax import builder  # pylint: disable=g-import-not-at-top
+  from experiments import airbench94_muon  # pylint: disable=g-import-not-at-top
+  config = airbench94_muon.get_config()
+  builder.respect_given_fields(config, {'learning_rate', 'optimizer_groups.filters.learning_rate',
+                                        'momentum'})
+  lines = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert lines == [
+      f'config.learning_rate={config.learning_rate}, as given, applies outside the optimizer '
+      'groups that set their own (norm_biases, whiten_bias); set '
+      'config.optimizer_groups.NAME.learning_rate to change theirs.',
+      f'config.momentum={config.momentum}, as given, applies outside the optimizer groups that '
+      'set their own (filters); set config.optimizer_groups.NAME.momentum to change theirs.']
+  caplog.clear()
+  builder.respect_given_fields(config, {'label_smoothing', 'optimizer_groups.filters.momentum'})
+  assert not caplog.records
