@@ -130,6 +130,8 @@ def build(config: ml_collections.ConfigDict, train_split: datasets.Split | None 
   except (ArithmeticError, ValueError, TypeError) as e:
     _raise_if_too_small(config, model, make_state.keywords['input_shape'], e)
     raise
+  if models.has_empty_parameters(state.params):
+    _raise_if_too_small(config, model, make_state.keywords['input_shape'])
   where = (placement.choose(config.dataset.placement, train_split, devices)
            if train_split is not None and devices else 'device')
   steps = (_parallel_steps(config, model, pieces, devices, gathered=where == 'host',
@@ -142,7 +144,7 @@ def build(config: ml_collections.ConfigDict, train_split: datasets.Split | None 
 
 
 def _raise_if_too_small(config: ml_collections.ConfigDict, model: nn.Module,
-                        input_shape: Sequence[int], error: Exception) -> None:
+                        input_shape: Sequence[int], error: Exception | None = None) -> None:
   """A `UserError` naming the model's smallest side if `input_shape` is below it (the network
   pools it to nothing: its initialisation fails); returns if the size is not the cause."""
   height, width, channels = input_shape

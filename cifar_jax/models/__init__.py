@@ -159,14 +159,21 @@ def count_parameters(params: Any) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 
 
+def has_empty_parameters(params: Any) -> bool:
+  """Whether a parameter has a zero-size dimension: the network pooled its input to nothing
+  (recent Flax initialises a layer of no inputs; older Flax divides by zero instead)."""
+  return any(0 in getattr(leaf, 'shape', ()) for leaf in jax.tree.leaves(params))
+
+
 def _initialises(model: nn.Module, side: int, channels: int) -> bool:
-  """Whether `model` initialises on side x side images of `channels` (shapes only, no compute)."""
+  """Whether `model` takes side x side images of `channels` (shapes only, no compute)."""
   images = jax.ShapeDtypeStruct((1, side, side, channels), jnp.float32)
   try:
-    jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
+    variables = jax.eval_shape(
+        lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
   except (ArithmeticError, ValueError, TypeError):  # a side pooled to nothing: 0 / 0 in an init
     return False
-  return True
+  return not has_empty_parameters(variables.get('params', {}))
 
 
 def minimum_input_side(model: nn.Module, channels: int, largest: int = 1024) -> int | None:
