@@ -41,7 +41,7 @@ def _run(command, timeout=600, **kwargs):
 
 def test_the_scripts_are_all_known():
   assert set(SCRIPTS) == {
-      'airbench_reference.py', 'conv_passes.py', 'faults.py', 'gpu_run.py', 'gpu_wheelhouse.py',
+      'airbench_reference.py', 'bit_identity.py', 'conv_passes.py', 'faults.py', 'gpu_run.py', 'gpu_wheelhouse.py',
       'host_placement.py', 'input_pipeline.py', 'make_image_folder.py', 'multi_device.py',
       'multiprocess_stress.py', 'pytorch_reference.py', 'resnet_reference.py', 'startup.py'}, (
           'a new script needs a tiny run here (and in the list)')
@@ -182,3 +182,15 @@ def test_the_convolution_passes_are_timed_in_each_variant():
   totals = json.loads(_run(command).stdout.strip().splitlines()[-1])
   assert set(totals) == {'xla', 'taps', *(['pytorch'] if TORCH_PYTHON else [])}
   assert all(ms > 0 for passes in totals.values() for ms in passes.values())
+
+
+@pytest.mark.slow
+def test_the_fingerprints_of_a_few_steps_repeat_bit_for_bit():
+  command = [sys.executable, _script('bit_identity.py'), '--steps=2',
+             '--cases=tutorial,tutorial lr sweep']
+  # (the trainer's log lines, which start with the date, are not the table's)
+  first, second = ([line for line in _run(command).stdout.splitlines()
+                    if not line[:4].isdigit()] for _ in range(2))
+  assert [line.split()[0] for line in first] == ['case', 'tutorial', 'tutorial']
+  assert all(len(line.split()[-1]) == 16 for line in first[1:])
+  assert first == second
