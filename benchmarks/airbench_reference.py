@@ -77,6 +77,7 @@ def pipeline_and_step(config):
   import functools  # pylint: disable=import-outside-toplevel
 
   from cifar_jax import (  # pylint: disable=import-outside-toplevel
+    augmentations,
     builder,
     datasets,
     input_pipeline,
@@ -89,10 +90,9 @@ def pipeline_and_step(config):
   setup = builder.build(config, split, devices)
   data = input_pipeline.put_on_devices(split, devices)
   make_batch = parallel.pmap(functools.partial(
-      input_pipeline.train_batch, augmentation=setup.options.augmentation), devices)
+      augmentations.train_batch, augmentation=setup.pieces.options.augmentation), devices)
   step = parallel.pmap(functools.partial(
-      train_step.train_step, apply_fn=setup.model.apply, tx=setup.tx,
-      learning_rate_fn=setup.learning_rate_fn, options=setup.options), devices)
+      train_step.train_step, apply_fn=setup.model.apply, pieces=setup.pieces), devices)
   return setup, split, data, make_batch, step
 
 

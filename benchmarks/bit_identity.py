@@ -67,7 +67,8 @@ def run_case(recipe: str, overrides: dict[str, Any], data: str | None, steps: in
                    'dataset.eval_split': f'train[{per_class}:{per_class + 10}]'})
   else:
     fields.update(SYNTHETIC)
-  fields.update({'compilation_cache_dir': '', 'num_train_steps': steps, 'num_train_epochs': 0.0, 'steps_per_call': 1,
+  fields.update({'compilation_cache_dir': '', 'num_train_steps': steps, 'num_train_epochs': 0.0,
+                 'steps_per_call': 1,
                  'log_every_steps': steps, 'checkpoint_every_steps': steps,
                  'eval_every_steps': 0, 'histogram_every_steps': steps})
   config = experiment.load_config(os.path.join(ROOT, 'experiments', recipe), fields)

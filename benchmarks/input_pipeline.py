@@ -18,10 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cifar_jax import (
-  input_pipeline,  # noqa: E402
-  parallel,  # noqa: E402
-)
+from cifar_jax import augmentations, input_pipeline, parallel  # noqa: E402
 from cifar_jax.datasets import Split  # noqa: E402
 from experiments import cifar10  # noqa: E402
 
@@ -41,11 +38,11 @@ def main() -> None:
                 rng.integers(0, 10, args.num_examples).astype(np.int32), tuple('0123456789'))
   data = input_pipeline.put_on_devices(split, devices)
   schedule = input_pipeline.BatchSchedule(args.num_examples, args.batch_size, len(devices), 0)
-  augmentation = input_pipeline.Augmentation.from_config(config, schedule.steps_per_epoch)
+  augmentation = augmentations.Augmentation.from_config(config, schedule.steps_per_epoch)
   preprocessing = input_pipeline.EvalPreprocessing.from_config(config)
 
   def train_images(data, indices, step):
-    return input_pipeline.train_batch(data, indices, jax.random.PRNGKey(0), step,
+    return augmentations.train_batch(data, indices, jax.random.PRNGKey(0), step,
                                       augmentation)['image'].sum()
 
   def eval_images(data, indices, step):

@@ -166,9 +166,9 @@ def _float64_pass(setup, state, images, labels, config, flat) -> dict[str, np.nd
       return loss, (logits, new['batch_stats'])
 
     (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, _ = setup.tx.update(grads, setup.tx.init(params), params)
+    updates, _ = setup.pieces.tx.update(grads, setup.pieces.tx.init(params), params)
     after = optax.apply_updates(params, updates)
-    return {'f64/learning_rate': np.asarray(setup.learning_rate_fn(0), np.float64),
+    return {'f64/learning_rate': np.asarray(setup.pieces.learning_rate_fn(0), np.float64),
             'f64/loss': np.asarray(loss), 'f64/logits': np.asarray(logits),
             **flat('f64grads', grads), **flat('f64params1', after),
             **flat('f64batch_stats1', new_stats)}

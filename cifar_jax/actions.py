@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 
 from cifar_jax import (
+  augmentations,
   builder,
   checkpoints,
   datasets,
@@ -117,10 +118,10 @@ class InputImages(PeriodicAction):
     run = self._run
     step_indices = run.first_replica(np.moveaxis(run.setup.batches.indices(0), 0, -2))
     indices = step_indices[0].reshape(-1)[:run.config.input_image_grid_size]
-    images = input_pipeline.augmented_examples(
+    images = augmentations.augmented_examples(
         run.train_split.images[indices], indices,
         run.first_replica(parallel.unreplicate(progress.replicated_state.rng)), 0,
-        run.setup.options.augmentation)
+        run.setup.pieces.options.augmentation)
     run.writer.write_images(1, {'augmented_inputs': summaries.image_grid_ready(images)})
 
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import contextlib
-import functools
 import json
 import os
 import resource
@@ -59,6 +58,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from cifar_jax import (
+  augmentations,
   builder,
   cli,
   datasets,
@@ -144,7 +144,7 @@ def _load_splits(config: ml_collections.ConfigDict, synthetic: bool, train_size:
 def _step_flops_per_example(setup: builder.Setup, batch: dict[str, jax.Array]) -> float:
   """XLA's FLOP count of one device's loss gradient (training mode), per example of one run."""
   model = setup.model.clone(axis_name=None) if hasattr(setup.model, 'axis_name') else setup.model
-  loss_options = setup.options.loss
+  loss_options = setup.pieces.options.loss
   state = setup.state
   if jax.tree.leaves(state)[0].ndim:  # replicas: the first run's
     state = train_state.replica(state, 0)
@@ -208,8 +208,8 @@ def _pure_train_step(setup: builder.Setup, split: datasets.Split,
   With replicas, every replica steps on that batch (`train_step.map_replicas`).
   """
   make_batch = parallel.pmap(lambda rows, indices: {
-      'image': input_pipeline.augment_batch(rows.images, indices, jax.random.PRNGKey(0), 0,
-                                            setup.options.augmentation),
+      'image': augmentations.augment_batch(rows.images, indices, jax.random.PRNGKey(0), 0,
+                                            setup.pieces.options.augmentation),
       'label': rows.labels}, devices)
   indices = setup.batches.indices(0)  # [devices, (replicas,) 1, batch]
   indices = indices.reshape(len(devices), -1, indices.shape[-1])[:, 0]
@@ -217,18 +217,13 @@ def _pure_train_step(setup: builder.Setup, split: datasets.Split,
                                                   labels=split.labels[indices]), devices)
   batch = make_batch(rows, indices)
   unroll = devices[0].platform == 'cpu'
-  if setup.run_values:  # a sweep: each run's optimizer and options from its values
-    def one_run(state, values, batch):
-      return train_step.train_step(state, batch, apply_fn=setup.model.apply,
-                                   **setup.step_pieces(values))
+  def one_run(state, values, batch):  # (a sweep's run: its optimizer and options from values)
+    return train_step.train_step(state, batch, apply_fn=setup.model.apply,
+                                 pieces=setup.pieces_of(values))
+  step = one_run
+  if sweeps.num_runs(config) > 1:
     each = train_step.map_replicas(one_run, config.replica_execution, unroll)
     step = lambda state, values, batch: each((state, values), batch)  # noqa: E731
-  else:
-    one = functools.partial(train_step.train_step, apply_fn=setup.model.apply, tx=setup.tx,
-                            learning_rate_fn=setup.learning_rate_fn, options=setup.options)
-    each = train_step.map_replicas(one, config.replica_execution, unroll)
-    step = ((lambda state, values, batch: each((state,), batch)) if sweeps.num_runs(config) > 1
-            else lambda state, values, batch: one(state, batch))
   pure_step = parallel.pmap(step, devices, donate_argnums=(0,))
   p_state = parallel.replicate(setup.state, devices)
   p_values = parallel.replicate(setup.run_values, devices)

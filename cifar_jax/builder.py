@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from cifar_jax import (
   datasets,
@@ -34,15 +33,12 @@ from cifar_jax import (
   placement,
   sweeps,
   train_step,
-  validation,
 )
 from cifar_jax.errors import UserError
 from cifar_jax.train_state import TrainState, create_train_state, stack_replicas
 
 ParallelSteps = Callable[[TrainState, input_pipeline.DeviceData, jax.Array],
                          tuple[TrainState, dict[str, jax.Array]]]
-# One run's swept values -> {'tx', 'learning_rate_fn', 'options'} of `train_step.train_step`.
-StepPieces = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +55,9 @@ class Setup:
   (`sweeps`), P x R runs -- every state leaf has a run axis after the device
   axis, indices are [devices, runs, n, B] and metrics [devices, runs, n].
   `run_values` holds a sweep's values of every run ({field: float32 [runs]};
-  {} otherwise) and `step_pieces(values)` builds one run's optimizer, schedule
-  and step options from them inside the step; `tx`, `learning_rate_fn` and
-  `options` are then run 0's.
+  {} otherwise) and `pieces_of(values)` builds one run's optimizer, schedule
+  and step options (`train_step.StepPieces`) from them, inside the step;
+  `pieces` are run 0's (every run's outside a sweep).
   `placement` (device or host: `placement.choose`) says whether `data` is the
   split on every device or the rows of `indices` gathered on the host;
   `feed(split)` gives the matching source of each call's data and indices.
@@ -69,16 +65,14 @@ class Setup:
 
   config: ml_collections.ConfigDict  # what was built: num_train_steps from the epochs, if given
   model: nn.Module
-  tx: optax.GradientTransformation
-  learning_rate_fn: optax.Schedule  # the default optimizer group's (what the log reports)
+  pieces: train_step.StepPieces  # its learning_rate_fn: the default group's (the log's)
+  pieces_of: train_step.PiecesOf
   batches: input_pipeline.BatchSchedule | None
-  options: train_step.StepOptions
   state: TrainState
   parallel_steps: ParallelSteps | None = None
   placement: str = 'device'
   devices: tuple[jax.Device, ...] = ()
   run_values: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-  step_pieces: StepPieces | None = None
 
   def feed(self, split: datasets.Split) -> placement.DeviceFeed | placement.HostFeed:
     """Each call's data and indices of `split` (the training split), as `placement` says."""
@@ -101,21 +95,20 @@ def build(config: ml_collections.ConfigDict, train_split: datasets.Split | None 
   if train_split is not None:
     image_shape, num_classes = train_split.image_shape, train_split.num_classes
   elif image_shape is None:
-    image_shape = (*(validation.image_height_width(config) or (32, 32)),
+    image_shape = (*(datasets.configured_image_size(config) or (32, 32)),
                    config.dataset.channels or 3)
   model = models.create_model(config.model, num_classes)
   run_values = sweeps.run_values(config)
-  step_pieces = functools.partial(_step_pieces, config, num_examples, global_batch,
-                                  steps_per_epoch)
+  pieces_of = functools.partial(_step_pieces, config, num_examples, global_batch,
+                                steps_per_epoch)
   # A sweep's optimizer has the structure of every point's (`sweeps.enabled`): run 0's values
   # as arrays build the state's optimizer state.
-  pieces = step_pieces({path: jnp.asarray(values[0]) for path, values in run_values.items()})
-  tx, learning_rate_fn, options = pieces['tx'], pieces['learning_rate_fn'], pieces['options']
+  pieces = pieces_of({path: jnp.asarray(values[0]) for path, values in run_values.items()})
   if train_split is not None:
-    options.augmentation.check(train_split.image_shape, 'the training images of ' +
+    pieces.options.augmentation.check(train_split.image_shape, 'the training images of ' +
                                datasets.split_label(config.dataset, config.dataset.train_split))
   make_state = functools.partial(
-      create_train_state, model, tx, with_lookahead=config.lookahead.every_steps > 0,
+      create_train_state, model, pieces.tx, with_lookahead=config.lookahead.every_steps > 0,
       input_shape=input_pipeline.model_input_shape(image_shape, config.crop_size))
   # Run r = p * R + s is point p of a sweep with seed + s: its initialisation, whitening
   # images, order, augmentation.
@@ -134,13 +127,12 @@ def build(config: ml_collections.ConfigDict, train_split: datasets.Split | None 
     _raise_if_too_small(config, model, make_state.keywords['input_shape'])
   where = (placement.choose(config.dataset.placement, train_split, devices)
            if train_split is not None and devices else 'device')
-  steps = (_parallel_steps(config, model, pieces, devices, gathered=where == 'host',
-                           run_values=run_values, step_pieces=step_pieces)
+  steps = (_parallel_steps(config, model, pieces_of, devices, gathered=where == 'host',
+                           run_values=run_values)
            if devices else None)
-  return Setup(config=config, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-               batches=batches, options=options, state=state, parallel_steps=steps, placement=where,
-               devices=tuple(devices or ()), run_values=run_values,
-               step_pieces=step_pieces if run_values else None)
+  return Setup(config=config, model=model, pieces=pieces, pieces_of=pieces_of, batches=batches,
+               state=state, parallel_steps=steps, placement=where,
+               devices=tuple(devices or ()), run_values=run_values)
 
 
 def _raise_if_too_small(config: ml_collections.ConfigDict, model: nn.Module,
@@ -188,12 +180,12 @@ def _batches(config: ml_collections.ConfigDict, train_split: datasets.Split | No
 
 
 def _step_pieces(config: ml_collections.ConfigDict, num_examples: int, global_batch: int,
-                 steps_per_epoch: int, values: dict[str, Any]) -> dict[str, Any]:
+                 steps_per_epoch: int, values: dict[str, Any]) -> train_step.StepPieces:
   """The optimizer, schedule and step options of the run whose swept fields are `values`."""
   point = sweeps.with_values(config, values) if values else config
   tx, learning_rate_fn = optimizers.create_optimizer(point, num_examples, global_batch)
-  return {'tx': tx, 'learning_rate_fn': learning_rate_fn,
-          'options': train_step.StepOptions.from_config(point, steps_per_epoch)}
+  return train_step.StepPieces(tx, learning_rate_fn,
+                               train_step.StepOptions.from_config(point, steps_per_epoch))
 
 
 def respect_given_fields(config: ml_collections.ConfigDict, given: Iterable[str]) -> None:
@@ -243,37 +235,30 @@ def steps_from_epochs(config: ml_collections.ConfigDict, steps_per_epoch: int
   return resolved
 
 
-def _parallel_steps(config: ml_collections.ConfigDict, model: nn.Module, pieces: dict[str, Any],
-                    devices: Sequence[jax.Device], gathered: bool,
-                    run_values: dict[str, np.ndarray], step_pieces: StepPieces
-                    ) -> ParallelSteps:
-  """`train_step.device_steps` (of every run) mapped over `devices`."""
-  # Several steps per call are a lax.scan; XLA's CPU backend runs a loop body several
-  # times slower than the same step as straight-line code, so on CPUs it is unrolled.
-  common = {'scan': config.steps_per_call > 1, 'unroll': devices[0].platform == 'cpu',
-            'gathered': gathered, 'apply_fn': model.apply}
+def _parallel_steps(config: ml_collections.ConfigDict, model: nn.Module,
+                    pieces_of: train_step.PiecesOf, devices: Sequence[jax.Device],
+                    gathered: bool, run_values: dict[str, np.ndarray]) -> ParallelSteps:
+  """`train_step.run_steps` mapped over `devices`, with every run's values as its argument."""
   runs = sweeps.num_runs(config)
-  if run_values:  # each run builds its pieces from its values, an argument of the step
-    steps = functools.partial(train_step.replica_steps, execution=config.replica_execution,
-                              step_pieces=step_pieces, **common)
-  elif runs > 1:
-    steps = functools.partial(train_step.replica_steps, execution=config.replica_execution,
-                              **common, **pieces)
-  else:
-    steps = functools.partial(train_step.device_steps, **common, **pieces)
+  plan = train_step.StepPlan(
+      # Several steps per call are a lax.scan; XLA's CPU backend runs a loop body several
+      # times slower than the same step as straight-line code, so on CPUs it is unrolled.
+      scan=config.steps_per_call > 1, unroll=devices[0].platform == 'cpu', gathered=gathered,
+      runs=runs if runs > 1 else None, execution=config.replica_execution)
+  steps = functools.partial(train_step.run_steps, apply_fn=model.apply, pieces_of=pieces_of,
+                            plan=plan)
   what, lower = ((f'{sweeps.num_points(config)} sweep points x {config.num_replicas} seeds',
                   'config.num_replicas, the sweep\'s points') if run_values
                  else (f'config.num_replicas={runs}', 'config.num_replicas'))
   memory = (f'{what} runs x config.per_device_batch_size={config.per_device_batch_size} do not '
             f'fit the memory of a device; lower {lower} or config.per_device_batch_size')
   mapped = parallel.pmap(steps, devices, donate_argnums=(0,), out_of_memory=memory)
-  if not run_values:
-    return mapped
   return functools.partial(_with_values, mapped, parallel.replicate(run_values, devices))
 
 
 def _with_values(mapped: Callable[..., Any], device_values: dict[str, jax.Array],
                  state: TrainState, data: input_pipeline.DeviceData, indices: jax.Array
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """A sweep's mapped steps with every run's values as their last (array) argument."""
+  """The mapped steps with every run's swept values (a sweep's; else {}) as their last
+  argument."""
   return mapped(state, data, indices, device_values)

@@ -37,6 +37,7 @@ write saves, and keep the run's history of saved steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import contextlib
 import dataclasses
 import datetime
@@ -284,12 +285,16 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: 
   return differences
 
 
+class UnreadableCheckpointError(UserError):
+  """A checkpoint step that cannot be read, or not into the state this config gives."""
+
+
 def read_dataset_info(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   """What the checkpoint of `step` records of its training split (`datasets.Split.info`)."""
   try:
     restored = manager.restore(step, args=ocp.args.Composite(dataset=ocp.args.JsonRestore()))
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(
+    raise UnreadableCheckpointError(
         f'Checkpoint {os.path.join(str(manager.directory), str(step))} cannot be read '
         f'({type(e).__name__}: {e}); delete that step folder to fall back to the previous '
         'checkpoint.') from e
@@ -302,24 +307,59 @@ def read_saved_config(manager: ocp.CheckpointManager, step: int) -> dict[str, An
   return validation.upgrade_saved_config(restored.config)
 
 
-def restore(manager: ocp.CheckpointManager, step: int, template: Any,
-            config: ml_collections.ConfigDict, verify_checksums: bool = True
-            ) -> tuple[Any, dict[str, Any]]:
-  """The state saved at `step`, laid out like `template` (shapes/dtypes).
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """A checkpoint as read: its step, state (host arrays), saved config and training split."""
 
-  Returns (state as host arrays, dataset info). Verifies the step's
-  checksums first (`CorruptCheckpointError`; `verify_checksums=False` where
-  the caller just did). Refuses a checkpoint whose arrays have other shapes
-  than the template, naming the config fields that differ; reports an
-  unreadable checkpoint in one sentence.
+  step: int
+  state: Any
+  config: ml_collections.ConfigDict
+  dataset: dict[str, Any]
+
+
+Template = Any  # a state's shapes, or a function (saved config, dataset info) -> them
+
+
+def load(manager: ocp.CheckpointManager, step: int, template: Template,
+         config: ml_collections.ConfigDict | None = None, *, verified: bool = False,
+         check: Callable[[ml_collections.ConfigDict, dict[str, Any]], None] | None = None
+         ) -> Loaded:
+  """The one way a checkpoint is read: by the evaluator, the notebook API and a resume.
+
+  Verifies the step's checksums (`CorruptCheckpointError`; skipped where the
+  caller just did, `verified`), reads the saved config (in today's fields)
+  and what the step records of its training split, lets `check(saved config,
+  dataset info)` refuse them before the arrays are read, then restores the
+  state laid out like `template` (or `template(saved config, dataset info)`).
+  A state of other shapes than `template`'s is refused naming the config
+  fields that differ from `config` (default: the saved one); a step that
+  cannot be read is `UnreadableCheckpointError`.
   """
   where = os.path.join(str(manager.directory), str(step))
-  if verify_checksums and not verify(where):
-    logging.info('Checkpoint %s has no recorded checksums; restored unverified.', where)
+  if not verified and not verify(where):
+    logging.info('Checkpoint %s has no recorded checksums; read unverified.', where)
+  dataset = read_dataset_info(manager, step)
+  try:
+    saved = ml_collections.ConfigDict(read_saved_config(manager, step))
+  except Exception as e:  # pylint: disable=broad-except
+    raise UnreadableCheckpointError(
+        f'Checkpoint {where} has no readable config ({type(e).__name__}: {e}); delete that step '
+        'folder to fall back to the previous checkpoint.') from e
+  if check is not None:
+    check(saved, dataset)
+  if callable(template):
+    template = template(saved, dataset)
+  state = _restore_state(manager, step, template, config or saved, where)
+  return Loaded(step=step, state=state, config=saved, dataset=dataset)
+
+
+def _restore_state(manager: ocp.CheckpointManager, step: int, template: Any,
+                   config: ml_collections.ConfigDict, where: str) -> Any:
+  """The state saved at `step` as host arrays, laid out like `template`; see `load`."""
   try:
     saved_shapes = _shapes(manager.item_metadata(step)['state'])
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(
+    raise UnreadableCheckpointError(
         f'Checkpoint {where} cannot be read ({type(e).__name__}: {e}); delete that step '
         'folder to fall back to the previous checkpoint.'
     ) from e
@@ -329,7 +369,7 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any,
           read_saved_config(manager, step), json.loads(config.to_json_best_effort()))
     except Exception:  # pylint: disable=broad-except
       differences = ['(saved config unreadable)']
-    raise UserError(
+    raise UnreadableCheckpointError(
         f'{manager.directory} holds a model with other parameter shapes than this config '
         f'gives (config changes: {"; ".join(differences) or "none"}); use a new --workdir '
         'or the config it was trained with.'
@@ -337,17 +377,13 @@ def restore(manager: ocp.CheckpointManager, step: int, template: Any,
   target = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), template)
   try:
     restored = manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                dataset=ocp.args.JsonRestore()),
-    )
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(
+    raise UnreadableCheckpointError(
         f'Checkpoint {where} cannot be restored ({type(e).__name__}: {e}); delete that step '
         'folder to fall back to the previous checkpoint.'
     ) from e
-  state = jax.tree.map(np.asarray, restored.state)
-  return state, restored.dataset
+  return jax.tree.map(np.asarray, restored.state)
 
 
 def _sync_processes(name: str) -> None:
@@ -409,20 +445,25 @@ class Checkpointer:
     latest = self._latest_intact()
     if latest is None:
       return fresh
-    state, trained = restore(self.manager, latest, fresh, self._config, verify_checksums=False)
-    self._check_same_sweep(latest)
+    state = load(self.manager, latest, fresh, self._config, verified=True,
+                 check=self._check_resumable).state
+    self.saved_steps = [*read_earlier_steps(self.manager, latest), latest]
+    logging.info('Resuming from checkpoint step %d in %s.', latest, self.directory)
+    return state
+
+  def _check_resumable(self, saved_config: ml_collections.ConfigDict,
+                       trained: dict[str, Any]) -> None:
+    """Refuses to resume a sweep's runs under other values (the shapes alone may agree), or on
+    other classes."""
+    self._check_same_sweep(saved_config)
     if list(trained['class_names']) != list(self._dataset_info['class_names']):
       raise UserError(
           f'{self.directory} was trained on classes {list(trained["class_names"])} but the '
           f'training split now has {list(self._dataset_info["class_names"])}, so resuming would '
           'mix two meanings of each label; use a new --workdir or the data it was trained on.')
-    self.saved_steps = [*read_earlier_steps(self.manager, latest), latest]
-    logging.info('Resuming from checkpoint step %d in %s.', latest, self.directory)
-    return state
 
-  def _check_same_sweep(self, step: int) -> None:
-    """Refuses to resume a sweep's runs under other values (the shapes alone may agree)."""
-    saved = sweeps.points(ml_collections.ConfigDict(read_saved_config(self.manager, step)))
+  def _check_same_sweep(self, saved_config: ml_collections.ConfigDict) -> None:
+    saved = sweeps.points(saved_config)
     wanted = sweeps.points(self._config)
     if saved != wanted:
       def show(points):

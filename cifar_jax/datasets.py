@@ -48,9 +48,12 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from cifar_jax import fields as spec
+from cifar_jax import image_format as image_format_lib
 from cifar_jax import terminal
 from cifar_jax.errors import UserError
 from cifar_jax.image_format import ImageFormat, decode_channels
+from cifar_jax.registry import Registry
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 # Where tfds downloads CIFAR-10, SVHN and most other image datasets from.
@@ -107,44 +110,33 @@ def check_same_classes(trained: dict[str, Any], split: Split, what: str) -> None
 def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
   """Loads `split` of the source that `dataset_config` names, in its image format.
 
-  Decoded tfds and image-folder splits are cached under
+  Decoded splits of a source with files (tfds, image folders) are cached under
   `dataset_config.cache_dir` (empty: no cache), keyed by a fingerprint of the
   source files and by the image format, so a second run starts in seconds
   and a changed source (or size) is read again.
   """
-  source = dataset_config.source
+  entry = SOURCES.get(dataset_config.source)
   image_format = ImageFormat.from_config(dataset_config)
-  if source == 'synthetic':
-    return _formatted(_load_synthetic(dataset_config, split), image_format)
-  if source == 'tfds':
-    data_dir = dataset_config.get('data_dir')
-    load = lambda allocate: _load_tfds(dataset_config.name, split, data_dir, image_format,  # noqa: E731
-                                       allocate)
-    fingerprint = lambda: _tree_fingerprint(  # noqa: E731
-        os.path.join(_tfds_data_dir(data_dir), dataset_config.name))
-    name = dataset_config.name
-  else:  # image_folder
-    load = lambda allocate: _load_image_folder(dataset_config.path, split, image_format,  # noqa: E731
-                                               allocate)
-    fingerprint = lambda: _tree_fingerprint(dataset_config.path)  # noqa: E731
-    name = os.path.basename(os.path.normpath(dataset_config.path or 'images'))
+  if entry.external:  # 'package.module:Name': its split, made one size and channel count
+    return _formatted(entry.target(dataset_config).load(split), image_format)
+  source: Source = entry.target
+  load = lambda allocate: source.load(dataset_config, split, image_format, allocate)  # noqa: E731
   cache_dir = dataset_config.get('cache_dir')
-  if not cache_dir:
+  if source.fingerprint is None or not cache_dir:
     return load(_in_memory)
-  key = '-'.join(filter(None, (source, name, split, image_format.key())))
-  return _cached(os.path.expanduser(cache_dir), key, fingerprint, load)
+  key = '-'.join(filter(None, (dataset_config.source, source.cache_name(dataset_config), split,
+                               image_format.key())))
+  return _cached(os.path.expanduser(cache_dir), key,
+                 lambda: source.fingerprint(dataset_config), load)
 
 
 def split_label(dataset_config: ml_collections.ConfigDict, split: str, evaluation: bool = False
                 ) -> str:
   """How messages name a split: "split 'test' of /data/pets" (`evaluation`: from eval_path)."""
-  source = dataset_config.source
-  if source == 'synthetic':
-    return f'synthetic split {split!r}'
-  if source == 'tfds':
-    return f'split {split!r} of tfds dataset {dataset_config.name!r}'
-  path = (dataset_config.get('eval_path') if evaluation else None) or dataset_config.path
-  return f'split {split!r} of {path}'
+  entry = SOURCES.get(dataset_config.source)
+  if entry.external:
+    return f'split {split!r} of {dataset_config.source}'
+  return entry.target.label(dataset_config, split, evaluation)
 
 
 def load_eval_split(dataset_config: ml_collections.ConfigDict) -> Split:
@@ -564,3 +556,169 @@ def describe(split: Split, name: str) -> str:
             for label, (class_name, count) in enumerate(zip(split.class_names, counts,
                                                             strict=True))]
   return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------
+# The sources, registered with their config fields.
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A built-in source: how it loads a split (`load(dataset_config, split, image_format,
+  allocate)`), fingerprints its files for the cache (None: not cached), names its cache
+  entries and labels a split in messages; `check_split(c, field)` checks a split field."""
+
+  load: Callable[[ml_collections.ConfigDict, str, ImageFormat, Allocate], Split]
+  fingerprint: Callable[[ml_collections.ConfigDict], str | None] | None
+  cache_name: Callable[[ml_collections.ConfigDict], str]
+  label: Callable[[ml_collections.ConfigDict, str, bool], str]
+  check_split: Callable[[spec.Checker, str], None]
+
+
+SOURCES = Registry('data source', 'config.dataset.source',
+                   'docs/development.md, "Adding a data source"')
+
+
+def _parsed_split(c: spec.Checker, field: str) -> str:
+  expression = c.text(f'dataset.{field}')
+  match = SPLIT_RE.match(expression.replace(' ', ''))
+  if match is None:
+    raise UserError(f'Cannot parse split {expression!r} (config.dataset.{field}); write e.g. '
+                    '"train", "train[:90%]" or "train[4500:]".')
+  return match['name']
+
+
+def _check_tfds_split(c: spec.Checker, field: str) -> None:
+  if not c.text(f'dataset.{field}'):
+    raise UserError(f'config.dataset.{field} is empty; name a split such as "train".')
+
+
+def _check_synthetic_split(c: spec.Checker, field: str) -> None:
+  name = _parsed_split(c, field)
+  if name not in ('train', 'test'):
+    raise UserError(f'Synthetic data has splits "train" and "test", not {name!r} '
+                    f'(config.dataset.{field}).')
+
+
+def _check_eval_path(c: spec.Checker, path: str) -> None:
+  if c.text(path) and c.config.dataset.source != 'image_folder':
+    raise UserError(f'config.dataset.eval_path is set but config.dataset.source is '
+                    f'{c.config.dataset.source!r}; a separate eval folder is for '
+                    'source=image_folder.')
+
+
+def _check_synthetic_size(c: spec.Checker, path: str) -> None:
+  size = c.integer(path, 4)
+  if size % 4:
+    raise UserError(f'config.dataset.synthetic_image_size is {size}; it must be a multiple of '
+                    '4 (the synthetic class templates are 4x4 blocks).')
+
+
+def _check_synthetic_count(c: spec.Checker, path: str) -> None:
+  c.integer(path, 1 if c.config.dataset.source == 'synthetic' else 0)
+
+
+SOURCES.register('tfds', fields={
+    'name': spec.Field('cifar10', spec.text(), 'the tfds dataset'),
+    'data_dir': spec.Field(None, spec.text(allow_none=True), "tfds' data_dir (None: the default)"),
+}, doc='a tensorflow-datasets dataset (needs TensorFlow)')(Source(
+    load=lambda config, split, image_format, allocate: _load_tfds(
+        config.name, split, config.get('data_dir'), image_format, allocate),
+    fingerprint=lambda config: _tree_fingerprint(
+        os.path.join(_tfds_data_dir(config.get('data_dir')), config.name)),
+    cache_name=lambda config: config.name,
+    label=lambda config, split, evaluation: f'split {split!r} of tfds dataset {config.name!r}',
+    check_split=_check_tfds_split))
+SOURCES.register('image_folder', fields={
+    'path': spec.Field('', spec.text(), 'ROOT/<split>/<class>/*.png|jpg, or a .tar(.gz) of one'),
+    'eval_path': spec.Field('', _check_eval_path, "another folder for eval_split ('': path)",
+                         before=''),
+}, doc='ROOT/<split>/<class>/*.png|jpg|jpeg, or an archive of one')(Source(
+    load=lambda config, split, image_format, allocate: _load_image_folder(
+        config.path, split, image_format, allocate),
+    fingerprint=lambda config: _tree_fingerprint(config.path),
+    cache_name=lambda config: os.path.basename(os.path.normpath(config.path or 'images')),
+    label=lambda config, split, evaluation: (
+        f'split {split!r} of {(config.get("eval_path") if evaluation else None) or config.path}'),
+    check_split=lambda c, field: _parsed_split(c, field) and None))
+SOURCES.register('synthetic', fields={
+    'seed': spec.Field(0, spec.integer(0), 'the class templates and noise'),
+    'synthetic_num_classes': spec.Field(10, spec.integer(2), 'classes'),
+    'synthetic_image_size': spec.Field(32, _check_synthetic_size, 'pixels, a multiple of 4'),
+    'synthetic_train_size': spec.Field(0, _check_synthetic_count, "split 'train''s examples"),
+    'synthetic_test_size': spec.Field(0, _check_synthetic_count, "split 'test''s examples"),
+}, doc='generated images whose class is learnable, for smoke runs and tests')(Source(
+    load=lambda config, split, image_format, allocate: _formatted(
+        _load_synthetic(config, split), image_format),
+    fingerprint=None,
+    cache_name=lambda config: 'synthetic',
+    label=lambda config, split, evaluation: f'synthetic split {split!r}',
+    check_split=_check_synthetic_split))
+PLACEMENTS = ('auto', 'device', 'host')  # placement.py's
+
+
+def _check_image_size(c: spec.Checker, path: str) -> None:
+  size = c.get(path)
+  square = isinstance(size, int) and not isinstance(size, bool) and size >= 0
+  pair = (isinstance(size, (tuple, list)) and len(size) == 2 and all(
+      isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in size))
+  if not (square or pair):
+    raise UserError(f'config.dataset.image_size is {size!r}; use 0 (the data\'s size), N '
+                    '(N x N pixels) or (height, width).')
+
+
+def _check_channels(c: spec.Checker, path: str) -> None:
+  channels = c.get(path)
+  if channels not in image_format_lib.CHANNELS or isinstance(channels, bool):
+    raise UserError(f'config.dataset.channels is {channels!r}; use 0 (the data\'s), 1 (grey) '
+                    'or 3 (colour).')
+
+
+def _check_source(c: spec.Checker, path: str) -> None:
+  entry = SOURCES.get(c.text(path))
+  for field in ('train_split', 'eval_split'):
+    if entry.external:
+      c.text(f'dataset.{field}')
+    else:
+      entry.target.check_split(c, field)
+  if entry.external:
+    spec.check_section(c, 'dataset', entry.fields)
+
+
+FIELDS = {
+    'dataset.source': spec.Field('tfds', _check_source,
+                                 f'{SOURCES.names()} or package.module:Name'),
+    'dataset.train_split': spec.Field('train', lambda c, p: c.get(p), 'tfds-style slicing'),
+    'dataset.eval_split': spec.Field('test', lambda c, p: c.get(p), 'the split scored'),
+    'dataset.cache_dir': spec.Field('~/.cache/cifar_jax', spec.text(), "decoded splits; '': none"),
+    'dataset.image_size': spec.Field(0, _check_image_size, '0 (as loaded), N or (H, W)', before=0),
+    'dataset.resize_method': spec.Field('bilinear', spec.choice(image_format_lib.RESIZE_METHODS),
+                                     'antialiased filter', before='bilinear'),
+    'dataset.resize_aspect': spec.Field('crop', spec.choice(image_format_lib.RESIZE_ASPECTS),
+                                     'crop | pad | stretch', before='crop'),
+    'dataset.channels': spec.Field(0, _check_channels, "0 (the data's), 1 or 3", before=0),
+    'dataset.placement': spec.Field('auto', spec.choice(PLACEMENTS), 'device | host | auto',
+                                 before='auto'),  # either gives the same parameters
+}
+# Every registered source's fields are in config.dataset (a recipe switches source by name).
+FIELDS.update({f'dataset.{name}': field for entry in SOURCES.entries()
+               for name, field in entry.fields.items()})
+
+
+def check_config(c: spec.Checker) -> None:
+  spec.check_section(c, '', FIELDS)
+
+
+def fill_added(saved: dict) -> None:
+  """A saved config's dataset group with the fields its sources gained since."""
+  for entry in SOURCES.entries():
+    spec.fill_added(saved, 'dataset', entry.fields)
+
+
+def configured_image_size(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """The training images' (height, width) where the config alone fixes it, else None."""
+  pair = image_format_lib.size_pair(config.dataset.image_size)
+  if pair is None and config.dataset.source == 'synthetic':
+    size = config.dataset.synthetic_image_size
+    pair = (size, size)
+  return pair
+

@@ -132,20 +132,11 @@ class _Scorer:
     The eval split is checked against what the checkpoint records of its
     training split (classes, image shape) before anything else is read.
     """
-    step_dir = os.path.join(checkpoints.checkpoint_dir(self.workdir), str(step))
-    if self._read(step, lambda manager, step: checkpoints.verify(step_dir)) is None:
-      return  # corrupt (or gone): reported
-    trained = self._read(step, checkpoints.read_dataset_info)
-    if trained is None:
-      return
-    if trained != self._checked:
-      scoring.check_eval_split(self.config, self.evaluator.split, trained)
-      self._checked = trained
-    restored = self._read(step, lambda manager, step: checkpoints.restore(
-        manager, step, self.template, self.config, verify_checksums=False))
-    if restored is None:
-      return
-    state, _ = restored
+    loaded = self._read(step, lambda manager, step: checkpoints.load(
+        manager, step, self.template, self.config, check=self._check_split))
+    if loaded is None:
+      return  # corrupt, gone or unreadable: reported
+    state = loaded.state
     split = self.evaluator.split
     started = time.time()
     result = self.evaluator.score_state(state)
@@ -154,6 +145,15 @@ class _Scorer:
     self.results[step] = result
     self.handled[step] = 'scored'
 
+  def _check_split(self, saved_config: ml_collections.ConfigDict, trained: dict[str, Any]
+                   ) -> None:
+    """The eval split against what the checkpoint records of its training split (classes,
+    image shape), before its arrays are read; a mismatch ends the evaluator."""
+    del saved_config
+    if trained != self._checked:
+      scoring.check_eval_split(self.config, self.evaluator.split, trained)
+      self._checked = trained
+
   def _read(self, step: int, read: Callable[[Any, int], Any]) -> Any:
     """read(manager, step), or None after recording why the step is skipped."""
     try:
@@ -161,7 +161,7 @@ class _Scorer:
     except checkpoints.CorruptCheckpointError as e:
       self.skip(step, 'corrupt', str(e))
       return None
-    except UserError as e:
+    except checkpoints.UnreadableCheckpointError as e:
       reload_steps(self.manager)
       if step not in self.manager.all_steps():
         self.skip(step, 'deleted', 'the trainer deleted it before it could be scored; raise '

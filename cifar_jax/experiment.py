@@ -28,10 +28,12 @@ import ml_collections
 import numpy as np
 
 from cifar_jax import (
+  augmentations,
   builder,
   checkpoints,
   datasets,
   input_pipeline,
+  models,
   scoring,
   summaries,
   sweeps,
@@ -101,8 +103,8 @@ def augmented_batch(config: ml_collections.ConfigDict, split: datasets.Split, st
                                          config.seed)
   indices = batches.indices(step)[0, 0, :count]
   _, train_key = train_state.seed_keys(config.seed)
-  augmentation = input_pipeline.Augmentation.from_config(config, batches.steps_per_epoch)
-  images = input_pipeline.augmented_examples(split.images[indices], indices, train_key, step,
+  augmentation = augmentations.Augmentation.from_config(config, batches.steps_per_epoch)
+  images = augmentations.augmented_examples(split.images[indices], indices, train_key, step,
                                              augmentation)
   return np.asarray(images), split.labels[indices]
 
@@ -215,18 +217,15 @@ def load_checkpoint(workdir: str, step: int | None = None, replica: int | None =
     step = max(steps) if step is None else step
     if step not in steps:
       raise UserError(f'No checkpoint of step {step} in {workdir}; it has {sorted(steps)}.')
-    checkpoints.verify(os.path.join(checkpoints.checkpoint_dir(workdir), str(step)))
-    config = ml_collections.ConfigDict(checkpoints.read_saved_config(manager, step))
-    trained = checkpoints.read_dataset_info(manager, step)
-    class_names = list(trained['class_names'])
-    setup = builder.build(config, num_classes=len(class_names),
-                          image_shape=trained.get('image_shape'))
-    state, _ = checkpoints.restore(manager, step, setup.state, config, verify_checksums=False)
-    model = setup.model
+    loaded = checkpoints.load(manager, step, lambda config, trained: builder.build(
+        config, num_classes=len(trained['class_names']),
+        image_shape=trained.get('image_shape')).state)
   finally:
     manager.close()
-  checkpoint = Checkpoint(config=config, model=model, state=state, step=step,
-                          class_names=class_names, image_shape=trained.get('image_shape'))
+  model = models.create_model(loaded.config.model, len(loaded.dataset['class_names']))
+  checkpoint = Checkpoint(config=loaded.config, model=model, state=loaded.state, step=step,
+                          class_names=list(loaded.dataset['class_names']),
+                          image_shape=loaded.dataset.get('image_shape'))
   if point is not None:
     checkpoint = checkpoint.point(point)
   return checkpoint if replica is None else checkpoint.replica(replica)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import dataclasses
-import functools
 
 from absl import logging
 import flax
@@ -44,7 +43,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cifar_jax import parallel, sweeps
+from cifar_jax import fields as spec
+from cifar_jax import parallel
 from cifar_jax.datasets import Split
 from cifar_jax.errors import UserError
 
@@ -82,66 +82,12 @@ def central_crop(image: jax.Array, size: int) -> jax.Array:
   return image[top : top + height, left : left + width]
 
 
-def random_crop(key: jax.Array, image: jax.Array, size: int | tuple[int, int]) -> jax.Array:
-  """A `size` x `size` window (0: the image's size) at a uniformly random position."""
-  height, width = crop_shape(image.shape, size)
-  top_key, left_key = jax.random.split(key)
-  top = jax.random.randint(top_key, (), 0, image.shape[0] - height + 1)
-  left = jax.random.randint(left_key, (), 0, image.shape[1] - width + 1)
-  return jax.lax.dynamic_slice(image, (top, left, 0), (height, width, image.shape[2]))
-
-
-def resize_box(image: jax.Array, top: jax.Array, left: jax.Array, height: jax.Array,
-               width: jax.Array, out_shape: tuple[int, int]) -> jax.Array:
-  """The box (top, left, height, width) of `image`, in pixels, resized to `out_shape`.
-
-  Linear interpolation with an antialiasing filter widened by the
-  downscaling factor (`jax.image.scale_and_translate`); the box may be traced.
-  """
-  scale = jnp.stack([out_shape[0] / height, out_shape[1] / width]).astype(jnp.float32)
-  translation = -jnp.stack([top, left]).astype(jnp.float32) * scale
-  return jax.image.scale_and_translate(image, (*out_shape, image.shape[2]), (0, 1), scale,
-                                       translation, method='linear', antialias=True)
-
-
-def random_resized_crop(key: jax.Array, image: jax.Array, size: int,
-                        scale: tuple[float, float], ratio: tuple[float, float]) -> jax.Array:
-  """A box of a random share of the area and aspect ratio, resized to `size` (0: image size).
-
-  The share is uniform in `scale`, the ratio (width / height) log-uniform in
-  `ratio`, as torchvision's RandomResizedCrop; where the box would leave the
-  image, its sides are clipped to the image's instead of drawing again (one
-  draw keeps it a fixed-shape computation).
-  """
-  image_h, image_w = image.shape[0], image.shape[1]
-  area_key, ratio_key, top_key, left_key = jax.random.split(key, 4)
-  area = jax.random.uniform(area_key, (), minval=scale[0], maxval=scale[1]) * image_h * image_w
-  aspect = jnp.exp(jax.random.uniform(ratio_key, (), minval=np.log(ratio[0]),
-                                      maxval=np.log(ratio[1])))
-  width = jnp.clip(jnp.sqrt(area * aspect), 1.0, image_w)
-  height = jnp.clip(jnp.sqrt(area / aspect), 1.0, image_h)
-  top = jax.random.uniform(top_key, ()) * (image_h - height)
-  left = jax.random.uniform(left_key, ()) * (image_w - width)
-  return resize_box(image, top, left, height, width, crop_shape(image.shape, size))
-
-
 def resize_shorter_side(image: jax.Array, pixels: int) -> jax.Array:
   """`image` resized (antialiased, linear) so that its shorter side has `pixels` pixels."""
   height, width = image.shape[0], image.shape[1]
   factor = pixels / min(height, width)
   shape = (max(pixels, round(height * factor)), max(pixels, round(width * factor)))
   return jax.image.resize(image, (*shape, image.shape[2]), 'linear', antialias=True)
-
-
-def adjust_brightness(image: jax.Array, delta: jax.Array) -> jax.Array:
-  """`tf.image.adjust_brightness` on a float image (no clipping, as in TF)."""
-  return image + delta
-
-
-def adjust_contrast(image: jax.Array, factor: jax.Array) -> jax.Array:
-  """`tf.image.adjust_contrast`: (x - channel mean) * factor + channel mean."""
-  mean = jnp.mean(image, axis=(0, 1), keepdims=True)
-  return (image - mean) * factor + mean
 
 
 def normalize(image: jax.Array, preprocess: str, channel_mean: tuple[float, ...] = (),
@@ -183,110 +129,6 @@ class Normalization:
           f'have {len(self.channel_mean)}; give one mean and std per channel, or set '
           f'config.dataset.channels={len(self.channel_mean)} to convert the images when they are '
           "loaded, or config.preprocess='per_image_standardization'.")
-
-
-def reflect_pad(image: jax.Array, pixels: int) -> jax.Array:
-  """`F.pad(..., 'reflect')` of an [H, W, C] image (the edge is not repeated)."""
-  return jnp.pad(image, ((pixels, pixels), (pixels, pixels), (0, 0)), mode='reflect')
-
-
-def zero_pad(image: jax.Array, pixels: int) -> jax.Array:
-  """torchvision's `RandomCrop(padding=pixels)` padding of an [H, W, C] image: black (0)."""
-  return jnp.pad(image, ((pixels, pixels), (pixels, pixels), (0, 0)))
-
-
-@dataclasses.dataclass(frozen=True)
-class Augmentation:
-  """The training distortions (`config.augment`, `config.crop_size`), then normalisation.
-
-  `translate` pads by that many pixels (`padding_mode`: reflect, or constant
-  zeros as torchvision's RandomCrop) before the random crop;
-  `contrast_range` () is no random contrast; `alternating_flip` needs the
-  number of steps per epoch to know the epoch of a step.
-  """
-
-  crop_size: int
-  flip: bool = False
-  max_brightness_delta: float = 0.0
-  contrast_range: tuple[float, ...] = ()
-  translate: int = 0
-  padding_mode: str = 'reflect'
-  alternating_flip: bool = False
-  steps_per_epoch: int = 1
-  normalization: Normalization = Normalization()
-  # (share of the area, width / height) ranges of the random resized crop; () is the plain crop.
-  resized_crop: tuple[tuple[float, float], tuple[float, float]] | tuple[()] = ()
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, steps_per_epoch: int
-                  ) -> Augmentation:
-    augment = config.augment
-    contrast = ((augment.contrast_lower, augment.contrast_upper) if augment.random_contrast
-                else ())
-    resized_crop = ((tuple(augment.crop_scale), tuple(augment.crop_ratio))
-                    if augment.random_resized_crop else ())
-    return cls(crop_size=config.crop_size, flip=augment.flip_left_right,
-               max_brightness_delta=augment.max_brightness_delta, contrast_range=contrast,
-               translate=augment.translate, padding_mode=augment.padding_mode,
-               alternating_flip=augment.alternating_flip,
-               steps_per_epoch=steps_per_epoch, normalization=Normalization.from_config(config),
-               resized_crop=resized_crop)
-
-  def check(self, image_shape: Sequence[int], what: str) -> None:
-    """Refuses training images too small for the crop (`what` names them), at load time.
-
-    A plain crop that shows under half of each image (24 of 64 pixels, say)
-    is allowed, with a warning: it is what the tutorial's recipe does to
-    larger images, rarely what was meant.
-    """
-    height, width = image_shape[:2]
-    room = (height + 2 * self.translate, width + 2 * self.translate)
-    if self.crop_size > min(room) and not self.resized_crop:
-      padding = f' padded by {self.translate} (config.augment.translate)' if self.translate else ''
-      raise UserError(
-          f'config.crop_size={self.crop_size} is larger than {what} ({height}x{width}'
-          f'{padding}); set config.crop_size to at most {min(room)}, or use larger images.')
-    share = self.crop_size**2 / (height * width)
-    if self.crop_size and not self.resized_crop and share < 0.5:
-      logging.warning(
-          'config.crop_size=%d shows %.0f%% of each of %s (%dx%d): the network trains on small '
-          'patches. Set config.crop_size=0 (whole images), config.dataset.image_size (smaller '
-          'images) or config.augment.random_resized_crop (docs/your_data.md).',
-          self.crop_size, 100 * share, what, height, width)
-    self.normalization.check(image_shape, what)
-
-
-def augment_train_image(key: jax.Array, image: jax.Array, augmentation: Augmentation,
-                        flipped: jax.Array | None = None) -> jax.Array:
-  """One training image, distorted and normalised.
-
-  `flipped` (a bool) decides the flip instead of `key` (the alternating flip).
-  """
-  crop_key, flip_key, brightness_key, contrast_key = jax.random.split(key, 4)
-  image = image.astype(jnp.float32)
-  if augmentation.resized_crop:
-    image = random_resized_crop(crop_key, image, augmentation.crop_size,
-                                *augmentation.resized_crop)
-  else:
-    # Sized on the image before padding: with crop_size 0, padding and cropping translate.
-    shape = crop_shape(image.shape, augmentation.crop_size)
-    if augmentation.translate:
-      pad = reflect_pad if augmentation.padding_mode == 'reflect' else zero_pad
-      image = pad(image, augmentation.translate)
-    image = random_crop(crop_key, image, shape)
-  if augmentation.flip:
-    if flipped is None:
-      flipped = jax.random.uniform(flip_key) < 0.5
-    image = jnp.where(flipped, image[:, ::-1], image)
-  if sweeps.enabled(augmentation.max_brightness_delta):
-    delta = jax.random.uniform(brightness_key, (), minval=-augmentation.max_brightness_delta,
-                               maxval=augmentation.max_brightness_delta)
-    image = adjust_brightness(image, delta)
-  if augmentation.contrast_range:
-    low, high = augmentation.contrast_range
-    factor = jax.random.uniform(contrast_key, (), minval=low, maxval=high)
-    image = adjust_contrast(image, factor)
-  return augmentation.normalization(image)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,52 +207,6 @@ class DeviceData:
 def put_on_devices(split: Split, devices: Sequence[jax.Device]) -> DeviceData:
   """A full copy of `split` on every device (leading device axis)."""
   return parallel.replicate(DeviceData(images=split.images, labels=split.labels), devices)
-
-
-# fold_in data of the run-wide key of the alternating flip; steps never reach it.
-_FLIP_STREAM = 2**31 - 1
-
-
-def alternating_flips(example_ids: jax.Array, rng: jax.Array, epoch: jax.Array) -> jax.Array:
-  """Whether each example is flipped in `epoch`: a fixed coin in epoch 0, opposite in odd epochs."""
-  key = jax.random.fold_in(rng, _FLIP_STREAM)
-  first = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)) < 0.5)(example_ids)
-  return first ^ (epoch % 2 == 1)
-
-
-def augment_batch(images: jax.Array, example_ids: jax.Array, rng: jax.Array, step: jax.Array,
-                  augmentation: Augmentation) -> jax.Array:
-  """Augments uint8 images [B, H, W, C] for training step `step`.
-
-  Image i uses fold_in(fold_in(rng, step), example_ids[i]): keying by the
-  example (not by its position or device) makes the augmented global batch the
-  same whatever the number of devices or processes.
-  """
-  key = jax.random.fold_in(rng, step)
-  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(example_ids)
-  augment_one = functools.partial(augment_train_image, augmentation=augmentation)
-  if augmentation.alternating_flip:
-    flipped = alternating_flips(example_ids, rng, step // augmentation.steps_per_epoch)
-    return jax.vmap(lambda k, x, f: augment_one(k, x, flipped=f))(keys, images, flipped)
-  return jax.vmap(augment_one)(keys, images)
-
-
-def train_batch(data: DeviceData, indices: jax.Array, rng: jax.Array, step: jax.Array,
-                augmentation: Augmentation) -> dict:
-  """Gathers `indices` from one device's data and augments every image."""
-  images = augment_batch(data.images[indices], indices, rng, step, augmentation)
-  return {'image': images, 'label': data.labels[indices]}
-
-
-def augmented_examples(images: np.ndarray, indices: np.ndarray, train_key: jax.Array,
-                       step: int, augmentation: Augmentation) -> jax.Array:
-  """The augmented images of `indices` exactly as training step `step` sees them.
-
-  `images` are the uint8 images at `indices`; `train_key` is `TrainState.rng`.
-  For looking at the input (TensorBoard grid, notebooks), outside the train step.
-  """
-  return jax.jit(functools.partial(augment_batch, augmentation=augmentation))(
-      images, indices, train_key, step)
 
 
 def eval_batch(data: DeviceData, indices: jax.Array, preprocessing: EvalPreprocessing) -> dict:
@@ -501,3 +297,48 @@ class BatchSchedule:
     replicas = [np.stack([self._step_indices(s, r) for s in steps], axis=1)
                 for r in range(self.num_replicas)]
     return replicas[0] if self.num_replicas == 1 else np.stack(replicas, axis=1)
+
+
+# ----------------------------------------------------------------------------
+# The config fields of what the network sees.
+
+PREPROCESSING = ('per_image_standardization', 'channel_normalization')
+
+
+def _check_std(c: spec.Checker, path: str) -> None:
+  channels = len(c.sequence('channel_mean', (int, float), min_length=1))
+  std = c.sequence(path, (int, float), length=channels)
+  if min(std) <= 0:
+    raise UserError(f'config.channel_std is {std}; every standard deviation must be positive.')
+
+
+def _check_eval_resize(c: spec.Checker, path: str) -> None:
+  eval_resize = c.integer(path, 0, hint=(
+      'config.eval_resize is {value}; use 0 (no resize) or the evaluation images\' shorter '
+      'side in pixels.'))
+  crop_size = c.config.crop_size
+  if eval_resize and eval_resize < crop_size:
+    raise UserError(f'config.eval_resize is {eval_resize}, smaller than config.crop_size '
+                    f'({crop_size}); the central crop must fit in the resized image.')
+  if eval_resize and not crop_size:
+    raise UserError('config.eval_resize needs a config.crop_size (0 scores the whole image, '
+                    'which no resize changes); set config.crop_size or eval_resize=0.')
+
+
+FIELDS = {
+    'crop_size': spec.Field(32, spec.integer(0, hint=(
+        'config.crop_size is {value}; use 0 (the whole image) or a number of pixels.')),
+        'random in training, central in evaluation; 0: the whole image'),
+    'eval_resize': spec.Field(0, _check_eval_resize, 'shorter side before the central crop',
+                           before=0),
+    'preprocess': spec.Field('per_image_standardization', spec.choice(PREPROCESSING),
+                          'the normalisation'),
+    'channel_mean': spec.Field((0.4914, 0.4822, 0.4465), spec.numbers(min_length=1),
+                            'channel_normalization\'s, 0-1 scale'),
+    'channel_std': spec.Field((0.2470, 0.2435, 0.2616), _check_std, 'its standard deviations'),
+}
+
+
+def check_config(c: spec.Checker) -> None:
+  spec.check_section(c, '', FIELDS)
+

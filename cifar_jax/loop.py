@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import contextlib
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import numpy as np
 
-from cifar_jax import builder, parallel
+from cifar_jax import fields as spec
+from cifar_jax import parallel
 from cifar_jax.errors import UserError
 from cifar_jax.train_state import TrainState
 
@@ -180,7 +181,14 @@ class PeriodicAction:
     self.close()
 
 
-def run(setup: builder.Setup, progress: Progress, feed: Any, steps_per_call: int,
+class Steps(Protocol):
+  """What the loop runs: `builder.Setup`'s mapped steps, (state, data, indices) -> (state,
+  metrics)."""
+
+  parallel_steps: Callable[[TrainState, Any, jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+
+
+def run(setup: Steps, progress: Progress, feed: Any, steps_per_call: int,
         actions: Sequence[PeriodicAction] = (), preemption: Any = None, watchdog: Any = None
         ) -> Progress:
   """Runs the steps after `progress.step` to `progress.end_step`; see the module doc.
@@ -227,3 +235,41 @@ class Startup:
 
   def __str__(self) -> str:
     return ', '.join(f'{stage} {seconds:.2f} s' for stage, seconds in self.laps.items())
+
+
+# ----------------------------------------------------------------------------
+# The config fields of the run's length and cadences (what the loop plans calls from).
+
+def _check_profile(c: spec.Checker, path: str) -> None:
+  profile = c.get(path)
+  if not isinstance(profile, (tuple, list)) or (profile and (
+      len(profile) != 2 or not all(isinstance(x, int) for x in profile)
+      or profile[0] < 0 or profile[1] < 1)):
+    raise UserError(f'config.profile_steps is {profile}; use () (off) or (start, count) with '
+                    'start >= 0 and count >= 1.')
+
+
+FIELDS = {
+    'per_device_batch_size': spec.Field(128, spec.integer(1), 'examples per device and step'),
+    'num_train_steps': spec.Field(10000, spec.integer(1), 'the run\'s length (unless epochs)'),
+    'num_train_epochs': spec.Field(0.0, spec.number(0.0, hint=(
+        'config.num_train_epochs is {value}; use 0 (train config.num_train_steps) or a '
+        'positive number of epochs.')), 'the run\'s length in epochs; 0: steps', before=0.0),
+    'steps_per_call': spec.Field(1, spec.integer(1), 'steps per device call'),
+    'log_every_steps': spec.Field(10, spec.integer(1), 'the log line'),
+    'checkpoint_every_steps': spec.Field(1000, spec.integer(1), 'checkpoints'),
+    'checkpoint_every_secs': spec.Field(600.0, spec.number(0.0, hint=(
+        'config.checkpoint_every_secs is {value}; use 0 (save by steps only) or a positive '
+        'number of seconds.')), 'checkpoints by time'),
+    'keep_checkpoints': spec.Field(5, spec.integer(1), 'the newest kept'),
+    'histogram_every_steps': spec.Field(1000, spec.integer(1), 'histograms and image grids'),
+    'eval_every_steps': spec.Field(1000, spec.integer(0, hint=(
+        'config.eval_every_steps is {value}; use 0 (only at the end) or a positive number of '
+        'steps.')), 'in-process scores'),
+    'profile_steps': spec.Field((), _check_profile, '(start, count) traced; (): off'),
+}
+
+
+def check_config(c: spec.Checker) -> None:
+  spec.check_section(c, '', FIELDS)
+

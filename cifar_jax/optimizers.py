@@ -48,98 +48,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cifar_jax import models, sweeps
-
-# ----------------------------------------------------------------------------
-# Learning-rate schedules.
-
-
-def create_learning_rate_fn(config: ml_collections.ConfigDict, num_train_examples: int,
-                            global_batch_size: int, peak: float | None = None,
-                            num_steps: int | None = None) -> optax.Schedule:
-  """`config.schedule` scaling the peak learning rate, in optimizer steps.
-
-  `peak` (default `config.learning_rate`) and `num_steps` (default
-  `config.num_train_steps`) let a parameter group follow the same shape with
-  its own learning rate or length.
-  """
-  peak = config.learning_rate if peak is None else peak
-  num_steps = config.num_train_steps if num_steps is None else num_steps
-  batches_per_epoch = num_train_examples / global_batch_size  # a float, as in the tutorial
-  schedule = config.schedule
-  if schedule.name == 'constant':
-    return optax.constant_schedule(peak)
-  if schedule.name == 'staircase_exponential':
-    return staircase_exponential(peak, max(1, int(batches_per_epoch * schedule.epochs_per_decay)),
-                                 schedule.decay_factor)
-  if schedule.name == 'warmup_cosine':
-    warmup_steps = int(batches_per_epoch * schedule.warmup_epochs)
-    # The shape at peak 1, scaled: the peak may be a swept value (an array in the step), which
-    # optax's schedule would compare with 0 in Python.
-    shape = optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=1.0,
-        warmup_steps=warmup_steps,
-        decay_steps=max(num_steps, warmup_steps + 1),
-        end_value=0.0,
-    )
-    return lambda count: peak * shape(count)
-  if schedule.name == 'piecewise_constant':
-    return piecewise_constant(peak, [int(batches_per_epoch * epoch)
-                                     for epoch in schedule.boundaries_epochs],
-                              schedule.decay_factor)
-  return linear_warmup_decay(peak, num_steps, schedule.warmup_fraction, schedule.start_scale,
-                             schedule.end_scale)
-
-
-def staircase_exponential(peak: float, transition_steps: int, decay_factor: float
-                          ) -> optax.Schedule:
-  """peak x decay_factor ** floor(count / transition_steps): the tutorial's staircase decay.
-
-  optax's `exponential_decay(..., staircase=True)`, written out so that the
-  factor may be a swept value (optax checks it in Python).
-  """
-  def schedule(count):
-    decays = jnp.floor(jnp.asarray(count, jnp.float32) / transition_steps)
-    return peak * jnp.power(jnp.asarray(decay_factor, jnp.float32), decays)
-
-  return schedule
-
-
-def piecewise_constant(peak: float, boundary_steps: Sequence[int], decay_factor: float
-                       ) -> optax.Schedule:
-  """peak x decay_factor ** (boundaries reached): PyTorch's MultiStepLR, in steps.
-
-  The step that starts an epoch in `boundaries_epochs` already has the lower
-  rate, as the first step of that epoch has under MultiStepLR (optax's
-  `piecewise_constant_schedule` lowers it one step later).
-  """
-  boundaries = jnp.asarray(boundary_steps, jnp.int32)
-
-  def schedule(count):
-    reached = jnp.sum(jnp.asarray(count, jnp.int32) >= boundaries)
-    return peak * jnp.power(jnp.asarray(decay_factor, jnp.float32), reached.astype(jnp.float32))
-
-  return schedule
-
-
-def linear_warmup_decay(peak: float, num_steps: int, warmup_fraction: float,
-                        start_scale: float, end_scale: float) -> optax.Schedule:
-  """airbench's triangle: start_scale -> 1 over int(warmup_fraction * num_steps), -> end_scale.
-
-  In units of `peak`; at step num_steps it reaches end_scale (airbench94:
-  0.2, 23%, 0.07; airbench94_muon: no warm-up, to 0).
-  """
-  warmup_steps = int(num_steps * warmup_fraction)
-
-  def schedule(count):
-    count = jnp.asarray(count, jnp.float32)
-    warming = start_scale + (1.0 - start_scale) * count / max(warmup_steps, 1)
-    decaying = 1.0 + (end_scale - 1.0) * (count - warmup_steps) / max(num_steps - warmup_steps, 1)
-    return peak * jnp.where(count < warmup_steps, warming, decaying)
-
-  return schedule
-
+from cifar_jax import fields as spec
+from cifar_jax import models, schedules, sweeps
+from cifar_jax.errors import UserError
 
 # ----------------------------------------------------------------------------
 # Muon.
@@ -276,8 +187,8 @@ def _group_optimizer(config, group, num_train_examples, global_batch_size, steps
   train_steps = int(round(group.train_epochs * steps_per_epoch))
   num_steps = (train_steps if group.schedule_over == 'train_epochs' and train_steps
                else config.num_train_steps)
-  learning_rate = create_learning_rate_fn(config, num_train_examples, global_batch_size,
-                                          peak=peak, num_steps=num_steps)
+  learning_rate = schedules.create(config, schedules.Span(
+      peak=peak, num_steps=num_steps, batches_per_epoch=num_train_examples / global_batch_size))
   if group.optimizer == 'muon':
     tx = muon(learning_rate, group.momentum, group.nesterov, config.muon.ns_steps,
               tuple(config.muon.ns_coefficients), config.muon.eps, config.muon.renormalize)
@@ -313,3 +224,76 @@ def create_optimizer(config: ml_collections.ConfigDict, num_train_examples: int,
   tx = optax.multi_transform({name: tx for name, (tx, _) in built.items()},
                              lambda params: group_labels(config, params))
   return tx, default_learning_rate
+
+
+# ----------------------------------------------------------------------------
+# The config fields of the optimizer.
+
+OPTIMIZERS = ('sgd', 'momentum', 'muon', 'frozen')
+HYPERPARAMETER_FORMS = ('plain', 'decoupled', 'pytorch')
+# What a group of config.optimizer_groups may set.
+GROUP_OPTION_FIELDS = ('params', 'optimizer', 'learning_rate', 'lr_multiplier', 'momentum',
+                       'nesterov', 'weight_decay', 'train_epochs', 'schedule_over')
+FIELDS = {
+    'optimizer': spec.Field('sgd', spec.choice(OPTIMIZERS), 'of the parameters no group matches'),
+    'learning_rate': spec.Field(0.1, spec.number(0.0), 'the peak, scaled by config.schedule'),
+    'momentum': spec.Field(0.9, spec.number(0.0, below=1.0), 'of momentum and muon'),
+    'nesterov': spec.Field(False, spec.flag(), 'Nesterov momentum'),
+    'hyperparameter_form': spec.Field('plain', spec.choice(HYPERPARAMETER_FORMS), 'see above'),
+    'weight_decay': spec.Field(0.0, spec.number(0.0), 'in the hyper-parameter form\'s units'),
+    'schedule': spec.Field({'name': 'constant'}, lambda c, path: schedules.check(c),
+                           'the learning rate\'s schedule: a name and its fields'),
+    'optimizer_groups': spec.Field({}, lambda c, path: _check_groups(c), 'parameter groups'),
+    'muon.ns_steps': spec.Field(3, spec.integer(1), 'Newton-Schulz iterations'),
+    'muon.ns_coefficients': spec.Field((3.4445, -4.7750, 2.0315), spec.numbers(length=3),
+                                    'their quintic\'s coefficients'),
+    'muon.eps': spec.Field(1e-7, spec.number(above=0.0), 'added to the norm'),
+    'muon.renormalize': spec.Field(True, spec.flag(), 'weights to norm sqrt(out) before each step'),
+}
+
+
+def check_config(c: spec.Checker) -> None:
+  """The optimizer's fields; the schedule's are `schedules.check`'s."""
+  spec.check_section(c, '', FIELDS)
+
+
+def _check_groups(c: spec.Checker) -> None:
+  for name in c.config.optimizer_groups:
+    _check_group(c, name)
+  c.groups.add('optimizer_groups')
+
+
+def _check_group(c: spec.Checker, name: str) -> None:
+  group = c.config.optimizer_groups[name]
+  prefix = f'optimizer_groups.{name}'
+  if name == 'default':
+    raise UserError('config.optimizer_groups.default is reserved for the parameters no group '
+                    'matches (they take the top-level fields); rename that group.')
+  if not isinstance(group, ml_collections.ConfigDict):
+    raise UserError(f'config.{prefix} is {group!r}; a group is a dict of '
+                    f'{list(GROUP_OPTION_FIELDS)}.')
+  unknown = sorted(set(group) - set(GROUP_OPTION_FIELDS))
+  if unknown:
+    raise UserError(f'config.{prefix} has unknown fields {unknown}; a group takes '
+                    f'{list(GROUP_OPTION_FIELDS)}.')
+  if not group.get('params'):
+    raise UserError(f'config.{prefix}.params is empty; give glob patterns of parameter paths '
+                    'such as "*norm*/bias".')
+  c.sequence(f'{prefix}.params', str, min_length=1)
+  optimizer = group.get('optimizer', c.config.optimizer)
+  if optimizer not in OPTIMIZERS:
+    raise UserError(f'Unknown optimizer {optimizer!r} (group {name}); use one of '
+                    f'{list(OPTIMIZERS)}.')
+  for field, limits in (('learning_rate', dict(minimum=0.0)), ('lr_multiplier', dict(above=0.0)),
+                        ('momentum', dict(minimum=0.0, below=1.0)),
+                        ('weight_decay', dict(minimum=0.0)), ('train_epochs', dict(minimum=0.0))):
+    if field in group:
+      c.number(f'{prefix}.{field}', **limits)
+  if 'nesterov' in group:
+    c.flag(f'{prefix}.nesterov')
+  if group.get('schedule_over', 'run') not in ('run', 'train_epochs'):
+    raise UserError(f'config.{prefix}.schedule_over is {group.schedule_over!r}; use run or '
+                    'train_epochs.')
+  if optimizer == 'muon' and group.get('weight_decay', c.config.weight_decay):
+    raise UserError(f'Group {name} uses muon, which has no weight decay; set its weight_decay '
+                    'to 0.')

@@ -20,6 +20,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
+from cifar_jax import fields as spec
 from cifar_jax.errors import UserError
 
 AXIS_NAME = 'batch'
@@ -229,3 +230,27 @@ def unreplicate(tree: Any) -> Any:
   """The first replica of every leaf, as host numpy arrays."""
   return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data[0])
                       if isinstance(x, jax.Array) else np.asarray(x)[0], tree)
+
+
+# ----------------------------------------------------------------------------
+# The config fields of the devices.
+
+
+def _check_num_devices(c: spec.Checker, path: str) -> None:
+  num_devices = c.integer(path)
+  if num_devices != -1 and num_devices < 1:
+    raise UserError(f'config.num_devices is {num_devices}; use -1 (all local devices) or N >= 1.')
+
+
+FIELDS = {
+    'num_devices': spec.Field(-1, _check_num_devices, '-1: every local device'),
+    'collective_timeout_secs': spec.Field(300.0, spec.number(0.0, hint=(
+        'config.collective_timeout_secs is {value}; use 0 (never) or a positive number of '
+        'seconds.')), 'a stuck collective ends the run after this long'),
+    'compilation_cache_dir': spec.Field('compilation_cache', spec.text(),
+                                     "JAX's persistent cache, under WORKDIR if relative"),
+}
+
+
+def check_config(c: spec.Checker) -> None:
+  spec.check_section(c, '', FIELDS)

@@ -31,16 +31,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 import concurrent.futures
 import os
-from typing import TYPE_CHECKING
 
 from absl import logging
 import jax
 import numpy as np
 
 from cifar_jax import datasets, input_pipeline, parallel
-
-if TYPE_CHECKING:  # the loop imports the builder, which imports this module
-  from cifar_jax.loop import Call
+from cifar_jax.loop import Call
 
 # `auto` keeps the split on the devices while one copy takes at most this share of a
 # device's memory: the rest is for the activations, the state and XLA's buffers.

@@ -40,6 +40,7 @@ from cifar_jax import (
   sweeps,
   train_step,
 )
+from cifar_jax import fields as spec
 from cifar_jax.train_state import TrainState
 
 
@@ -350,3 +351,24 @@ def report(writer: summaries.Writer, step: int, result: Result, split: datasets.
           [f'{names[lead.predictions[i]]}/{names[split.labels[i]]}' for i in wrong])[None],
   })
   writer.flush()
+
+
+# ----------------------------------------------------------------------------
+# The config fields of the evaluator.
+
+TTA = ('none', 'mirror', 'mirror_translate')
+HEADLINES = ('ema', 'raw')
+FIELDS = {
+    'eval.batch_size': spec.Field(1000, spec.integer(1), 'images per evaluation batch'),
+    'eval.headline': spec.Field('raw', spec.choice(HEADLINES), 'what leads the log line'),
+    'eval.tta': spec.Field('none', spec.choice(TTA), 'test-time augmentation'),
+    'eval.platform': spec.Field('', spec.text(), "the evaluator's devices ('': the default)"),
+    'eval.poll_secs': spec.Field(10.0, spec.number(above=0.0), 'how often it looks'),
+    'eval.timeout_secs': spec.Field(3600.0, spec.number(0.0), 'how long it waits for the next'),
+    'eval.run_once': spec.Field(False, spec.flag(), 'score the latest checkpoint and stop'),
+    'eval.num_misclassified_images': spec.Field(24, spec.integer(0), 'in the summaries'),
+}
+
+
+def check_config(c: spec.Checker) -> None:
+  spec.check_section(c, '', FIELDS)

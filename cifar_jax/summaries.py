@@ -30,6 +30,7 @@ from typing import Any
 from absl import logging
 import numpy as np
 
+from cifar_jax import fields as spec
 from cifar_jax import terminal
 from cifar_jax.errors import UserError, WriteError
 
@@ -300,3 +301,16 @@ def captioned_grid(images: np.ndarray, captions: Sequence[str], columns: int = 8
     canvas.paste(tile, (x + 2, y))
     draw.text((x + 2, y + height + 1), caption, fill='black')
   return np.asarray(canvas, np.float32) / 255.0
+
+
+# ----------------------------------------------------------------------------
+# The config fields of what the summaries show.
+
+FIELDS = {
+    'histogram_sample_size': spec.Field(64, spec.integer(1), 'activations per histogram'),
+    'input_image_grid_size': spec.Field(32, spec.integer(1), 'images in the input grid'),
+}
+
+
+def check_config(c: spec.Checker) -> None:
+  spec.check_section(c, '', FIELDS)

@@ -38,6 +38,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from cifar_jax import fields as spec
+
 # Fields that enter the step as numbers (dotted paths; * is any optimizer group's name).
 SWEEPABLE = (
     'learning_rate', 'momentum', 'weight_decay', 'l2_penalty', 'label_smoothing',
@@ -212,3 +214,21 @@ def _has_path(tree: dict[str, Any], path: str) -> bool:
     tree = tree[part]
   return True
 
+
+# ----------------------------------------------------------------------------
+# The config fields of replicas and sweeps.
+
+REPLICA_EXECUTIONS = ('vmap', 'loop')
+FIELDS = {
+    'num_replicas': spec.Field(1, spec.integer(1), 'independent runs with seeds seed + 0, 1, ...',
+                            before=1),
+    'replica_execution': spec.Field('loop', spec.choice(REPLICA_EXECUTIONS),
+                                 'vmap (batched) | loop (one after the other)', before='loop'),
+    'sweep_mode': spec.Field('cross', spec.choice(SWEEP_MODES), 'cross | zip', before='cross'),
+    'sweep': spec.Field({}, lambda c, path: c.groups.add(path), 'the swept fields (above)',
+                     before={}),
+}
+
+
+def check_config(c: spec.Checker) -> None:
+  spec.check_section(c, '', FIELDS)

@@ -38,6 +38,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from cifar_jax import fields as spec
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -173,3 +175,23 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, *, se
       lookahead=lookahead,
       rng=train_rng,
   )
+
+
+# ----------------------------------------------------------------------------
+# The config fields of the state: the seed, the EMA and lookahead.
+
+EMA_KINDS = ('tensorflow', 'optax_debiased', 'none')
+FIELDS = {
+    'seed': spec.Field(0, spec.integer(0), 'initialisation, data order and augmentation'),
+    'ema.kind': spec.Field('none', spec.choice(EMA_KINDS), 'the moving average of the parameters'),
+    'ema.decay': spec.Field(0.9999, spec.number(above=0.0, below=1.0), 'its decay'),
+    'lookahead.every_steps': spec.Field(0, spec.integer(0, hint=(
+        'config.lookahead.every_steps is {value}; use 0 (no lookahead) or a positive number '
+        'of steps.')), "airbench's lookahead period; 0: none"),
+    'lookahead.decay_base': spec.Field(0.95**5, spec.number(0.0, 1.0), 'its decay at the start'),
+    'lookahead.decay_power': spec.Field(3.0, spec.number(0.0), 'how its decay grows'),
+}
+
+
+def check_config(c: spec.Checker) -> None:
+  spec.check_section(c, '', FIELDS)

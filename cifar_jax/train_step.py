@@ -10,8 +10,11 @@ lookahead. `device_steps` runs n of them on one device's part of n batches,
 gathering and augmenting each batch on the device first; `builder.build` maps
 it over the devices (`parallel.pmap`).
 
-The step reads no config: its options are `StepOptions`, frozen dataclasses
-built once from the config.
+The step reads no config: it is built from `StepPieces` (optimizer, learning
+rate, `StepOptions`), which `builder` makes from the config once -- or, in a
+sweep, inside the step from each run's swept values (`PiecesOf`) -- and runs
+as `StepPlan` says. Single runs, replicas and sweeps take the same path
+(`run_steps`).
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ from __future__ import annotations
 from collections.abc import Callable
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cifar_jax import input_pipeline, parallel, sweeps
+from cifar_jax import augmentations, input_pipeline, parallel, sweeps
+from cifar_jax import fields as spec
 from cifar_jax import train_state as train_state_lib
 from cifar_jax.train_state import TrainState
 
@@ -71,31 +75,39 @@ class StepOptions:
   loss: LossOptions
   ema: train_state_lib.EmaOptions
   lookahead: train_state_lib.LookaheadOptions
-  augmentation: input_pipeline.Augmentation
+  augmentation: augmentations.Augmentation
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, steps_per_epoch: int) -> StepOptions:
     return cls(loss=LossOptions.from_config(config),
                ema=train_state_lib.EmaOptions.from_config(config),
                lookahead=train_state_lib.LookaheadOptions.from_config(config),
-               augmentation=input_pipeline.Augmentation.from_config(config, steps_per_epoch))
+               augmentation=augmentations.Augmentation.from_config(config, steps_per_epoch))
 
 
-def train_step(
-    state: TrainState,
-    batch: dict[str, jax.Array],
-    *,
-    apply_fn: Callable[..., jax.Array],
-    tx: optax.GradientTransformation,
-    learning_rate_fn: optax.Schedule,
-    options: StepOptions,
-) -> tuple[TrainState, dict[str, jax.Array]]:
+class StepPieces(NamedTuple):
+  """What one run's step is built from: its optimizer, its (default group's) learning rate, and
+  its options. `builder` makes them from the config (a sweep's run: from its values)."""
+
+  tx: optax.GradientTransformation
+  learning_rate_fn: optax.Schedule
+  options: StepOptions
+
+
+# A run's swept values ({field: scalar}; {} outside a sweep) -> its step's pieces.
+PiecesOf = Callable[[dict[str, jax.Array]], StepPieces]
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *,
+               apply_fn: Callable[..., jax.Array], pieces: StepPieces
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One synchronous SGD step on this device's part of the global batch.
 
   Must run under `parallel.pmap` (it combines over `parallel.AXIS_NAME`;
   BatchNorm layers average their statistics over it). The reported loss and
   cross-entropy are per example whatever the reduction.
   """
+  tx, learning_rate_fn, options = pieces
   loss_options = options.loss
   summed = loss_options.reduction == 'sum'
 
@@ -131,15 +143,15 @@ def train_step(
 
 
 def _augmented_step(state: TrainState, images: jax.Array, labels: jax.Array,
-                    indices: jax.Array, *, options: StepOptions, **step_kwargs
-                    ) -> tuple[TrainState, dict[str, jax.Array]]:
+                    indices: jax.Array, *, apply_fn: Callable[..., jax.Array],
+                    pieces: StepPieces) -> tuple[TrainState, dict[str, jax.Array]]:
   """Augment this device's gathered examples (uint8 `images` at `indices`), then `train_step`."""
   # Keyed by the example's index, not the device, so that any number of
   # devices sees the same augmented global batch.
-  batch = {'image': input_pipeline.augment_batch(images, indices, state.rng, state.step,
-                                                 options.augmentation),
+  batch = {'image': augmentations.augment_batch(images, indices, state.rng, state.step,
+                                                pieces.options.augmentation),
            'label': labels}
-  return train_step(state, batch, options=options, **step_kwargs)
+  return train_step(state, batch, apply_fn=apply_fn, pieces=pieces)
 
 
 def map_replicas(fn: Callable[..., Any], execution: str, unroll: bool) -> Callable[..., Any]:
@@ -159,45 +171,72 @@ def map_replicas(fn: Callable[..., Any], execution: str, unroll: bool) -> Callab
   return mapped
 
 
-def replica_steps(state: TrainState, data: input_pipeline.DeviceData, indices: jax.Array,
-                  values: dict[str, jax.Array] | None = None, *, execution: str, unroll: bool,
-                  gathered: bool, step_pieces: Callable[[dict[str, jax.Array]], dict[str, Any]]
-                  | None = None, **device_step_kwargs
-                  ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """`device_steps` of every run (`map_replicas`); `indices` [R, n, B], metrics [R, n].
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+  """How a device call runs its steps: `runs` (None: one run, no run axis; else the run axis's
+  `execution`, vmap or loop), `scan` (several steps in a `lax.scan`, `unroll`ed on CPUs) and
+  `gathered` (the call's rows come gathered on the host rather than as the split)."""
 
-  Gathered rows (`gathered`) are each run's own, [R, n, B, ...]; a split on
-  the device is shared by the runs. A sweep's `values` ({field: [R]}) are
-  mapped with the runs: `step_pieces(one run's values)` builds that run's
-  `tx`, `learning_rate_fn` and `options` (otherwise in `device_step_kwargs`).
+  scan: bool
+  unroll: bool
+  gathered: bool = False
+  runs: int | None = None
+  execution: str = 'loop'
+
+
+def run_steps(state: TrainState, data: input_pipeline.DeviceData, indices: jax.Array,
+              values: dict[str, jax.Array], *, apply_fn: Callable[..., jax.Array],
+              pieces_of: PiecesOf, plan: StepPlan) -> tuple[TrainState, dict[str, jax.Array]]:
+  """This device's share of a call: every run's steps, each from `pieces_of(its values)`.
+
+  One run (`plan.runs` None): `indices` [n, B], metrics [n]. Several runs --
+  replicas and/or a sweep's points -- lead every state leaf, `indices`,
+  gathered rows and `values` ({field: [R]}) with the run axis, and the metrics
+  come back [R, n]; a split on the device is shared by the runs.
   """
   def steps(state, indices, run_values, data):
-    pieces = step_pieces(run_values) if step_pieces is not None else {}
-    return device_steps(state, data, indices, unroll=unroll, gathered=gathered,
-                        **pieces, **device_step_kwargs)
-  values = {} if values is None else values
-  if gathered:
-    return map_replicas(steps, execution, unroll)((state, indices, values, data))
-  return map_replicas(steps, execution, unroll)((state, indices, values), data)
+    return device_steps(state, data, indices, apply_fn=apply_fn, pieces=pieces_of(run_values),
+                        plan=plan)
+  if plan.runs is None:
+    return steps(state, indices, values, data)
+  mapped = map_replicas(steps, plan.execution, plan.unroll)
+  if plan.gathered:
+    return mapped((state, indices, values, data))
+  return mapped((state, indices, values), data)
 
 
 def device_steps(state: TrainState, data: input_pipeline.DeviceData, indices: jax.Array, *,
-                 scan: bool, unroll: bool, gathered: bool = False, **step_kwargs
+                 apply_fn: Callable[..., jax.Array], pieces: StepPieces, plan: StepPlan
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One training step for each row of this device's `indices` [n, B]; metrics stacked [n].
 
-  `data` is the split on this device, or (`gathered`: host placement) the
-  rows of `indices` themselves, [n, B, ...]. With `scan`, a `lax.scan` over
-  the rows (every step's examples gathered first; `unroll`: as straight-line
-  code); without, the one row of a single step with no loop around it.
-  `step_kwargs` are `train_step`'s.
+  `data` is the split on this device, or (`plan.gathered`: host placement) the
+  rows of `indices` themselves, [n, B, ...]. With `plan.scan`, a `lax.scan`
+  over the rows (every step's examples gathered first; `unroll`: as
+  straight-line code); without, the one row of a single step with no loop.
   """
-  step = functools.partial(_augmented_step, **step_kwargs)
-  images, labels = ((data.images, data.labels) if gathered
+  step = functools.partial(_augmented_step, apply_fn=apply_fn, pieces=pieces)
+  images, labels = ((data.images, data.labels) if plan.gathered
                     else (data.images[indices], data.labels[indices]))
-  if not scan:
+  if not plan.scan:
     state, metrics = step(state, images[0], labels[0], indices[0])
     # asarray: a metric can be a Python number (a constant schedule's learning rate).
     return state, jax.tree.map(lambda x: jnp.asarray(x)[None], metrics)
   return jax.lax.scan(lambda carry, xs: step(carry, *xs), state, (images, labels, indices),
-                      unroll=unroll)
+                      unroll=plan.unroll)
+
+
+# ----------------------------------------------------------------------------
+# The config fields of the loss.
+
+LOSS_REDUCTIONS = ('mean', 'sum')
+FIELDS = {
+    'label_smoothing': spec.Field(0.0, spec.number(0.0, below=1.0), 'PyTorch\'s and optax\'s'),
+    'loss_reduction': spec.Field('mean', spec.choice(LOSS_REDUCTIONS), 'over the global batch'),
+    'l2_penalty': spec.Field(0.0, spec.number(0.0), "the tutorial's L2 term in the loss"),
+    'l2_penalty_modules': spec.Field((), spec.strings(), 'the modules whose kernels it covers'),
+}
+
+
+def check_config(c: spec.Checker) -> None:
+  spec.check_section(c, '', FIELDS)

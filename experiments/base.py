@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.random_contrast = False
   config.augment.contrast_lower = 0.2
   config.augment.contrast_upper = 1.8
+  # Augmentations outside cifar_jax, 'package.module:Name', applied in order after those above;
+  # each adds its own fields to config.augment (cifar_jax/augmentations.py).
+  config.augment.extra = ()
 
   # A model by name (cifar_jax.models.MODELS: tutorial_cnn, airbench94, resnet, preact_resnet,
   # wide_resnet), or 'package.module:ClassName' for one outside cifar_jax (docs/development.md),

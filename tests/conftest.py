@@ -155,5 +155,5 @@ def restore_latest(workdir, config=None):
   config = config if config is not None else tiny_config()
   manager = checkpoints.create_manager(workdir, read_only=True)
   template = builder.build(config, num_classes=10).state
-  state, _ = checkpoints.restore(manager, manager.latest_step(), template, config)
+  state = checkpoints.load(manager, manager.latest_step(), template, config).state
   return state

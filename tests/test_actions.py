@@ -29,7 +29,7 @@ class LearningRateCurve(loop.PeriodicAction):
     return super().around(call)
 
   def __call__(self, progress):
-    rates = [float(self._run.setup.learning_rate_fn(s)) for s in range(progress.step)]
+    rates = [float(self._run.setup.pieces.learning_rate_fn(s)) for s in range(progress.step)]
     self._run.writer.write_record({'step': progress.step, 'learning_rates': rates})
 
   def close(self):

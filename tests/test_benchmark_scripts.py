@@ -41,7 +41,8 @@ def _run(command, timeout=600, **kwargs):
 
 def test_the_scripts_are_all_known():
   assert set(SCRIPTS) == {
-      'airbench_reference.py', 'bit_identity.py', 'conv_passes.py', 'faults.py', 'gpu_run.py', 'gpu_wheelhouse.py',
+      'airbench_reference.py', 'bit_identity.py', 'conv_passes.py', 'faults.py', 'gpu_run.py',
+      'gpu_wheelhouse.py',
       'host_placement.py', 'input_pipeline.py', 'make_image_folder.py', 'multi_device.py',
       'multiprocess_stress.py', 'pytorch_reference.py', 'resnet_reference.py', 'startup.py'}, (
           'a new script needs a tiny run here (and in the list)')

@@ -62,7 +62,8 @@ def test_a_step_that_does_not_fit_the_device_says_what_to_lower(monkeypatch):
     raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to '
                                      'allocate 123456789 bytes.')
 
-  monkeypatch.setattr(setup.parallel_steps, '_executable', lambda args: exhausted)
+  mapped = setup.parallel_steps.args[0]  # (the partial binds every run's swept values)
+  monkeypatch.setattr(mapped, '_executable', lambda args: exhausted)
   with pytest.raises(UserError, match=r'config.num_replicas=8 runs x config.per_device_batch_'
                                       r'size=8 do not fit the memory of a device; lower '
                                       r'config.num_replicas or config.per_device_batch_size '

@@ -22,9 +22,11 @@ def trained(tmp_path_factory):
 def test_checkpoint_holds_state_config_and_classes(trained):
   workdir, state = trained
   manager = checkpoints.create_manager(workdir, read_only=True)
-  restored, dataset_info = checkpoints.restore(manager, 10, state, tiny_config())
+  loaded = checkpoints.load(manager, 10, state, tiny_config())
+  restored, dataset_info = loaded.state, loaded.dataset
   jax.tree.map(np.testing.assert_array_equal, restored, state)
-  assert int(restored.step) == 10
+  assert int(restored.step) == 10 and loaded.step == 10
+  assert loaded.config.model.conv_features == 8
   assert dataset_info == {'class_names': [f'class_{i}' for i in range(10)],
                           'num_train_examples': 512, 'image_shape': [32, 32, 3]}
   saved_config = checkpoints.read_saved_config(manager, 10)
@@ -52,7 +54,7 @@ def test_corrupt_checkpoint_is_reported_in_one_sentence(trained, tmp_path):
   os.remove(copy / 'checkpoints' / '10' / checkpoints.CHECKSUM_FILE)
   manager = checkpoints.create_manager(str(copy), read_only=True)
   with pytest.raises(UserError, match=r'checkpoints/10 cannot be .*delete that step folder'):
-    checkpoints.restore(manager, 10, state, tiny_config())
+    checkpoints.load(manager, 10, state, tiny_config())
 
 
 def _corrupt(step_dir):

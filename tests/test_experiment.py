@@ -9,7 +9,16 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cifar_jax import builder, datasets, experiment, input_pipeline, parallel, scoring, train_state
+from cifar_jax import (
+  augmentations,
+  builder,
+  datasets,
+  experiment,
+  input_pipeline,
+  parallel,
+  scoring,
+  train_state,
+)
 from cifar_jax.errors import UserError
 from tests.conftest import REPO_ROOT, restore_latest, tiny_airbench_config, tiny_config
 
@@ -37,9 +46,9 @@ def test_augmented_batch_is_the_trainers_first_batch():
   images, labels = experiment.augmented_batch(config, split, step=3, count=5)
   setup = builder.build(config, split)
   indices = setup.batches.indices(3)[0, 0]
-  expected = input_pipeline.train_batch(
+  expected = augmentations.train_batch(
       input_pipeline.DeviceData(split.images, split.labels), indices, setup.state.rng, 3,
-      setup.options.augmentation)
+      setup.pieces.options.augmentation)
   np.testing.assert_allclose(images, expected['image'][:5], rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(labels, expected['label'][:5])
   assert experiment.load_data(config, 'eval').num_examples == 200

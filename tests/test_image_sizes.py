@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from cifar_jax import builder, input_pipeline, validation
+from cifar_jax import augmentations, builder, input_pipeline, validation
 from cifar_jax.errors import UserError
 from tests.conftest import run_steps, tiny_config
 
@@ -18,17 +18,17 @@ def _columns(height=32, width=32):
 def test_crop_size_zero_is_the_whole_image_and_translation_keeps_its_shape():
   image = np.random.default_rng(0).integers(0, 256, (20, 28, 3)).astype(np.float32)
   key = jax.random.PRNGKey(0)
-  np.testing.assert_array_equal(input_pipeline.random_crop(key, image, 0), image)
+  np.testing.assert_array_equal(augmentations.random_crop(key, image, 0), image)
   np.testing.assert_array_equal(input_pipeline.central_crop(image, 0), image)
-  augmentation = input_pipeline.Augmentation(crop_size=0, translate=2)
-  assert input_pipeline.augment_train_image(key, image, augmentation).shape == (20, 28, 3)
+  augmentation = augmentations.Augmentation(crop_size=0, translate=2)
+  assert augmentations.augment_train_image(key, image, augmentation).shape == (20, 28, 3)
   assert input_pipeline.model_input_shape((20, 28, 1), 0) == (20, 28, 1)
   assert input_pipeline.model_input_shape((64, 64, 3), 24) == (24, 24, 3)
 
 
 def test_random_resized_crop_of_the_whole_image_is_the_image():
   image = np.random.default_rng(1).integers(0, 256, (16, 16, 3)).astype(np.float32)
-  out = input_pipeline.random_resized_crop(jax.random.PRNGKey(0), image, 0, (1.0, 1.0),
+  out = augmentations.random_resized_crop(jax.random.PRNGKey(0), image, 0, (1.0, 1.0),
                                            (1.0, 1.0))
   np.testing.assert_allclose(out, image, atol=1e-3)
 
@@ -37,20 +37,20 @@ def test_random_resized_crop_of_the_whole_image_is_the_image():
 def test_random_resized_crop_takes_a_box_of_the_asked_share_and_ratio(seed):
   # A quarter of the area at ratio 1: a 16x16 box of the 32x32 image at full resolution,
   # so the output's columns are 16 consecutive source columns.
-  out = np.asarray(input_pipeline.random_resized_crop(
+  out = np.asarray(augmentations.random_resized_crop(
       jax.random.PRNGKey(seed), _columns(), 16, (0.25, 0.25), (1.0, 1.0)))[..., 0]
   assert out.shape == (16, 16)
   np.testing.assert_allclose(np.diff(out, axis=1)[:, 1:-1], 1.0, atol=1e-4)
   assert 0 <= out[0, 0] and out[0, -1] <= 31
   # Ratio 4 (width / height) at the whole area: clipped to the image's width, all of it seen.
-  wide = np.asarray(input_pipeline.random_resized_crop(
+  wide = np.asarray(augmentations.random_resized_crop(
       jax.random.PRNGKey(seed), _columns(), 8, (1.0, 1.0), (4.0, 4.0)))[..., 0]
   assert wide[0, 0] < 2 and wide[0, -1] > 29
 
 
 def test_random_resized_crops_differ_by_key_and_repeat_by_key():
   image = np.random.default_rng(2).integers(0, 256, (32, 32, 3)).astype(np.float32)
-  crop = lambda seed: np.asarray(input_pipeline.random_resized_crop(  # noqa: E731
+  crop = lambda seed: np.asarray(augmentations.random_resized_crop(  # noqa: E731
       jax.random.PRNGKey(seed), image, 24, (0.08, 1.0), (3 / 4, 4 / 3)))
   np.testing.assert_array_equal(crop(0), crop(0))
   assert not np.array_equal(crop(0), crop(1))
@@ -68,12 +68,12 @@ def test_eval_resize_then_central_crop():
 
 
 def test_a_small_crop_of_large_images_warns(caplog):
-  augmentation = input_pipeline.Augmentation(crop_size=24)
+  augmentation = augmentations.Augmentation(crop_size=24)
   augmentation.check((64, 64, 3), 'the training images')
   assert 'config.crop_size=24 shows 14% of each of the training images (64x64)' in caplog.text
   caplog.clear()
-  input_pipeline.Augmentation(crop_size=24).check((32, 32, 3), 'the training images')
-  input_pipeline.Augmentation(crop_size=24, resized_crop=((0.08, 1.0), (0.75, 1.33))).check(
+  augmentations.Augmentation(crop_size=24).check((32, 32, 3), 'the training images')
+  augmentations.Augmentation(crop_size=24, resized_crop=((0.08, 1.0), (0.75, 1.33))).check(
       (64, 64, 3), 'the training images')
   assert 'shows' not in caplog.text
 
@@ -104,12 +104,18 @@ def test_the_network_follows_the_datas_size_and_channels(overrides):
 
 
 def test_channel_normalization_must_fit_the_channels():
+  """Checked once, where the data are loaded (the images' channels are what they are then)."""
+  from cifar_jax import builder, datasets  # pylint: disable=g-import-not-at-top
   config = _config(**{'dataset.channels': 1, 'preprocess': 'channel_normalization'})
-  with pytest.raises(UserError, match=r'config.dataset.channels is 1 but config.channel_mean '
-                                      r'and config.channel_std give 3'):
-    validation.validate(config)
-  validation.validate(_config(**{'dataset.channels': 1, 'preprocess': 'channel_normalization',
-                                 'channel_mean': (0.5,), 'channel_std': (0.25,)}))
+  validation.validate(config)
+  split = datasets.load_split(config.dataset, config.dataset.train_split)
+  with pytest.raises(UserError, match=r'have 1 channel\(s\) but config.channel_mean and '
+                                      r'config.channel_std have 3; give one mean and std per '
+                                      r'channel, or set config.dataset.channels=3'):
+    builder.build(config, split)
+  fitting = _config(**{'dataset.channels': 1, 'preprocess': 'channel_normalization',
+                       'channel_mean': (0.5,), 'channel_std': (0.25,)})
+  builder.build(fitting, split)
 
 
 def test_whole_image_evaluation_refuses_another_size():

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from cifar_jax import input_pipeline, parallel, validation
+from cifar_jax import augmentations, input_pipeline, parallel, validation
 from cifar_jax.datasets import Split
 from cifar_jax.errors import UserError
 from tests.conftest import tiny_config
@@ -47,9 +47,9 @@ def test_eval_preprocessing_matches_the_tutorials_inputs(images):
 
 def test_brightness_contrast_and_flip_match_tf(images):
   image = images[1].astype(np.float32)
-  np.testing.assert_allclose(input_pipeline.adjust_brightness(image, -40.5),
+  np.testing.assert_allclose(augmentations.adjust_brightness(image, -40.5),
                              tf.image.adjust_brightness(image, -40.5).numpy(), atol=1e-4)
-  np.testing.assert_allclose(input_pipeline.adjust_contrast(image, 1.7),
+  np.testing.assert_allclose(augmentations.adjust_contrast(image, 1.7),
                              tf.image.adjust_contrast(image, 1.7).numpy(), atol=1e-3)
   np.testing.assert_array_equal(image[:, ::-1], tf.image.flip_left_right(image).numpy())
 
@@ -57,21 +57,21 @@ def test_brightness_contrast_and_flip_match_tf(images):
 def test_random_crop_is_a_window_of_the_image(images):
   image = images[2]
   for seed in range(10):
-    crop = np.asarray(input_pipeline.random_crop(jax.random.PRNGKey(seed), image, 24))
+    crop = np.asarray(augmentations.random_crop(jax.random.PRNGKey(seed), image, 24))
     found = [(top, left) for top in range(9) for left in range(9)
              if np.array_equal(image[top:top + 24, left:left + 24], crop)]
     assert found
 
 
 def test_augmentation_ranges(images):
-  options = input_pipeline.Augmentation(crop_size=24, flip=True, max_brightness_delta=63.0,
+  options = augmentations.Augmentation(crop_size=24, flip=True, max_brightness_delta=63.0,
                                         contrast_range=(0.2, 1.8))
-  out = input_pipeline.augment_batch(images, np.arange(6), jax.random.PRNGKey(0), 0, options)
+  out = augmentations.augment_batch(images, np.arange(6), jax.random.PRNGKey(0), 0, options)
   assert out.shape == (6, 24, 24, 3)
   np.testing.assert_allclose(out[1:].mean(axis=(1, 2, 3)), 0.0, atol=1e-4)
   np.testing.assert_allclose(out[1:].std(axis=(1, 2, 3)), 1.0, atol=1e-3)
   # Same key and example ids: same result, whatever the order within the batch.
-  permuted = input_pipeline.augment_batch(images[::-1], np.arange(6)[::-1],
+  permuted = augmentations.augment_batch(images[::-1], np.arange(6)[::-1],
                                           jax.random.PRNGKey(0), 0, options)
   np.testing.assert_allclose(permuted[::-1], out, atol=1e-6)
 
@@ -120,7 +120,7 @@ def test_train_batch_gathers_on_each_device():
 # ----------------------------------------------------------------------------
 # airbench's options.
 
-AIRBENCH = input_pipeline.Augmentation(
+AIRBENCH = augmentations.Augmentation(
     crop_size=32, flip=True, normalization=input_pipeline.Normalization(
         'channel_normalization', channel_mean=(0.5, 0.25, 0.0), channel_std=(0.5, 0.25, 1.0)))
 
@@ -138,7 +138,7 @@ def test_alternating_flip_schedule():
   options = dataclasses.replace(AIRBENCH, alternating_flip=True, steps_per_epoch=5)
   flips = {}
   for step in (0, 4, 5, 9, 10, 15):
-    out = np.asarray(input_pipeline.augment_batch(images, ids, key, step, options))
+    out = np.asarray(augmentations.augment_batch(images, ids, key, step, options))
     flipped = np.array([np.allclose(o, _normalized(i[:, ::-1]), atol=1e-5)
                         for o, i in zip(out, images, strict=True)])
     plain = np.array([np.allclose(o, _normalized(i), atol=1e-5)
@@ -161,7 +161,7 @@ def test_translation_is_a_window_of_the_padded_image(padding_mode):
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
   options = dataclasses.replace(AIRBENCH, flip=False, translate=2, padding_mode=padding_mode)
-  out = np.asarray(input_pipeline.augment_batch(images, np.arange(8), jax.random.PRNGKey(0), 0,
+  out = np.asarray(augmentations.augment_batch(images, np.arange(8), jax.random.PRNGKey(0), 0,
                                                 options))
   shifts = set()
   for o, image in zip(out, images, strict=True):

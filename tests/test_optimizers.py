@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from cifar_jax import builder, optimizers, validation
+from cifar_jax import builder, optimizers, schedules, validation
 from cifar_jax.errors import UserError
 from tests.conftest import tiny_airbench_config, tiny_family_config
 
@@ -108,7 +108,7 @@ def test_muon_recipe_puts_conv_filters_in_muon_and_the_rest_in_sgd():
 
 
 def test_linear_warmup_decay_is_airbenchs_schedule():
-  schedule = optimizers.linear_warmup_decay(2.0, 100, 0.23, 0.2, 0.07)
+  schedule = schedules.linear_warmup_decay(2.0, 100, 0.23, 0.2, 0.07)
   for step in (0, 10, 22, 23, 50, 99, 100):
     if step < 23:
       frac = step / 23
@@ -162,8 +162,8 @@ def test_piecewise_constant_lowers_the_rate_on_the_first_step_of_each_boundary_e
   config = ml_collections.ConfigDict(tiny_family_config().to_dict())
   config.schedule = ml_collections.ConfigDict({
       'name': 'piecewise_constant', 'boundaries_epochs': (2.0, 3.0), 'decay_factor': 0.2})
-  schedule = optimizers.create_learning_rate_fn(config, num_train_examples=1280,
-                                                global_batch_size=128)
+  schedule = schedules.of_config(config, num_train_examples=1280,
+                             global_batch_size=128)
   rates = [float(schedule(step)) for step in (0, 19, 20, 29, 30, 100)]
   np.testing.assert_allclose(rates, [0.1, 0.1, 0.02, 0.02, 0.004, 0.004], rtol=1e-6)
   for boundaries, words in [((3.0, 2.0), 'increasing'), ((-1.0,), 'not negative'),
@@ -176,14 +176,14 @@ def test_piecewise_constant_lowers_the_rate_on_the_first_step_of_each_boundary_e
 def test_the_schedules_a_sweep_can_scale_are_optaxs():
   """The staircase is optax's bit for bit; warmup_cosine (peak x shape) after its warm-up too."""
   counts = jnp.arange(0, 2_000, dtype=jnp.int32)
-  staircase = optimizers.staircase_exponential(0.1, 350, 0.1)
+  staircase = schedules.staircase_exponential(0.1, 350, 0.1)
   reference = optax.exponential_decay(0.1, transition_steps=350, decay_rate=0.1, staircase=True)
   np.testing.assert_array_equal(jax.vmap(staircase)(counts), jax.vmap(reference)(counts))
   config = ml_collections.ConfigDict(tiny_family_config().to_dict())
   config.learning_rate, config.num_train_steps = 0.4, 1_000
   config.schedule = ml_collections.ConfigDict({'name': 'warmup_cosine', 'warmup_epochs': 3.0})
-  ours = optimizers.create_learning_rate_fn(config, num_train_examples=12_800,
-                                            global_batch_size=128)  # 100 steps per epoch
+  ours = schedules.of_config(config, num_train_examples=12_800,
+                         global_batch_size=128)  # 100 steps per epoch
   theirs = optax.warmup_cosine_decay_schedule(0.0, 0.4, warmup_steps=300, decay_steps=1_000)
   ours, theirs = np.asarray(jax.vmap(ours)(counts)), np.asarray(jax.vmap(theirs)(counts))
   np.testing.assert_array_equal(ours[300:], theirs[300:])

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from cifar_jax import builder, datasets, optimizers, train_state, validation
+from cifar_jax import builder, datasets, schedules, train_state, validation
 from cifar_jax.errors import UserError
 from tests.conftest import tiny_config
 
@@ -63,7 +63,7 @@ def test_unknown_ema_kind_is_rejected():
 def test_staircase_schedule_is_the_tutorials():
   config = tiny_config(learning_rate=0.1, schedule=ml_collections.ConfigDict(
       {'name': 'staircase_exponential', 'decay_factor': 0.1, 'epochs_per_decay': 350.0}))
-  schedule = optimizers.create_learning_rate_fn(config, 50_000, 128)
+  schedule = schedules.of_config(config, 50_000, 128)
   decay_steps = int(50_000 / 128 * 350)  # 136,718 as in cifar10.py
   assert float(schedule(0)) == pytest.approx(0.1)
   assert float(schedule(decay_steps - 1)) == pytest.approx(0.1)
@@ -74,7 +74,7 @@ def test_staircase_schedule_is_the_tutorials():
 def test_warmup_cosine_schedule():
   config = tiny_config(learning_rate=0.4, num_train_steps=100, schedule=ml_collections.ConfigDict(
       {'name': 'warmup_cosine', 'warmup_epochs': 1.0}))
-  schedule = optimizers.create_learning_rate_fn(config, 1000, 100)  # 10 steps per epoch
+  schedule = schedules.of_config(config, 1000, 100)  # 10 steps per epoch
   assert float(schedule(0)) == 0.0
   assert float(schedule(10)) == pytest.approx(0.4)
   assert float(schedule(100)) == pytest.approx(0.0, abs=1e-6)

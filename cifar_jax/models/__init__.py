@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cifar_jax import fields as spec
 from cifar_jax.errors import UserError
 from cifar_jax.models.airbench import (
     HEAD_INITS,
@@ -189,3 +190,53 @@ def minimum_input_side(model: nn.Module, channels: int, largest: int = 1024) -> 
     middle = (low + high) // 2
     low, high = (low, middle) if _initialises(model, middle, channels) else (middle, high)
   return high
+
+
+# ----------------------------------------------------------------------------
+# The config fields of the model.
+
+# Checks of fields several families share; a family's own are its class's FIELD_CHECKS, and a
+# field checked by neither is checked against the type of the class's default.
+COMMON_CHECKS = {
+    'dtype': spec.choice(tuple(DTYPES)),
+    'batch_norm_momentum': spec.number(0.0, below=1.0),
+    'batch_norm_epsilon': spec.number(above=0.0),
+}
+FIELDS = {
+    'model_init_examples': spec.Field(5000, spec.integer(1), 'images a data-dependent init sees'),
+    'model': spec.Field({'name': 'tutorial_cnn'}, lambda c, path: check_model_fields(c),
+                     'the model (name) and its fields'),
+}
+
+
+def check_config(c: spec.Checker) -> None:
+  spec.check_section(c, '', FIELDS)
+
+
+def check_model_fields(c: spec.Checker) -> None:
+  """config.model: a known model and its fields, each in range."""
+  name = c.text('model.name')
+  cls = model_class(name)  # an unknown name is model_class's sentence
+  accepted = model_fields(name)
+  # A model from outside means by its fields what its author says: its own checks, and types.
+  checks = {'dtype': COMMON_CHECKS['dtype']} if is_external(name) else dict(COMMON_CHECKS)
+  checks.update(getattr(cls, 'FIELD_CHECKS', {}))
+  c.groups.add('model')
+  for field, value in c.config.model.items():
+    if field == 'name':
+      continue
+    if field not in accepted:
+      raise UserError(f'config.model does not fit model {name!r}: it has no field {field!r} '
+                      f'(its fields: {sorted(accepted)}).')
+    if field in checks:
+      checks[field](c, f'model.{field}')
+    elif (accepted[field] is not dataclasses.MISSING and accepted[field] is not None
+          and not isinstance(value, type(accepted[field]))):
+      raise UserError(f'config.model.{field} is {value!r}; model {name!r} takes a '
+                      f'{type(accepted[field]).__name__} there.')
+  required = sorted(field for field, default in accepted.items()
+                    if default is dataclasses.MISSING and field not in c.config.model)
+  if required:
+    raise UserError(f'Model {name!r} needs config.model.{required[0]} (it has no default); set '
+                    'it in the config.')
+

@@ -8,20 +8,21 @@ BatchNorm whose statistics live in the `batch_stats` collection.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cifar_jax import fields as spec
 from cifar_jax.models.layers import (
-    BatchNorm,
-    dirac_init,
-    max_pool_2x2,
-    pytorch_default_bias,
-    pytorch_default_uniform,
-    unit_std_init,
+  BatchNorm,
+  dirac_init,
+  max_pool_2x2,
+  pytorch_default_bias,
+  pytorch_default_uniform,
+  unit_std_init,
 )
 from cifar_jax.parallel import AXIS_NAME
 
@@ -73,6 +74,12 @@ class Airbench94(nn.Module):
   in_channels outputs (`dirac_init`); GELU is the exact (erf) one, as
   PyTorch's `nn.GELU()`.
   """
+
+  # Range checks of config.model's fields (models.check_config; the rest by type).
+  FIELD_CHECKS: ClassVar[dict] = {
+      'widths': spec.positive_integers(), 'whiten_patch_size': spec.integer(1),
+      'whiten_eps': spec.number(above=0.0), 'whiten_bias_init': spec.choice(WHITEN_BIAS_INITS),
+      'head_multiplier': spec.number(above=0.0), 'head_init': spec.choice(HEAD_INITS)}
 
   num_classes: int = 10
   widths: tuple[int, ...] = (64, 256, 256)

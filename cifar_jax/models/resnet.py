@@ -34,19 +34,20 @@ parameters and `PreActResNet` 11,171,146, as the PyTorch models
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cifar_jax import fields as spec
 from cifar_jax.models.layers import (
-    BatchNorm,
-    at_least_float32,
-    global_average_pool,
-    pytorch_conv,
-    pytorch_default_bias,
-    pytorch_default_uniform,
+  BatchNorm,
+  at_least_float32,
+  global_average_pool,
+  pytorch_conv,
+  pytorch_default_bias,
+  pytorch_default_uniform,
 )
 from cifar_jax.parallel import AXIS_NAME
 
@@ -64,6 +65,10 @@ _EXPANSION = {'basic': 1, 'bottleneck': 4}
 
 class _Family(nn.Module):
   """The fields and the pieces both ResNets share."""
+
+  # Range checks of config.model's fields (models.check_config; the rest by type).
+  FIELD_CHECKS: ClassVar[dict] = {
+      'depth': spec.choice(sorted(DEPTHS)), 'width': spec.integer(1), 'stem': spec.choice(STEMS)}
 
   num_classes: int = 10
   depth: int = 18  # a key of DEPTHS

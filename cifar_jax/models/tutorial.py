@@ -21,12 +21,13 @@ other.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cifar_jax import fields as spec
 from cifar_jax.models.layers import max_pool, reference_max_pool
 
 
@@ -68,6 +69,11 @@ FORMULATIONS = ('fast', 'reference')
 
 class TutorialCNN(nn.Module):
   """The tutorial's network; widths are configurable for tiny test models."""
+
+  # Range checks of config.model's fields (models.check_config; the rest by type).
+  FIELD_CHECKS: ClassVar[dict] = {
+      'conv_features': spec.integer(1), 'local3_features': spec.integer(1),
+      'local4_features': spec.integer(1), 'formulation': spec.choice(FORMULATIONS)}
 
   num_classes: int = 10
   conv_features: int = 64

@@ -26,19 +26,21 @@ WRN-28-10 has 36,479,194 parameters, WRN-16-4 2,748,890 and WRN-16-8
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cifar_jax import fields as spec
+from cifar_jax.errors import UserError
 from cifar_jax.models.layers import (
-    BatchNorm,
-    at_least_float32,
-    global_average_pool,
-    kaiming_normal_fan_out,
-    pytorch_conv,
-    pytorch_default_uniform,
+  BatchNorm,
+  at_least_float32,
+  global_average_pool,
+  kaiming_normal_fan_out,
+  pytorch_conv,
+  pytorch_default_uniform,
 )
 from cifar_jax.parallel import AXIS_NAME
 
@@ -48,8 +50,20 @@ def blocks_per_group(depth: int) -> int:
   return (depth - 4) // 6
 
 
+def _check_depth(c: spec.Checker, path: str) -> int:
+  depth = c.integer(path, 10)
+  if (depth - 4) % 6:
+    raise UserError(f'config.{path} is {depth}; a Wide ResNet has depth 6n + 4 (16, 22, 28, '
+                    '40, ...): two convolutions per block, three groups of n blocks.')
+  return depth
+
+
 class WideResNet(nn.Module):
   """WRN-depth-width_factor."""
+
+  # Range checks of config.model's fields (models.check_config; the rest by type).
+  FIELD_CHECKS: ClassVar[dict] = {
+      'depth': _check_depth, 'width_factor': spec.integer(1), 'stem_width': spec.integer(1)}
 
   num_classes: int = 10
   depth: int = 28  # 6n + 4

@@ -2,14 +2,22 @@
 
   python tests/data/old_runs/make_old_runs.py tests/data/old_runs   # from the repository root
 """
-import json, os, shutil, sys
+import json
+import os
+import shutil
+import sys
+
 sys.path.insert(0, os.getcwd())
-from cifar_jax import experiment, evaluate
+from cifar_jax import evaluate, experiment
+
 TINY = {'dataset.synthetic_train_size': 256, 'dataset.synthetic_test_size': 100,
-        'per_device_batch_size': 16, 'num_train_steps': 80, 'checkpoint_every_steps': 80, 'learning_rate': 0.1, 'dataset.synthetic_num_classes': 4,
+        'per_device_batch_size': 16, 'num_train_steps': 80, 'checkpoint_every_steps': 80,
+        'learning_rate': 0.1,
+        'dataset.synthetic_num_classes': 4,
         'keep_checkpoints': 1, 'log_every_steps': 10, 'histogram_every_steps': 30,
         'eval_every_steps': 0, 'compilation_cache_dir': '', 'eval.run_once': True}
-SMOKE = {**TINY, 'model.conv_features': 4, 'model.local3_features': 8, 'model.local4_features': 8}
+SMOKE = {**TINY, 'model.conv_features': 4, 'model.local3_features': 8,
+         'model.local4_features': 8}
 RUNS = {
   'single': ('smoke.py', SMOKE),
   'replicas': ('smoke.py', {**SMOKE, 'num_replicas': 2}),
@@ -32,7 +40,8 @@ for name, (recipe, overrides) in RUNS.items():
   shutil.rmtree(os.path.join(workdir, 'eval'), ignore_errors=True)
 print(json.dumps(scores, indent=1))
 sys.path.insert(0, 'benchmarks')
-from bit_identity import fingerprint
+from bit_identity import fingerprint  # noqa: E402
+
 for name in RUNS:
   run = experiment.load_checkpoint(os.path.join(out, name))
   scores[name]['fingerprints'] = {'params': fingerprint(run.state.params),
