@@ -97,7 +97,7 @@ def build(config: ml_collections.ConfigDict, train_split: datasets.Split | None 
   elif image_shape is None:
     image_shape = (*(datasets.configured_image_size(config) or (32, 32)),
                    config.dataset.channels or 3)
-  model = models.create_model(config.model, num_classes)
+  model = models.create_model(config.model, num_classes, in_channels=image_shape[-1])
   run_values = sweeps.run_values(config)
   pieces_of = functools.partial(_step_pieces, config, num_examples, global_batch,
                                 steps_per_epoch)

@@ -222,7 +222,9 @@ def load_checkpoint(workdir: str, step: int | None = None, replica: int | None =
         image_shape=trained.get('image_shape')).state)
   finally:
     manager.close()
-  model = models.create_model(loaded.config.model, len(loaded.dataset['class_names']))
+  image_shape = loaded.dataset.get('image_shape') or (32, 32, loaded.config.dataset.channels or 3)
+  model = models.create_model(loaded.config.model, len(loaded.dataset['class_names']),
+                              in_channels=image_shape[-1])
   checkpoint = Checkpoint(config=loaded.config, model=model, state=loaded.state, step=step,
                           class_names=list(loaded.dataset['class_names']),
                           image_shape=loaded.dataset.get('image_shape'))

@@ -199,7 +199,8 @@ def _check_model_structure(config: ml_collections.ConfigDict) -> None:
 @functools.lru_cache(maxsize=16)
 def _parameter_paths(model_json: str, crop_size: int, channels: int) -> tuple[str, ...]:
   """'module/param' of every parameter of the model (traced for shapes, nothing computed)."""
-  model = models.create_model(ml_collections.ConfigDict(json.loads(model_json)), num_classes=10)
+  model = models.create_model(ml_collections.ConfigDict(json.loads(model_json)), num_classes=10,
+                             in_channels=channels)
   # Abstract arguments: nothing is computed and no backend starts (a multi-process run
   # joins its peers after this check, before JAX may touch a device).
   variables = jax.eval_shape(model.init, jax.ShapeDtypeStruct((2,), jnp.uint32),

@@ -49,6 +49,7 @@ from cifar_jax.models.airbench import (
     image_patches,
     whitening_kernel,
 )
+from cifar_jax.models import nnx_models
 from cifar_jax.models.layers import (
     BatchNorm,
     dirac_init,
@@ -94,7 +95,7 @@ def is_external(name: str) -> bool:
   return ':' in name
 
 
-def _import_external(name: str) -> Callable[..., nn.Module]:
+def _import_external(name: str) -> Callable[..., nn.Module]:  # (or an nnx.Module class)
   module_name, _, class_name = name.partition(':')
   where = (f"config.model.name is {name!r}, a model outside cifar_jax ('package.module:"
            "ClassName')")
@@ -105,9 +106,16 @@ def _import_external(name: str) -> Callable[..., nn.Module]:
                     'put its folder on PYTHONPATH, in the trainer and the evaluator '
                     'alike.') from None
   model = getattr(module, class_name, None)
+  if nnx_models.is_nnx_model(model):
+    missing = nnx_models.missing_contract(model)
+    if missing:
+      raise UserError(f'{where}, but {class_name}.__init__ takes no {", ".join(missing)}; the '
+                      'NNX model contract (docs/development.md, "Adding a model") needs '
+                      'num_classes, in_channels and rngs.')
+    return model
   if not (inspect.isclass(model) and issubclass(model, nn.Module)):
     raise UserError(f'{where}, but {module_name} has no flax module {class_name!r}; name a '
-                    'flax.linen.Module subclass there.')
+                    'flax.linen.Module or flax.nnx.Module subclass there.')
   fields = {f.name for f in dataclasses.fields(model)}
   if 'num_classes' not in fields:
     raise UserError(f'{where}, but {class_name} has no num_classes field; the model contract '
@@ -130,12 +138,19 @@ def model_class(name: str) -> Callable[..., nn.Module]:
 
 def model_fields(name: str) -> dict[str, Any]:
   """{field: default (dataclasses.MISSING if none)} that `config.model` may set."""
-  return {f.name: f.default for f in dataclasses.fields(model_class(name))
+  cls = model_class(name)
+  if nnx_models.is_nnx_model(cls):
+    return nnx_models.options(cls)
+  return {f.name: f.default for f in dataclasses.fields(cls)
           if f.name not in _NOT_OPTIONS and f.init}
 
 
-def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  """The model `model_config.name` names, the other fields its arguments (a valid config)."""
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int,
+                 in_channels: int = 3) -> nn.Module:
+  """The model `model_config.name` names, the other fields its arguments (a valid config).
+
+  An NNX model comes as a Linen module (`nnx_models.as_linen`), built for `in_channels`.
+  """
   options = dict(model_config)
   name = options.pop('name')
   if 'dtype' in options:
@@ -144,6 +159,8 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> n
     if isinstance(value, list):  # tuples come back from JSON (saved configs) as lists
       options[key] = tuple(value)
   model = model_class(name)
+  if nnx_models.is_nnx_model(model):
+    return nnx_models.as_linen(model, num_classes, in_channels, options)
   if is_external(name) and 'axis_name' in {f.name for f in dataclasses.fields(model)}:
     options['axis_name'] = AXIS_NAME  # the registered models default to it
   return model(num_classes=num_classes, **options)
