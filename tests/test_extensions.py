@@ -77,7 +77,8 @@ class Stripes:
     labels = np.repeat(np.arange(3), count).astype(np.int32)
     rows = np.arange(32)[None, :, None, None]
     period = labels[:, None, None, None] + 2
-    images = np.where((rows // period) % 2 == 0, 200, 40) + rng.integers(0, 20, (len(labels), 1, 32, 3))
+    noise = rng.integers(0, 20, (len(labels), 1, 32, 3))
+    images = np.where((rows // period) % 2 == 0, 200, 40) + noise
     images = np.broadcast_to(images, (len(labels), 32, 32, 3)).astype(np.uint8)
     return datasets.Split(images, labels, ('two', 'three', 'four'))
 ''',

@@ -42,20 +42,20 @@ import ml_collections
 
 from cifar_jax import fields as spec
 from cifar_jax.errors import UserError
-from cifar_jax.models.airbench import (
-    HEAD_INITS,
-    WHITEN_BIAS_INITS,
-    Airbench94,
-    image_patches,
-    whitening_kernel,
-)
 from cifar_jax.models import nnx_models
+from cifar_jax.models.airbench import (
+  HEAD_INITS,
+  WHITEN_BIAS_INITS,
+  Airbench94,
+  image_patches,
+  whitening_kernel,
+)
 from cifar_jax.models.layers import (
-    BatchNorm,
-    dirac_init,
-    max_pool,
-    max_pool_2x2,
-    pytorch_default_uniform,
+  BatchNorm,
+  dirac_init,
+  max_pool,
+  max_pool_2x2,
+  pytorch_default_uniform,
 )
 from cifar_jax.models.resnet import DEPTHS, STEMS, PreActResNet, ResNet
 from cifar_jax.models.tutorial import FORMULATIONS, TutorialCNN, local_response_normalization
