@@ -69,10 +69,10 @@ def train_from_map(path: str, steps: int, batch: int, steps_per_call: int) -> di
   """Trains the tutorial net from the memory-mapped split at `path`; figures."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from cifar_jax import builder, datasets, loop, parallel, validation  # noqa: E401
+  from cifar_jax import builder, decoded_cache, loop, parallel, validation  # noqa: E401
   from experiments import cifar10  # pylint: disable=g-import-not-at-top
 
-  split = datasets.read_cached_split(path)
+  split = decoded_cache.read_cached_split(path)
   assert isinstance(split.images, np.memmap)
   config = cifar10.get_config()
   config.dataset.source = 'synthetic'  # the split is given; the source fields go unused

@@ -36,7 +36,7 @@ import numpy as np
 from cifar_jax import (
   augmentations,
   builder,
-  checkpoints,
+  checkpointer,
   datasets,
   input_pipeline,
   lifecycle,
@@ -60,7 +60,7 @@ class Run:
   setup: builder.Setup
   train_split: datasets.Split
   devices: list[jax.Device]
-  checkpointer: checkpoints.Checkpointer
+  checkpointer: checkpointer.Checkpointer
   writer: summaries.Writer  # WORKDIR's; drops everything off process 0
   startup: loop.Startup
   start_step: int

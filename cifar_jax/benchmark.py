@@ -88,14 +88,11 @@ flags.DEFINE_integer('synthetic_eval_size', 10_000, 'Eval examples with --synthe
 flags.DEFINE_integer('matmul_size', 2048, 'Side of the float32 matmul timed as a yardstick.')
 flags.DEFINE_bool('pytorch', False, 'Also time the network in PyTorch (needs torch).')
 flags.DEFINE_string('pytorch_python', sys.executable, 'The Python that runs the PyTorch half.')
+flags.DEFINE_string('pytorch_references', 'benchmarks', 'The folder of the PyTorch reference '
+                    'scripts: benchmarks/ of a cifar_jax checkout (the package has none).')
 flags.DEFINE_bool('verbose', False, 'Show the INFO log on the terminal too.')
 flags.mark_flags_as_required(['config'])
 
-_BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           'benchmarks')
-PYTORCH_REFERENCE = os.path.join(_BENCHMARKS, 'pytorch_reference.py')
-AIRBENCH_REFERENCE = os.path.join(_BENCHMARKS, 'airbench_reference.py')
-RESNET_REFERENCE = os.path.join(_BENCHMARKS, 'resnet_reference.py')
 RESNET_FAMILIES = ('resnet', 'preact_resnet', 'wide_resnet')
 
 
@@ -292,29 +289,34 @@ def _peak_device_mib(devices: list[jax.Device]) -> float | None:
   return sum(peaks) / 2**20 if all(p is not None for p in peaks) else None
 
 
-def _pytorch_command(config: ml_collections.ConfigDict, steps: int, repeats: int
-                     ) -> list[str]:
-  """The reference script's arguments for this config's network and batch."""
+def _pytorch_command(config: ml_collections.ConfigDict, steps: int, repeats: int,
+                     references: str = 'benchmarks') -> list[str]:
+  """The reference script (in the folder `references`) and its arguments for this config's
+  network and batch."""
   common = [f'--batch={config.per_device_batch_size}', f'--steps={steps}',
             f'--repeats={repeats}']
   if config.model.name == 'airbench94':
     recipe = ('airbench94_muon' if any(g.get('optimizer') == 'muon'
                                        for g in dict(config.optimizer_groups).values())
               else 'airbench94')
-    return [AIRBENCH_REFERENCE, '--speed', f'--recipe={recipe}', *common]
+    return [os.path.join(references, 'airbench_reference.py'), '--speed', f'--recipe={recipe}',
+            *common]
   if config.model.name in RESNET_FAMILIES:
     model = {k: v for k, v in config.model.items() if k != 'dtype'}
-    return [RESNET_REFERENCE, '--speed', f'--model={json.dumps(model)}',
-            f'--image_size={config.crop_size or 32}', *common]
-  return [PYTORCH_REFERENCE, f'--crop={config.crop_size}', *common]
+    return [os.path.join(references, 'resnet_reference.py'), '--speed',
+            f'--model={json.dumps(model)}', f'--image_size={config.crop_size or 32}', *common]
+  return [os.path.join(references, 'pytorch_reference.py'), f'--crop={config.crop_size}',
+          *common]
 
 
 def run_pytorch_reference(config: ml_collections.ConfigDict, steps: int, repeats: int,
-                          python: str = sys.executable) -> dict[str, float] | None:
-  """The PyTorch reference in its own process; None when torch is missing."""
-  command = _pytorch_command(config, steps, repeats)
+                          python: str = sys.executable, references: str = 'benchmarks'
+                          ) -> dict[str, float] | None:
+  """The PyTorch reference in its own process; None when torch or the script is missing."""
+  command = _pytorch_command(config, steps, repeats, references)
   if not os.path.exists(command[0]):
-    logging.warning('No %s in this installation; skipping PyTorch.', command[0])
+    logging.warning('No %s here; skipping PyTorch (run from a cifar_jax checkout or pass '
+                    '--pytorch_references=PATH/benchmarks).', command[0])
     return None
   result = subprocess.run([python, *command], capture_output=True, text=True, check=False)
   if result.returncode:
@@ -389,7 +391,8 @@ def main(argv):
   except UserError as e:
     cli.fail(str(e))
   print(format_figures(figures))
-  pytorch = (run_pytorch_reference(config, FLAGS.steps, FLAGS.repeats, FLAGS.pytorch_python)
+  pytorch = (run_pytorch_reference(config, FLAGS.steps, FLAGS.repeats, FLAGS.pytorch_python,
+                                   FLAGS.pytorch_references)
              if FLAGS.pytorch else None)
   print(machine_line(figures, pytorch), flush=True)
 

@@ -17,94 +17,34 @@ Sources, chosen by `config.dataset.source`:
 * ``synthetic``: deterministic generated images whose class is learnable, for
   smoke runs and tests.
 
-The cache (`config.dataset.cache_dir`; '' disables it, and splits are then
-held in memory) holds one folder per split, source state and image format:
-images.npy (memory-mapped), labels.npy, class_names.json.
+* ``'package.module:Name'``: a source outside the package (docs/development.md).
 
-Split expressions follow tfds slicing: ``train``, ``train[:90%]``,
-``train[4500:]``. For image folders the slice is taken within every class over
-the sorted file names, which gives a deterministic per-class holdout.
+Each is registered in `SOURCES` with the `config.dataset` fields it reads. The
+decoded cache is `decoded_cache`; a split and split expressions are `splits`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 import dataclasses
-import glob
-import hashlib
 import io
-import json
 import os
-import re
-import shutil
-import socket
 import tarfile
-import tempfile
-import threading
-from typing import Any
 import zlib
 
-from absl import logging
 import ml_collections
 import numpy as np
 
+from cifar_jax import decoded_cache, terminal, tfds_source
 from cifar_jax import fields as spec
 from cifar_jax import image_format as image_format_lib
-from cifar_jax import terminal
+from cifar_jax.decoded_cache import Allocate
 from cifar_jax.errors import UserError
 from cifar_jax.image_format import ImageFormat, decode_channels
 from cifar_jax.registry import Registry
+from cifar_jax.splits import SPLIT_RE, Split, parse_split, slice_items
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
-# Where tfds downloads CIFAR-10, SVHN and most other image datasets from.
-TFDS_DOWNLOAD_HOST = ('storage.googleapis.com', 443)
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-  """One split in host memory."""
-
-  images: np.ndarray  # uint8 [N, H, W, C]; a read-only memory map when read from the cache
-  labels: np.ndarray  # int32 [N]
-  class_names: tuple[str, ...]
-
-  @property
-  def num_examples(self) -> int:
-    return int(self.labels.shape[0])
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-  @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return tuple(int(d) for d in self.images.shape[1:])
-
-  def info(self) -> dict[str, Any]:
-    """What a checkpoint records of its training split (JSON): classes, size, image shape."""
-    return {'class_names': list(self.class_names), 'num_train_examples': self.num_examples,
-            'image_shape': list(self.image_shape)}
-
-
-def check_same_classes(trained: dict[str, Any], split: Split, what: str) -> None:
-  """Refuses `split` (`what` names it) unless its classes are the trained run's, in order.
-
-  `trained` is a checkpoint's dataset info (`Split.info`). Label k means class
-  `class_names[k]` of each split: scoring or training on other class names
-  (or the same names in another order) would give a figure that means
-  nothing, so it is one sentence instead.
-  """
-  expected = tuple(trained['class_names'])
-  if tuple(split.class_names) == expected:
-    return
-  only_trained = [n for n in expected if n not in split.class_names]
-  only_here = [n for n in split.class_names if n not in expected]
-  detail = (f'only in training: {only_trained}; only here: {only_here}'
-            if only_trained or only_here else 'the same names in another order')
-  raise UserError(
-      f'{what} has classes {list(split.class_names)} but the model was trained on '
-      f'{list(expected)} ({detail}), so its labels would mean other classes; use data with '
-      'the same class folders (or class names) as the training split.')
 
 
 def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
@@ -118,15 +58,15 @@ def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
   entry = SOURCES.get(dataset_config.source)
   image_format = ImageFormat.from_config(dataset_config)
   if entry.external:  # 'package.module:Name': its split, made one size and channel count
-    return _formatted(entry.target(dataset_config).load(split), image_format)
+    return decoded_cache.formatted(entry.target(dataset_config).load(split), image_format)
   source: Source = entry.target
   load = lambda allocate: source.load(dataset_config, split, image_format, allocate)  # noqa: E731
   cache_dir = dataset_config.get('cache_dir')
   if source.fingerprint is None or not cache_dir:
-    return load(_in_memory)
+    return load(decoded_cache.in_memory)
   key = '-'.join(filter(None, (dataset_config.source, source.cache_name(dataset_config), split,
                                image_format.key())))
-  return _cached(os.path.expanduser(cache_dir), key,
+  return decoded_cache.cached(os.path.expanduser(cache_dir), key,
                  lambda: source.fingerprint(dataset_config), load)
 
 
@@ -145,275 +85,6 @@ def load_eval_split(dataset_config: ml_collections.ConfigDict) -> Split:
     dataset_config = ml_collections.ConfigDict({**dataset_config.to_dict(),
                                                 'path': dataset_config.eval_path})
   return load_split(dataset_config, dataset_config.eval_split)
-
-
-# ----------------------------------------------------------------------------
-# The cache of decoded splits.
-
-
-def _tree_fingerprint(path: str) -> str | None:
-  """A hash of the names, sizes and modification times below `path` (None if absent)."""
-  if not path or not os.path.exists(path):
-    return None
-  digest = hashlib.sha256()
-  if os.path.isfile(path):
-    stat = os.stat(path)
-    digest.update(f'{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}'.encode())
-    return digest.hexdigest()[:16]
-  digest.update(os.path.abspath(path).encode())
-  for root, dirs, files in os.walk(path):
-    dirs.sort()
-    for file_name in sorted(files):
-      stat = os.stat(os.path.join(root, file_name))
-      relative = os.path.relpath(os.path.join(root, file_name), path)
-      digest.update(f'{relative}|{stat.st_size}|{stat.st_mtime_ns}\n'.encode())
-  return digest.hexdigest()[:16]
-
-
-def cache_path(cache_dir: str, key: str, fingerprint: str) -> str:
-  """The cache folder of `key` (readable, plus a hash: 'train[:10]' != 'train[10:]')."""
-  readable = re.sub(r'[^\w.%-]+', '_', key)
-  key_hash = hashlib.sha256(key.encode()).hexdigest()[:8]
-  return os.path.join(cache_dir, f'{readable}-{key_hash}-{fingerprint}')
-
-
-# Allocates the uint8 images [count, *shape] a loader decodes into.
-Allocate = Callable[[int, tuple[int, ...]], np.ndarray]
-
-
-def _in_memory(count: int, shape: tuple[int, ...]) -> np.ndarray:
-  return np.empty((count, *shape), np.uint8)
-
-
-class DamagedCacheError(UserError):
-  """A cache entry that cannot be what was written: a file cut short (a full disk, a killed
-  copy), missing or unreadable, or counts that disagree."""
-
-
-def read_cached_split(path: str) -> Split:
-  """The split in the cache entry (folder) `path`: its images memory-mapped, read-only.
-
-  Raises `DamagedCacheError` where the entry is damaged: NumPy checks each file's
-  size against the shape its header records when it maps or reads it.
-  """
-  try:
-    images = np.load(os.path.join(path, 'images.npy'), mmap_mode='r')
-    labels = np.load(os.path.join(path, 'labels.npy'))
-    with open(os.path.join(path, 'class_names.json')) as f:
-      class_names = tuple(json.load(f))
-  except (OSError, ValueError, EOFError) as e:  # JSONDecodeError is a ValueError
-    raise DamagedCacheError(f'The cached split in {path} is damaged ({type(e).__name__}: {e}); '
-                            'delete that folder and run again.') from e
-  if len(labels) != len(images) or (len(labels) and not 0 <= labels.min() <= labels.max()
-                                    < len(class_names)):
-    raise DamagedCacheError(f'The cached split in {path} is damaged ({len(images)} images, '
-                            f'{len(labels)} labels, {len(class_names)} classes); delete that '
-                            'folder and run again.')
-  return Split(images, labels, class_names)
-
-
-def _cached(cache_dir: str, key: str, fingerprint: Callable[[], str | None],
-            load: Callable[[Allocate], Split]) -> Split:
-  """The split of `key` from the cache, or loaded straight into a new cache entry.
-
-  The loader decodes into a memory map in a temporary folder of the cache,
-  renamed into place when complete: the images never need to fit in memory,
-  and an interrupted decode leaves no entry.
-  """
-  before = fingerprint()
-  if before is not None:
-    path = cache_path(cache_dir, key, before)
-    if os.path.isdir(path):
-      logging.info('Reading cached split %s from %s.', key, path)
-      try:
-        return read_cached_split(path)
-      except DamagedCacheError as e:
-        logging.warning('%s Decoding split %s again instead.', str(e).split(';')[0] + '.', key)
-        shutil.rmtree(path, ignore_errors=True)
-  os.makedirs(cache_dir, exist_ok=True)
-  temporary = tempfile.mkdtemp(dir=cache_dir, prefix='.writing-')
-  try:
-    images_path = os.path.join(temporary, 'images.npy')
-    split = load(lambda count, shape: np.lib.format.open_memmap(
-        images_path, 'w+', np.uint8, (count, *shape)))
-    after = fingerprint()  # tfds may have just prepared the data
-    if after is None:
-      return Split(np.array(split.images), split.labels, split.class_names)
-    if isinstance(split.images, np.memmap):
-      split.images.flush()
-    else:
-      np.save(images_path, split.images)
-    np.save(os.path.join(temporary, 'labels.npy'), split.labels)
-    with open(os.path.join(temporary, 'class_names.json'), 'w') as f:
-      json.dump(list(split.class_names), f)
-    del split
-    path = cache_path(cache_dir, key, after)
-    # Old entries of this key belong to an earlier state of the source.
-    for stale in set(glob.glob(cache_path(cache_dir, key, '*'))) - {path}:
-      shutil.rmtree(stale, ignore_errors=True) if os.path.isdir(stale) else os.remove(stale)
-    try:
-      os.replace(temporary, path)
-    except OSError:  # another process (a peer of a multi-process run) finished first
-      if not os.path.isdir(path):
-        raise
-    logging.info('Cached split %s in %s.', key, path)
-    return read_cached_split(path)
-  finally:
-    if os.path.isdir(temporary):
-      shutil.rmtree(temporary, ignore_errors=True)
-
-
-def _fill(count: int, read: Callable[[int, int], tuple[np.ndarray, int]],
-          image_format: ImageFormat, allocate: Allocate, what: str, channels: int = 0,
-          name: Callable[[int], str] | None = None) -> np.ndarray:
-  """Images [count, H, W, C]: `read(i, channels)` gives image i in the format and its own channels.
-
-  `name(i)` names image i in messages (default: its number in `what`).
-
-  The first image fixes the size (where the format keeps the data's) and the
-  channels (where it keeps the data's: a colour image after grey ones starts
-  the decoding again in colour, so that no colour is lost).
-  """
-  channels = channels or image_format.channels
-  first, native = read(0, channels)
-  channels = channels or native
-  images = allocate(count, first.shape)
-  images[0] = first
-  progress = terminal.ProgressLine(f'Decoding {what}', count, 'images')
-  for i in range(1, count):
-    image, native = read(i, channels)
-    if native > channels and not image_format.channels:
-      logging.info('%s mixes grey and colour images; decoding them all in colour.', what)
-      return _fill(count, read, image_format, allocate, what, channels=3, name=name)
-    if image.shape != first.shape:
-      name = name or (lambda k: f'Image {k} of {what}')
-      raise UserError(
-          f'{name(i)} is {image.shape[0]}x{image.shape[1]}, unlike {name(0)} '
-          f'({first.shape[0]}x{first.shape[1]}); set config.dataset.image_size (e.g. '
-          f'{first.shape[0]} or ({first.shape[0]}, {first.shape[1]})) to resize every image '
-          'when the split is loaded.')
-    images[i] = image
-    progress.update(i + 1)
-  progress.finish(count)
-  return images
-
-
-def _formatted(split: Split, image_format: ImageFormat) -> Split:
-  """`split` in `image_format` (for data generated in memory)."""
-  if not image_format.changes_images:
-    return split
-  images = _fill(split.num_examples, lambda i, channels: (
-      image_format.apply(split.images[i], channels), split.images.shape[-1]),
-      image_format, _in_memory, 'the generated images')
-  return Split(images, split.labels, split.class_names)
-
-
-# ----------------------------------------------------------------------------
-# Split expressions.
-
-SPLIT_RE = re.compile(r'^(?P<name>[\w-]+)(\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$')
-
-
-def parse_split(expression: str) -> tuple[str, str | None, str | None]:
-  """'train[:90%]' -> ('train', None, '90%')."""
-  match = SPLIT_RE.match(expression.replace(' ', ''))
-  if not match:
-    raise UserError(
-        f'Cannot parse split {expression!r}; write e.g. "train", "train[:90%]" or "train[4500:]".'
-    )
-  return match['name'], match['start'], match['stop']
-
-
-def _bound(value: str | None, length: int) -> int | None:
-  if value is None:
-    return None
-  if value.endswith('%'):
-    # Rounded like tfds' percent slicing.
-    return int(round(length * int(value[:-1]) / 100.0))
-  return int(value)
-
-
-def slice_items(items: list, start: str | None, stop: str | None) -> list:
-  """Applies a tfds-style slice (counts or percents) to a list."""
-  return items[_bound(start, len(items)) : _bound(stop, len(items))]
-
-
-# ----------------------------------------------------------------------------
-# tensorflow-datasets.
-
-
-def _download_server_reachable(timeout_s: float = 5.0) -> bool:
-  """True when tfds' download server accepts a connection within `timeout_s`.
-
-  Name resolution ignores socket timeouts, so the check runs in a daemon
-  thread that is abandoned (and cannot delay the exit) after `timeout_s`.
-  """
-  reachable = threading.Event()
-
-  def connect() -> None:
-    try:
-      with socket.create_connection(TFDS_DOWNLOAD_HOST, timeout=timeout_s):
-        reachable.set()
-    except OSError:
-      pass
-
-  thread = threading.Thread(target=connect, daemon=True)
-  thread.start()
-  thread.join(timeout_s)
-  return reachable.is_set()
-
-
-def _tfds_data_dir(data_dir: str | None) -> str:
-  """Where tfds keeps prepared datasets: data_dir, $TFDS_DATA_DIR or ~/tensorflow_datasets."""
-  return os.path.expanduser(
-      data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')
-
-
-def _load_tfds(name: str, split: str, data_dir: str | None, image_format: ImageFormat,
-               allocate: Allocate) -> Split:
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise UserError(
-        'config.dataset.source="tfds" needs tensorflow and tensorflow-datasets '
-        '(pip install tensorflow-cpu tensorflow-datasets), or use an image folder.'
-    ) from e
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise UserError(
-        f'tensorflow-datasets has no dataset {name!r}; check config.dataset.name.') from e
-  if not builder.is_prepared():
-    if not _download_server_reachable():
-      raise UserError(
-          f'tfds dataset {name!r} is not prepared in {builder.data_dir_root} and its '
-          f'download server {TFDS_DOWNLOAD_HOST[0]} cannot be reached (offline?): prepare it '
-          f'on a connected machine (python -m cifar_jax.main ... or '
-          f'tfds.builder({name!r}).download_and_prepare()) and copy ~/tensorflow_datasets '
-          'here (or point config.dataset.data_dir at it), or train from an image folder '
-          '(config.dataset.source="image_folder").'
-      )
-    builder.download_and_prepare()
-  what = f'split {split!r} of tfds dataset {name!r}'
-  dataset = builder.as_dataset(split=split, as_supervised=True)
-  image_key = (builder.info.supervised_keys or ('image',))[0]
-  if None not in builder.info.features[image_key].shape:
-    # One size: whole batches of 10,000 rather than batch_size=-1, which needs a
-    # known cardinality (and crashes TensorFlow on generated datasets).
-    dataset = dataset.batch(10_000)
-  else:  # images of many sizes: one at a time, each made the format's size
-    dataset = dataset.map(lambda image, label: (image[None], label[None]))
-  images, labels = [], []
-  for batch_images, batch_labels in tfds.as_numpy(dataset):
-    images.extend(batch_images)
-    labels.append(batch_labels)
-  if not images:
-    raise UserError(f'Split {split!r} of tfds dataset {name!r} is empty; check the split.')
-  channels = max(image.shape[-1] for image in images) if not image_format.channels else 0
-  filled = _fill(len(images), lambda i, c: (image_format.apply(images[i], c), images[i].shape[-1]),
-                 image_format, allocate, what, channels)
-  class_names = tuple(builder.info.features['label'].names)
-  return Split(filled, np.concatenate(labels).astype(np.int32), class_names)
 
 
 # ----------------------------------------------------------------------------
@@ -500,8 +171,9 @@ def _load_image_folder(path: str, split: str, image_format: ImageFormat, allocat
     labels += [label] * len(chosen)
   if not files:
     raise UserError(f'Split {split!r} of {path!r} selects no images; check the slice.')
-  images = _fill(len(files), lambda i, channels: _decode(*files[i], image_format, channels),
-                 image_format, allocate, f'split {split!r} of {path}',
+  images = decoded_cache.fill(
+      len(files), lambda i, channels: _decode(*files[i], image_format, channels),
+      image_format, allocate, f'split {split!r} of {path}',
                  name=lambda i: f'Image {files[i][0]}')
   return Split(images, np.asarray(labels, np.int32), class_names)
 
@@ -533,29 +205,6 @@ def _load_synthetic(dataset_config: ml_collections.ConfigDict, split: str) -> Sp
   index = slice_items(list(range(len(labels))), start, stop)
   class_names = tuple(f'class_{i}' for i in range(num_classes))
   return Split(images[index], labels[index], class_names)
-
-
-def describe(split: Split, name: str) -> str:
-  """Counts per class, image shape and pixel mean/std of a split, as text."""
-  counts = np.bincount(split.labels, minlength=split.num_classes)
-  # Exact moments from per-channel histograms of the uint8 values: no float copy.
-  channels = split.images.reshape(-1, split.images.shape[-1])
-  values = np.arange(256, dtype=np.float64)
-  means, stds = [], []
-  for c in range(channels.shape[1]):
-    histogram = np.bincount(channels[:, c], minlength=256) / channels.shape[0]
-    means.append(histogram @ values)
-    stds.append(np.sqrt(histogram @ (values - means[-1]) ** 2))
-  lines = [
-      f'{name}: {split.num_examples} images of shape {split.images.shape[1:]} '
-      f'({split.images.nbytes / 2**20:.1f} MiB as uint8), {split.num_classes} classes',
-      '  per-channel mean: ' + ', '.join(f'{m:.2f}' for m in means),
-      '  per-channel std:  ' + ', '.join(f'{s:.2f}' for s in stds),
-  ]
-  lines += [f'  {label:3d} {class_name:<20s} {count}'
-            for label, (class_name, count) in enumerate(zip(split.class_names, counts,
-                                                            strict=True))]
-  return '\n'.join(lines)
 
 
 # ----------------------------------------------------------------------------
@@ -621,10 +270,10 @@ SOURCES.register('tfds', fields={
     'name': spec.Field('cifar10', spec.text(), 'the tfds dataset'),
     'data_dir': spec.Field(None, spec.text(allow_none=True), "tfds' data_dir (None: the default)"),
 }, doc='a tensorflow-datasets dataset (needs TensorFlow)')(Source(
-    load=lambda config, split, image_format, allocate: _load_tfds(
+    load=lambda config, split, image_format, allocate: tfds_source.load(
         config.name, split, config.get('data_dir'), image_format, allocate),
-    fingerprint=lambda config: _tree_fingerprint(
-        os.path.join(_tfds_data_dir(config.get('data_dir')), config.name)),
+    fingerprint=lambda config: decoded_cache.tree_fingerprint(
+        os.path.join(tfds_source.data_dir(config.get('data_dir')), config.name)),
     cache_name=lambda config: config.name,
     label=lambda config, split, evaluation: f'split {split!r} of tfds dataset {config.name!r}',
     check_split=_check_tfds_split))
@@ -635,7 +284,7 @@ SOURCES.register('image_folder', fields={
 }, doc='ROOT/<split>/<class>/*.png|jpg|jpeg, or an archive of one')(Source(
     load=lambda config, split, image_format, allocate: _load_image_folder(
         config.path, split, image_format, allocate),
-    fingerprint=lambda config: _tree_fingerprint(config.path),
+    fingerprint=lambda config: decoded_cache.tree_fingerprint(config.path),
     cache_name=lambda config: os.path.basename(os.path.normpath(config.path or 'images')),
     label=lambda config, split, evaluation: (
         f'split {split!r} of {(config.get("eval_path") if evaluation else None) or config.path}'),
@@ -647,7 +296,7 @@ SOURCES.register('synthetic', fields={
     'synthetic_train_size': spec.Field(0, _check_synthetic_count, "split 'train''s examples"),
     'synthetic_test_size': spec.Field(0, _check_synthetic_count, "split 'test''s examples"),
 }, doc='generated images whose class is learnable, for smoke runs and tests')(Source(
-    load=lambda config, split, image_format, allocate: _formatted(
+    load=lambda config, split, image_format, allocate: decoded_cache.formatted(
         _load_synthetic(config, split), image_format),
     fingerprint=None,
     cache_name=lambda config: 'synthetic',

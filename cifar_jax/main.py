@@ -20,6 +20,7 @@ from cifar_jax import (
   evaluate,
   lifecycle,
   parallel,
+  splits,
   summaries,
   terminal,
   train,
@@ -50,9 +51,9 @@ flags.mark_flags_as_required(['config'])
 
 def describe_data(config) -> None:
   train_split = config.dataset.train_split
-  print(datasets.describe(datasets.load_split(config.dataset, train_split), train_split),
+  print(splits.describe(datasets.load_split(config.dataset, train_split), train_split),
         flush=True)
-  print(datasets.describe(datasets.load_eval_split(config.dataset), config.dataset.eval_split),
+  print(splits.describe(datasets.load_eval_split(config.dataset), config.dataset.eval_split),
         flush=True)
 
 

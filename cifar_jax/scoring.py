@@ -36,6 +36,7 @@ from cifar_jax import (
   parallel,
   placement,
   run_statistics,
+  splits,
   summaries,
   sweeps,
   train_step,
@@ -241,7 +242,7 @@ def check_eval_split(config: ml_collections.ConfigDict, split: datasets.Split,
   input_pipeline.EvalPreprocessing.from_config(config).check(
       split.image_shape, f'The images of {what}', (trained or {}).get('image_shape'))
   if trained is not None:
-    datasets.check_same_classes(trained, split, what[0].upper() + what[1:])
+    splits.check_same_classes(trained, split, what[0].upper() + what[1:])
 
 
 class Evaluator:

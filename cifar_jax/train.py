@@ -25,6 +25,7 @@ import ml_collections
 from cifar_jax import (
   actions,
   builder,
+  checkpointer,
   checkpoints,
   datasets,
   lifecycle,
@@ -61,25 +62,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     setup = builder.build(config, train_split, devices)
     config = setup.config  # its num_train_steps follow config.num_train_epochs, where set
     startup.lap('model')
-    checkpointer = stack.enter_context(
-        checkpoints.Checkpointer(workdir, config, train_split.info()))
-    state = checkpointer.restore_latest(setup.state)
+    saves = stack.enter_context(
+        checkpointer.Checkpointer(workdir, config, train_split.info()))
+    state = saves.restore_latest(setup.state)
     startup.lap('restore')
     if not _starting(state, config, workdir, setup, devices):
       return state
-    preemption = stack.enter_context(lifecycle.Preemption(checkpointer.reached_preemption))
-    run = actions.Run(config, workdir, setup, train_split, devices, checkpointer,
+    preemption = stack.enter_context(lifecycle.Preemption(saves.reached_preemption))
+    run = actions.Run(config, workdir, setup, train_split, devices, saves,
                       stack.enter_context(summaries.create_writer(workdir, enabled=_is_main())),
                       startup, step_number(state), preemption, evaluate_in_process, on_log)
     periodic = [stack.enter_context(action) for action in actions.create(run)]
     progress = loop.Progress(parallel.replicate(state, devices), step_number(state),
                              config.num_train_steps, setup.batches.examples_per_step,
-                             checkpointer.intact)
+                             saves.intact)
     feed = stack.enter_context(contextlib.closing(setup.feed(train_split)))
     startup.lap('devices and writers')
     # Multi-process runs only: a single process has no peers to wait for.
     watchdog = stack.enter_context(lifecycle.Watchdog(
-        config.collective_timeout_secs if jax.process_count() > 1 else 0, checkpointer.intact))
+        config.collective_timeout_secs if jax.process_count() > 1 else 0, saves.intact))
     loop.run(setup, progress, feed, config.steps_per_call, periodic, preemption, watchdog)
   if _is_main():
     checkpoints.mark_train_complete(workdir, config.num_train_steps)

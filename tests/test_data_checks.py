@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cifar_jax import datasets, evaluate, experiment, train
+from cifar_jax import datasets, evaluate, experiment, splits, train
 from cifar_jax.errors import UserError
 from tests.conftest import tiny_config
 
@@ -44,11 +44,11 @@ def test_check_same_classes_names_the_differences():
   with pytest.raises(UserError, match=r"test has classes \['c0', 'c1', 'zz'\] but the model was "
                                       r"trained on \['c0', 'c1', 'c2'\] \(only in training: "
                                       r"\['c2'\]; only here: \['zz'\]\)"):
-    datasets.check_same_classes(trained, split, 'test')
+    splits.check_same_classes(trained, split, 'test')
   reordered = datasets.Split(split.images, split.labels, ('c1', 'c0', 'c2'))
   with pytest.raises(UserError, match='the same names in another order'):
-    datasets.check_same_classes(trained, reordered, 'test')
-  datasets.check_same_classes(trained, datasets.Split(split.images, split.labels,
+    splits.check_same_classes(trained, reordered, 'test')
+  splits.check_same_classes(trained, datasets.Split(split.images, split.labels,
                                                       ('c0', 'c1', 'c2')), 'test')
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cifar_jax import datasets
+from cifar_jax import datasets, decoded_cache, splits, tfds_source
 from cifar_jax.errors import UserError
 from tests.conftest import tiny_config
 
@@ -126,7 +126,7 @@ def test_synthetic_is_deterministic_and_splits_differ():
 
 def test_tfds_cifar10_through_mock_data(monkeypatch):
   tfds = pytest.importorskip('tensorflow_datasets')
-  monkeypatch.setattr(datasets, '_download_server_reachable', lambda: True)
+  monkeypatch.setattr(tfds_source, '_download_server_reachable', lambda: True)
   config = tiny_config()
   config.dataset.source = 'tfds'
   config.dataset.name = 'cifar10'
@@ -147,7 +147,7 @@ def test_tfds_offline_fails_fast_with_directions(monkeypatch, tmp_path, network)
       time.sleep(60)
     raise OSError('Network is unreachable')
 
-  monkeypatch.setattr(datasets.socket, 'create_connection', unreachable)
+  monkeypatch.setattr(tfds_source.socket, 'create_connection', unreachable)
   config = tiny_config()
   config.dataset.source = 'tfds'
   config.dataset.name = 'cifar10'
@@ -188,7 +188,7 @@ def test_cache_hit_miss_and_invalidation(tmp_path, monkeypatch):
 
 def test_tfds_svhn_through_mock_data(monkeypatch):
   tfds = pytest.importorskip('tensorflow_datasets')
-  monkeypatch.setattr(datasets, '_download_server_reachable', lambda: True)
+  monkeypatch.setattr(tfds_source, '_download_server_reachable', lambda: True)
   from experiments import svhn  # pylint: disable=g-import-not-at-top
   config = svhn.get_config()
   config.dataset.cache_dir = ''
@@ -202,7 +202,7 @@ def test_describe_counts_and_moments():
   images[:2] = 10
   images[2:, ..., 0] = 30
   split = datasets.Split(images, np.array([0, 0, 1, 2], np.int32), ('a', 'b', 'c'))
-  text = datasets.describe(split, 'train')
+  text = splits.describe(split, 'train')
   assert 'train: 4 images of shape (2, 2, 3)' in text
   assert 'per-channel mean: 20.00, 5.00, 5.00' in text
   assert 'per-channel std:  10.00, 5.00, 5.00' in text
@@ -298,8 +298,8 @@ def test_a_damaged_cache_entry_is_discarded_and_rebuilt_with_one_warning(tmp_pat
     np.save(entry / 'labels.npy', np.zeros(3, np.int32))
   else:
     os.remove(entry / 'class_names.json')
-  with pytest.raises(datasets.DamagedCacheError, match=r'is damaged .*; delete that folder'):
-    datasets.read_cached_split(str(entry))
+  with pytest.raises(decoded_cache.DamagedCacheError, match=r'is damaged .*; delete that folder'):
+    decoded_cache.read_cached_split(str(entry))
   caplog.clear()
   again = datasets.load_split(config, 'train')
   np.testing.assert_array_equal(again.images, first)
@@ -336,7 +336,7 @@ def test_short_decoding_is_silent(tmp_path, capsys):
     ('mnist', (28, 28, 1), 10)])
 def test_tfds_datasets_of_one_size_through_mock_data(monkeypatch, name, shape, num_classes):
   tfds = pytest.importorskip('tensorflow_datasets')
-  monkeypatch.setattr(datasets, '_download_server_reachable', lambda: True)
+  monkeypatch.setattr(tfds_source, '_download_server_reachable', lambda: True)
   config = tiny_config()
   config.dataset.source = 'tfds'
   config.dataset.name = name
@@ -351,7 +351,7 @@ def test_tfds_datasets_of_one_size_through_mock_data(monkeypatch, name, shape, n
 
 def test_tfds_images_of_many_sizes_are_resized_when_loaded(monkeypatch):
   tfds = pytest.importorskip('tensorflow_datasets')
-  monkeypatch.setattr(datasets, '_download_server_reachable', lambda: True)
+  monkeypatch.setattr(tfds_source, '_download_server_reachable', lambda: True)
   config = tiny_config()
   config.dataset.source = 'tfds'
   config.dataset.name = 'oxford_flowers102'  # mock_data draws each image's size

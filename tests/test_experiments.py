@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cifar_jax import builder, datasets, sweeps, train, validation
+from cifar_jax import builder, sweeps, tfds_source, train, validation
 from cifar_jax.errors import UserError
 from tests.conftest import REPO_ROOT, tiny_config
 
@@ -29,7 +29,7 @@ def test_config_is_valid_and_builds_a_model_and_optimizer(name):
 
 def test_svhn_trains_and_evaluates_on_mock_data(tmp_path, monkeypatch):
   tfds = pytest.importorskip('tensorflow_datasets')
-  monkeypatch.setattr(datasets, '_download_server_reachable', lambda: True)
+  monkeypatch.setattr(tfds_source, '_download_server_reachable', lambda: True)
   config = tiny_config(importlib.import_module('experiments.svhn').get_config(),
                        num_train_steps=6, checkpoint_every_steps=6, **{'eval.batch_size': 16})
   with tfds.testing.mock_data(num_examples=40):
