@@ -76,14 +76,9 @@ def pipeline_and_step(config):
   """(setup, split, its data on one device, the mapped batch maker, the mapped train_step)."""
   import functools  # pylint: disable=import-outside-toplevel
 
-  from cifar_jax import (  # pylint: disable=import-outside-toplevel
-    augmentations,
-    builder,
-    datasets,
-    input_pipeline,
-    parallel,
-    train_step,
-  )
+  from cifar_jax.core import parallel
+  from cifar_jax.data import augmentations, datasets, input_pipeline
+  from cifar_jax.training import builder, train_step
 
   devices = parallel.select_devices(1)
   split = datasets.load_split(config.dataset, config.dataset.train_split)
@@ -106,13 +101,10 @@ def export_jax(recipe: str, path: str, batch: int, init_examples: int,
 
   import jax  # pylint: disable=import-outside-toplevel
 
-  from cifar_jax import (  # pylint: disable=import-outside-toplevel
-    experiment,
-    input_pipeline,
-    models,
-    parallel,
-    train_step,
-  )
+  from cifar_jax import experiment, models
+  from cifar_jax.core import parallel
+  from cifar_jax.data import input_pipeline
+  from cifar_jax.training import train_step
 
   config = experiment.load_config(os.path.join(REPO_ROOT, RECIPES[recipe]), {
       'dataset.source': 'synthetic', 'dataset.synthetic_train_size': 4 * batch,
@@ -532,7 +524,8 @@ def export_splits(config_path: str, overrides: dict, path: str, seed: int = 0) -
   CIFAR-10; image folders are ordered by class, hence the shuffle.
   """
   sys.path.insert(0, REPO_ROOT)
-  from cifar_jax import datasets, experiment  # pylint: disable=import-outside-toplevel
+  from cifar_jax import experiment  # pylint: disable=import-outside-toplevel
+  from cifar_jax.data import datasets  # pylint: disable=import-outside-toplevel
 
   config = experiment.load_config(os.path.join(REPO_ROOT, config_path), overrides)
   train_split = datasets.load_split(config.dataset, config.dataset.train_split)

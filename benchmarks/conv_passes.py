@@ -64,7 +64,7 @@ def jax_times(batch: int, repeats: int, variant: str) -> dict[str, dict[str, flo
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from cifar_jax import parallel  # pylint: disable=import-outside-toplevel
+  from cifar_jax.core import parallel  # pylint: disable=import-outside-toplevel
   from cifar_jax.models import layers  # pylint: disable=import-outside-toplevel
 
   options = {} if variant == 'xla_default' else parallel.compiler_options('cpu')

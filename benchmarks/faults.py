@@ -45,7 +45,8 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from cifar_jax import checkpoints, summaries  # noqa: E402  pylint: disable=g-import-not-at-top
+from cifar_jax.core import summaries  # noqa: E402  pylint: disable=g-import-not-at-top
+from cifar_jax.workdir import checkpoints  # noqa: E402  pylint: disable=g-import-not-at-top
 
 TRAINING_MARK = 'First step (compilation included)'
 PREEMPTED = re.compile(r'preempted at step (\d+); checkpoint saved in ')

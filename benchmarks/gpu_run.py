@@ -53,7 +53,7 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from cifar_jax import summaries  # noqa: E402  pylint: disable=g-import-not-at-top  (no JAX)
+from cifar_jax.core import summaries  # noqa: E402  pylint: disable=g-import-not-at-top  (no JAX)
 
 # (number, name, share of the budget left, minimum seconds to start).
 PARTS = ((0, 'install', 0.10, 20), (1, 'environment', 0.03, 5), (2, 'airbench94', 0.20, 20),

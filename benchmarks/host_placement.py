@@ -69,7 +69,10 @@ def train_from_map(path: str, steps: int, batch: int, steps_per_call: int) -> di
   """Trains the tutorial net from the memory-mapped split at `path`; figures."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from cifar_jax import builder, decoded_cache, loop, parallel, validation  # noqa: E401
+  from cifar_jax.config import validation  # noqa: E401
+  from cifar_jax.core import parallel  # noqa: E401
+  from cifar_jax.data import decoded_cache  # noqa: E401
+  from cifar_jax.training import builder, loop  # noqa: E401
   from experiments import cifar10  # pylint: disable=g-import-not-at-top
 
   split = decoded_cache.read_cached_split(path)

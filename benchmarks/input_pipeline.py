@@ -18,8 +18,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cifar_jax import augmentations, input_pipeline, parallel  # noqa: E402
-from cifar_jax.datasets import Split  # noqa: E402
+from cifar_jax.core import parallel  # noqa: E402
+from cifar_jax.data import augmentations, input_pipeline  # noqa: E402
+from cifar_jax.data.datasets import Split  # noqa: E402
 from experiments import cifar10  # noqa: E402
 
 

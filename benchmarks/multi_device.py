@@ -34,7 +34,10 @@ def measure(config_path: str, steps: int, repeats: int) -> dict:
   sys.path.insert(0, REPO_ROOT)
   import jax  # pylint: disable=g-import-not-at-top
 
-  from cifar_jax import builder, datasets, input_pipeline, parallel, validation  # noqa: E401
+  from cifar_jax.config import validation  # noqa: E401
+  from cifar_jax.core import parallel  # noqa: E401
+  from cifar_jax.data import datasets, input_pipeline  # noqa: E401
+  from cifar_jax.training import builder  # noqa: E401
 
   config = _load_config(config_path)
   config.dataset.source = 'synthetic'

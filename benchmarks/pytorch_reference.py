@@ -3,7 +3,7 @@ r"""The tutorial network's training step in PyTorch, for a side-by-side speed ch
   pip install torch==2.13.0   # not a dependency of cifar_jax
   python benchmarks/pytorch_reference.py [--batch=128] [--steps=30] [--repeats=5]
 
-The same computation as `cifar_jax.train.train_step` with the tutorial config:
+The same computation as `cifar_jax.run.train.train_step` with the tutorial config:
 conv 5x5x64 + ReLU, max-pool 3x3/2 with TF's 'SAME' padding (0 before, 1
 after), LRN (radius 4, bias 1, alpha 0.001/9 in TF's convention, beta 0.75),
 conv, ReLU, LRN, pool, dense 384 and 192 with ReLU, logits; softmax

@@ -102,11 +102,9 @@ def export_jax(network: str, path: str, batch: int, overrides: dict | None = Non
   import jax  # pylint: disable=import-outside-toplevel
 
   config = load_recipe(network, batch, overrides)
-  from cifar_jax import (  # pylint: disable=import-outside-toplevel
-    models,
-    parallel,
-    train_step,
-  )
+  from cifar_jax import models
+  from cifar_jax.core import parallel
+  from cifar_jax.training import train_step
 
   setup, _, data, make_batch, step = pipeline_and_step(config)
   devices = setup.devices
@@ -149,7 +147,7 @@ def _float64_pass(setup, state, images, labels, config, flat) -> dict[str, np.nd
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
 
-  from cifar_jax import train_step  # pylint: disable=import-outside-toplevel
+  from cifar_jax.training import train_step  # pylint: disable=import-outside-toplevel
 
   jax.config.update('jax_enable_x64', True)
   try:

@@ -1,17 +1,16 @@
 """cifar_jax: the TensorFlow CIFAR-10 tutorial as a JAX/Flax research codebase.
 
-Stages, in the order the data flows through them (docs/development.md):
+Layers, each importing only those above it in this list (docs/development.md, "Code map"):
 
-  validation      -> the one check of a config, at every entry
-  datasets        -> in-memory uint8 arrays from tfds, an image folder or synthetic data
-  input_pipeline  -> device-resident dataset, JAX augmentation, per-step batch indices
-  models          -> the tutorial network, airbench94, a registry by name
-  train_step      -> the pure `train_step` and one device's share of a call
-  builder         -> model, optimizer, schedule, state and mapped steps of a config
-  loop, actions   -> the training loop and its periodic actions
-  train           -> `train_and_evaluate`
-  checkpoints     -> Orbax checkpoints under WORKDIR/checkpoints
-  scoring         -> exact precision@1 on a whole split
-  evaluate        -> the evaluator process beside the trainer
-  summaries       -> log lines, JSON lines and TensorBoard summaries
+  core        -> errors, config fields and registries, sweeps, devices, terminal, writers
+  data        -> sources, the decoded cache, image format, device pipeline, augmentations
+  models      -> the model families, their registry, Linen and NNX models from outside
+  training    -> schedules, optimizers, state, the pure step, the builder, the loop
+  evaluation  -> exact scores on a whole split, statistics of groups of runs
+  config      -> the check of a whole config; old configs read in today's fields
+  workdir     -> checkpoints, the trainer's checkpointer, the one-trainer lock
+  run         -> `train_and_evaluate` and its periodic actions, the evaluator process
+
+and the entry points: `main` (the command line), `experiment` (the notebook API),
+`benchmark`, `compare`, `cli` (their flags).
 """

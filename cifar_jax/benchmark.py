@@ -57,23 +57,13 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_flags
 
-from cifar_jax import (
-  augmentations,
-  builder,
-  cli,
-  datasets,
-  input_pipeline,
-  loop,
-  parallel,
-  placement,
-  scoring,
-  sweeps,
-  terminal,
-  train_state,
-  train_step,
-  validation,
-)
-from cifar_jax.errors import UserError
+from cifar_jax import cli
+from cifar_jax.config import validation
+from cifar_jax.core import parallel, sweeps, terminal
+from cifar_jax.core.errors import UserError
+from cifar_jax.data import augmentations, datasets, input_pipeline
+from cifar_jax.evaluation import scoring
+from cifar_jax.training import builder, loop, placement, train_state, train_step
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to an experiments/*.py config file.',

@@ -44,8 +44,10 @@ import re
 
 from absl import app, flags
 
-from cifar_jax import cli, run_statistics, summaries, sweeps
-from cifar_jax.errors import UserError
+from cifar_jax import cli
+from cifar_jax.core import summaries, sweeps
+from cifar_jax.core.errors import UserError
+from cifar_jax.evaluation import run_statistics
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('tta', None, 'Compare the records of this test-time augmentation '

@@ -27,22 +27,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from cifar_jax import (
-  augmentations,
-  builder,
-  checkpoints,
-  datasets,
-  input_pipeline,
-  models,
-  scoring,
-  summaries,
-  sweeps,
-  train_state,
-  validation,
-)
 from cifar_jax import compare as compare_lib
-from cifar_jax import train as train_lib
-from cifar_jax.errors import UserError
+from cifar_jax import models
+from cifar_jax.config import validation
+from cifar_jax.core import summaries, sweeps
+from cifar_jax.core.errors import UserError
+from cifar_jax.data import augmentations, datasets, input_pipeline
+from cifar_jax.evaluation import scoring
+from cifar_jax.run import train as train_lib
+from cifar_jax.training import builder, train_state
+from cifar_jax.workdir import checkpoints
 
 
 def load_config(path: str, overrides: dict[str, Any] | None = None

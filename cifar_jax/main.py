@@ -13,20 +13,13 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from cifar_jax import (
-  builder,
-  cli,
-  datasets,
-  evaluate,
-  lifecycle,
-  parallel,
-  splits,
-  summaries,
-  terminal,
-  train,
-  validation,
-)
-from cifar_jax.errors import UserError, WriteError
+from cifar_jax import cli
+from cifar_jax.config import validation
+from cifar_jax.core import parallel, summaries, terminal
+from cifar_jax.core.errors import UserError, WriteError
+from cifar_jax.data import datasets, splits
+from cifar_jax.run import evaluate, train
+from cifar_jax.training import builder, lifecycle
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summaries and logs.')

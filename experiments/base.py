@@ -6,7 +6,7 @@ trains the tutorial's network on tfds CIFAR-10 with plain SGD at a constant
 learning rate: no augmentation (the full 32x32 image, per-image
 standardisation), no L2 penalty or weight decay, no EMA, no lookahead, no
 test-time augmentation. A recipe (`cifar10.py`, `airbench94.py`) imports this
-file and sets what it uses; `cifar_jax.validation` checks every field here.
+file and sets what it uses; `cifar_jax.config.validation` checks every field here.
 """
 
 import ml_collections
@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Decoded splits are cached here, memory-mapped (keyed by the source's files and the image
   # format below); '' disables: splits are then held in memory.
   config.dataset.cache_dir = '~/.cache/cifar_jax'
-  # Every image made one size when the split is loaded (cifar_jax/image_format.py): 0 keeps the
+  # Every image made one size when the split is loaded (cifar_jax/data/image_format.py): 0 keeps the
   # data's (which must then be one size), N is N x N, (height, width). Antialiased resizing:
   # bilinear | bicubic | lanczos | box; another aspect ratio is fitted by
   # crop (cover, cut the centre) | pad (fit, centre on black) | stretch.
@@ -37,8 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.resize_method = 'bilinear'
   config.dataset.resize_aspect = 'crop'
   config.dataset.channels = 0  # 0: the data's; 1 (grey) or 3 (colour) converts
-  # Where the training split lives (cifar_jax/placement.py): device (a copy on every device,
-  # batches gathered there) | host (host memory or the memory-mapped cache; each call's
+  # Where the training split lives (cifar_jax/training/placement.py): device (a copy on every
+  # device, batches gathered there) | host (host memory or the memory-mapped cache; each call's
   # batches gathered on the host and copied ahead of use) | auto (device when the split takes
   # at most a quarter of a device's memory). The same parameters either way, bit for bit.
   config.dataset.placement = 'auto'
@@ -76,7 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.contrast_lower = 0.2
   config.augment.contrast_upper = 1.8
   # Augmentations outside cifar_jax, 'package.module:Name', applied in order after those above;
-  # each adds its own fields to config.augment (cifar_jax/augmentations.py).
+  # each adds its own fields to config.augment (cifar_jax/data/augmentations.py).
   config.augment.extra = ()
 
   # A model by name (cifar_jax.models.MODELS: tutorial_cnn, airbench94, resnet, preact_resnet,
@@ -105,7 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
   # (batched: a convolution over the replicas' weights becomes a grouped one).
   config.num_replicas = 1
   config.replica_execution = 'loop'
-  # A sweep (cifar_jax/sweeps.py, docs/replicas.md): fields that enter the step as numbers
+  # A sweep (cifar_jax/core/sweeps.py, docs/replicas.md): fields that enter the step as numbers
   # (learning_rate, weight_decay, label_smoothing, ema.decay, ...), nested as the config, each
   # with a tuple of values, e.g. config.sweep.learning_rate = (0.05, 0.1, 0.2). Every point
   # (cross: every combination; zip: the i-th values together) trains num_replicas seeds, all in
@@ -122,7 +122,7 @@ def get_config() -> ml_collections.ConfigDict:
   # (start, count): a jax.profiler trace of steps start+1..start+count in WORKDIR/profile.
   config.profile_steps = ()
 
-  # The optimizer (cifar_jax/optimizers.py): sgd | momentum | muon | frozen, its peak
+  # The optimizer (cifar_jax/training/optimizers.py): sgd | momentum | muon | frozen, its peak
   # learning rate, and the schedule that scales it, chosen by name with that name's fields:
   #   constant | staircase_exponential (decay_factor, epochs_per_decay) | warmup_cosine
   #   (warmup_epochs) | linear_warmup_decay (warmup_fraction, start_scale, end_scale) |

@@ -28,7 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from cifar_jax import builder, checkpoints, datasets, parallel  # noqa: E402
+from cifar_jax.core import parallel  # noqa: E402
+from cifar_jax.data import datasets  # noqa: E402
+from cifar_jax.training import builder  # noqa: E402
+from cifar_jax.workdir import checkpoints  # noqa: E402
 from experiments import (  # noqa: E402
     airbench94_muon,
     airbench94_smoke,

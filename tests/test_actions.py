@@ -6,7 +6,9 @@ import types
 import numpy as np
 import pytest
 
-from cifar_jax import actions, loop, summaries, train
+from cifar_jax.core import summaries
+from cifar_jax.run import actions, train
+from cifar_jax.training import loop
 from tests.conftest import tiny_config
 
 

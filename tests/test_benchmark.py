@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from cifar_jax import benchmark
-from cifar_jax.errors import UserError
+from cifar_jax.core.errors import UserError
 from tests.conftest import REPO_ROOT, tiny_airbench_config, tiny_config
 
 

@@ -166,7 +166,7 @@ def test_host_placement_trains_from_a_memory_mapped_split(tmp_path):
 def test_make_image_folder_writes_a_folder_the_recipe_loads(tmp_path):
   _run([sys.executable, _script('make_image_folder.py'), f'--out={tmp_path}', '--per_class=3',
         '--min_size=20', '--max_size=30', '--grey'])
-  from cifar_jax import datasets  # pylint: disable=g-import-not-at-top
+  from cifar_jax.data import datasets  # pylint: disable=g-import-not-at-top
   from experiments import image_folder  # pylint: disable=g-import-not-at-top
   config = image_folder.get_config()
   config.dataset.path = str(tmp_path)

@@ -6,8 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from cifar_jax import builder, datasets, parallel, train_state
-from cifar_jax.errors import UserError
+from cifar_jax.core import parallel
+from cifar_jax.core.errors import UserError
+from cifar_jax.data import datasets
+from cifar_jax.training import builder, train_state
 from tests.conftest import run_steps, tiny_airbench_config, tiny_config
 
 STEPS, BATCH = 4, 16

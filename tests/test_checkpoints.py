@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from cifar_jax import checkpoints, train
-from cifar_jax.errors import UserError
+from cifar_jax.core.errors import UserError
+from cifar_jax.run import train
+from cifar_jax.workdir import checkpoints
 from tests.conftest import tiny_config
 
 
@@ -83,7 +84,8 @@ def test_every_file_of_a_checkpoint_is_checksummed_as_sha256sum_writes(trained):
 
 
 def test_a_corrupt_checkpoint_is_refused_skipped_and_resumed_around(tmp_path, caplog):
-  from cifar_jax import evaluate, experiment  # pylint: disable=g-import-not-at-top
+  from cifar_jax import experiment  # pylint: disable=g-import-not-at-top
+  from cifar_jax.run import evaluate  # pylint: disable=g-import-not-at-top
 
   workdir, straight = str(tmp_path / 'run'), str(tmp_path / 'straight')
   config = tiny_config(num_train_steps=20, checkpoint_every_steps=10)

@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from cifar_jax import compare, experiment, summaries
-from cifar_jax.errors import UserError
+from cifar_jax import compare, experiment
+from cifar_jax.core import summaries
+from cifar_jax.core.errors import UserError
 from tests.conftest import REPO_ROOT
 
 

@@ -13,8 +13,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cifar_jax import datasets, evaluate, experiment, splits, train
-from cifar_jax.errors import UserError
+from cifar_jax import experiment
+from cifar_jax.core.errors import UserError
+from cifar_jax.data import datasets, splits
+from cifar_jax.run import evaluate, train
 from tests.conftest import tiny_config
 
 

@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cifar_jax import datasets, decoded_cache, splits, tfds_source
-from cifar_jax.errors import UserError
+from cifar_jax.core.errors import UserError
+from cifar_jax.data import datasets, decoded_cache, splits, tfds_source
 from tests.conftest import tiny_config
 
 CLASSES = ('cat', 'dog', 'ship')

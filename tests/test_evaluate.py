@@ -7,9 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import evaluate, parallel, scoring, summaries, train, validation
-from cifar_jax.datasets import Split
-from cifar_jax.errors import UserError
+from cifar_jax.config import validation
+from cifar_jax.core import parallel, summaries
+from cifar_jax.core.errors import UserError
+from cifar_jax.data.datasets import Split
+from cifar_jax.evaluation import scoring
+from cifar_jax.run import evaluate, train
 from tests.conftest import tiny_config
 
 

@@ -9,17 +9,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cifar_jax import (
-  augmentations,
-  builder,
-  datasets,
-  experiment,
-  input_pipeline,
-  parallel,
-  scoring,
-  train_state,
-)
-from cifar_jax.errors import UserError
+from cifar_jax import experiment
+from cifar_jax.core import parallel
+from cifar_jax.core.errors import UserError
+from cifar_jax.data import augmentations, datasets, input_pipeline
+from cifar_jax.evaluation import scoring
+from cifar_jax.training import builder, train_state
 from tests.conftest import REPO_ROOT, restore_latest, tiny_airbench_config, tiny_config
 
 SMOKE = os.path.join(REPO_ROOT, 'experiments', 'smoke.py')
@@ -183,7 +178,8 @@ def test_a_checkpoint_of_replicas_gives_each_run_on_its_own(tmp_path):
 
 
 def test_a_checkpoint_of_an_unregistered_model_is_one_sentence(tmp_path, monkeypatch):
-  from cifar_jax import models, train  # pylint: disable=g-import-not-at-top
+  from cifar_jax import models  # pylint: disable=g-import-not-at-top
+  from cifar_jax.run import train  # pylint: disable=g-import-not-at-top
 
   class MyNet(models.TutorialCNN):  # a model registered by the code that trained it
     pass
@@ -225,7 +221,7 @@ class TinyNet(nn.Module):
 
 
 def test_a_model_outside_the_package_trains_is_saved_scored_and_loaded(tmp_path, monkeypatch):
-  from cifar_jax import evaluate, train  # pylint: disable=g-import-not-at-top
+  from cifar_jax.run import evaluate, train  # pylint: disable=g-import-not-at-top
 
   (tmp_path / 'my_models.py').write_text(_OUTSIDE_MODEL)
   monkeypatch.syspath_prepend(str(tmp_path))
@@ -270,7 +266,7 @@ class Broken(TinyNet):
     return nn.Dense(self.num_classes)(images.reshape(-1))[None].reshape(3, 3, 3)
 """)
   monkeypatch.syspath_prepend(str(tmp_path))
-  from cifar_jax import validation  # pylint: disable=g-import-not-at-top
+  from cifar_jax.config import validation  # pylint: disable=g-import-not-at-top
   for name, words in [('bad_models:Missing', 'has no flax module'),
                       ('bad_models:NoClasses', 'has no num_classes field'),
                       ('bad_models:Broken', 'cannot be built on')]:

@@ -9,8 +9,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cifar_jax import builder, sweeps, tfds_source, train, validation
-from cifar_jax.errors import UserError
+from cifar_jax.config import validation
+from cifar_jax.core import sweeps
+from cifar_jax.core.errors import UserError
+from cifar_jax.data import tfds_source
+from cifar_jax.run import train
+from cifar_jax.training import builder
 from tests.conftest import REPO_ROOT, tiny_config
 
 CONFIGS = sorted(os.path.basename(p)[:-3]

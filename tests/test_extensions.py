@@ -9,8 +9,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cifar_jax import augmentations, evaluate, experiment, schedules, train, validation
-from cifar_jax.errors import UserError
+from cifar_jax import experiment
+from cifar_jax.config import validation
+from cifar_jax.core.errors import UserError
+from cifar_jax.data import augmentations
+from cifar_jax.run import evaluate, train
+from cifar_jax.training import schedules
 from tests.conftest import tiny_config
 
 # Each string is one file of the fork, as docs/development.md describes them.
@@ -18,7 +22,7 @@ FORK_FILES = {
     'fork_schedule.py': '''
 """A one-cycle schedule: up linearly to the peak at `peak_fraction` of the run, down to 0."""
 import jax.numpy as jnp
-from cifar_jax import fields
+from cifar_jax.core import fields
 
 
 def one_cycle(schedule_fields, span):
@@ -38,7 +42,7 @@ one_cycle.FIELDS = {'peak_fraction': fields.Field(0.3, fields.number(0.0, 1.0),
 """Cutout (DeVries & Taylor, 2017): a random square of every training image set to grey."""
 import jax
 import jax.numpy as jnp
-from cifar_jax import fields
+from cifar_jax.core import fields
 
 
 class Cutout:
@@ -61,7 +65,8 @@ class Cutout:
     'fork_source.py': '''
 """Stripes: class k is horizontal stripes of period k + 2 (a source with no files)."""
 import numpy as np
-from cifar_jax import datasets, fields
+from cifar_jax.core import fields
+from cifar_jax.data import datasets
 
 
 class Stripes:
@@ -170,7 +175,7 @@ def test_a_wrong_extension_is_one_sentence(fork, field, value, words):
 
 def test_a_saved_config_gets_the_extensions_newer_fields_from_their_declarations(fork):
   """A checkpoint saved before the fork's Cutout gained a field reads it as its `before`."""
-  from cifar_jax import fields  # pylint: disable=g-import-not-at-top
+  from cifar_jax.core import fields  # pylint: disable=g-import-not-at-top
   cutout = sys.modules.get('fork_cutout') or __import__('fork_cutout')
   cutout.Cutout.FIELDS = {**cutout.Cutout.FIELDS,
                           'cutout_fill': fields.Field(0.0, fields.number(), before=127.5)}

@@ -4,8 +4,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cifar_jax import image_format
-from cifar_jax.image_format import ImageFormat
+from cifar_jax.data import image_format
+from cifar_jax.data.image_format import ImageFormat
 
 
 def _three_bands(height=40, width=80):

@@ -4,8 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from cifar_jax import augmentations, builder, input_pipeline, validation
-from cifar_jax.errors import UserError
+from cifar_jax.config import validation
+from cifar_jax.core.errors import UserError
+from cifar_jax.data import augmentations, input_pipeline
+from cifar_jax.training import builder
 from tests.conftest import run_steps, tiny_config
 
 
@@ -105,7 +107,8 @@ def test_the_network_follows_the_datas_size_and_channels(overrides):
 
 def test_channel_normalization_must_fit_the_channels():
   """Checked once, where the data are loaded (the images' channels are what they are then)."""
-  from cifar_jax import builder, datasets  # pylint: disable=g-import-not-at-top
+  from cifar_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  from cifar_jax.training import builder  # pylint: disable=g-import-not-at-top
   config = _config(**{'dataset.channels': 1, 'preprocess': 'channel_normalization'})
   validation.validate(config)
   split = datasets.load_split(config.dataset, config.dataset.train_split)
@@ -127,7 +130,8 @@ def test_whole_image_evaluation_refuses_another_size():
 
 
 def test_grey_images_of_another_size_train_score_and_predict_end_to_end(tmp_path):
-  from cifar_jax import experiment, train  # pylint: disable=g-import-not-at-top
+  from cifar_jax import experiment  # pylint: disable=g-import-not-at-top
+  from cifar_jax.run import train  # pylint: disable=g-import-not-at-top
   config = _config(**{'dataset.channels': 1, 'dataset.image_size': (24, 32), 'num_train_steps': 6,
                       'checkpoint_every_steps': 6, 'eval_every_steps': 6})
   train.train_and_evaluate(config, str(tmp_path))

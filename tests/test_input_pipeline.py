@@ -7,9 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from cifar_jax import augmentations, input_pipeline, parallel, validation
-from cifar_jax.datasets import Split
-from cifar_jax.errors import UserError
+from cifar_jax.config import validation
+from cifar_jax.core import parallel
+from cifar_jax.core.errors import UserError
+from cifar_jax.data import augmentations, input_pipeline
+from cifar_jax.data.datasets import Split
 from tests.conftest import tiny_config
 
 tf = pytest.importorskip('tensorflow')

@@ -7,6 +7,9 @@ import os
 from tests.conftest import REPO_ROOT
 
 PACKAGE = os.path.join(REPO_ROOT, 'cifar_jax')
+# The layers, lowest first: a module imports only from its own layer and those before it; the
+# entry points (cifar_jax/*.py: main, experiment, benchmark, compare, cli) come last.
+LAYERS = ('core', 'data', 'models', 'training', 'evaluation', 'config', 'workdir', 'run')
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
 
@@ -76,6 +79,19 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_module_imports_itself_back():
   assert cycles(import_graph()) == []
+
+
+def _layer(module: str) -> int:
+  parts = module.split('.')
+  return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else len(LAYERS)
+
+
+def test_every_arrow_points_down_the_layers():
+  graph = import_graph()
+  upward = [f'{module} -> {target}' for module, targets in sorted(graph.items())
+            for target in sorted(targets) if _layer(target) > _layer(module)]
+  assert not upward, f'imports from a higher layer (LAYERS: {LAYERS}): {upward}'
+  assert {_layer(module) for module in graph} == set(range(len(LAYERS) + 1))  # every layer used
 
 
 def test_no_module_is_longer_than_a_reader_takes_in():

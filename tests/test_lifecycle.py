@@ -5,7 +5,7 @@ import signal
 import subprocess
 import sys
 
-from cifar_jax import lifecycle
+from cifar_jax.training import lifecycle
 from tests.conftest import REPO_ROOT
 
 
@@ -29,7 +29,7 @@ def test_preempted_exit_status_is_128_plus_the_signal():
 
 def _run_watchdog(body):
   script = ('import time\n'
-            'from cifar_jax import lifecycle\n'
+            'from cifar_jax.training import lifecycle\n'
             'with lifecycle.Watchdog(1.0, lambda: "the checkpoint of step 5 is intact") as w:\n'
             f'{body}\n'
             'print("finished")\n')

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import loop
-from cifar_jax.errors import UserError
+from cifar_jax.core.errors import UserError
+from cifar_jax.training import loop
 
 
 def _ends(start, end, steps_per_call, periods):

@@ -16,7 +16,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cifar_jax import checkpoints, summaries, train
+from cifar_jax.core import summaries
+from cifar_jax.run import train
+from cifar_jax.workdir import checkpoints
 from tests import command_runner
 from tests.conftest import REPO_ROOT, restore_latest, tiny_config
 

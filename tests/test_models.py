@@ -9,8 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cifar_jax import models, validation
-from cifar_jax.errors import UserError
+from cifar_jax import models
+from cifar_jax.config import validation
+from cifar_jax.core.errors import UserError
 from tests.conftest import tiny_airbench_config, tiny_config
 
 

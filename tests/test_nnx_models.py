@@ -9,18 +9,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cifar_jax import (
-  builder,
-  datasets,
-  evaluate,
-  experiment,
-  loop,
-  models,
-  parallel,
-  train,
-  validation,
-)
-from cifar_jax.errors import UserError
+from cifar_jax import experiment, models
+from cifar_jax.config import validation
+from cifar_jax.core import parallel
+from cifar_jax.core.errors import UserError
+from cifar_jax.data import datasets
+from cifar_jax.run import evaluate, train
+from cifar_jax.training import builder, loop
 from tests.conftest import tiny_config
 
 MY_NNX = '''

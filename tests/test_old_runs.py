@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from cifar_jax import evaluate, experiment
+from cifar_jax import experiment
+from cifar_jax.run import evaluate
 from tests.conftest import REPO_ROOT
 
 sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))

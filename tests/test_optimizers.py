@@ -7,8 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-from cifar_jax import builder, optimizers, schedules, validation
-from cifar_jax.errors import UserError
+from cifar_jax.config import validation
+from cifar_jax.core.errors import UserError
+from cifar_jax.training import builder, optimizers, schedules
 from tests.conftest import tiny_airbench_config, tiny_family_config
 
 
@@ -193,7 +194,7 @@ def test_the_schedules_a_sweep_can_scale_are_optaxs():
 
 
 def test_a_given_top_level_field_that_groups_keep_their_own_of_is_said(caplog):
-  from cifar_jax import builder  # pylint: disable=g-import-not-at-top
+  from cifar_jax.training import builder  # pylint: disable=g-import-not-at-top
   from experiments import airbench94_muon  # pylint: disable=g-import-not-at-top
   config = airbench94_muon.get_config()
   builder.respect_given_fields(config, {'learning_rate', 'optimizer_groups.filters.learning_rate',

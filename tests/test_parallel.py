@@ -12,8 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from cifar_jax import parallel, train, validation
-from cifar_jax.errors import UserError
+from cifar_jax.config import validation
+from cifar_jax.core import parallel
+from cifar_jax.core.errors import UserError
+from cifar_jax.run import train
 from tests.conftest import REPO_ROOT, restore_latest, run_steps, tiny_airbench_config, tiny_config
 
 GLOBAL_BATCH = 16

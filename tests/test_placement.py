@@ -8,7 +8,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cifar_jax import builder, datasets, input_pipeline, parallel, placement, scoring, train
+from cifar_jax.core import parallel
+from cifar_jax.data import datasets, input_pipeline
+from cifar_jax.evaluation import scoring
+from cifar_jax.run import train
+from cifar_jax.training import builder, placement
 from tests.conftest import run_steps, tiny_airbench_config, tiny_config
 
 

@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from cifar_jax import train, validation
-from cifar_jax.errors import UserError
+from cifar_jax.config import validation
+from cifar_jax.core.errors import UserError
+from cifar_jax.run import train
 from tests.conftest import tiny_config
 
 

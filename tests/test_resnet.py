@@ -17,8 +17,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cifar_jax import builder, evaluate, experiment, lifecycle, models, train
+from cifar_jax import experiment, models
 from cifar_jax.models import layers
+from cifar_jax.run import evaluate, train
+from cifar_jax.training import builder, lifecycle
 from tests.conftest import restore_latest, run_steps, tiny_family_config
 
 
@@ -190,8 +192,8 @@ def test_a_preact_resnet_trains_resumes_bit_identically_and_is_scored(tmp_path):
 
 
 def test_invalid_depths_and_stems_are_one_sentence():
-  from cifar_jax import validation  # pylint: disable=g-import-not-at-top
-  from cifar_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from cifar_jax.config import validation  # pylint: disable=g-import-not-at-top
+  from cifar_jax.core.errors import UserError  # pylint: disable=g-import-not-at-top
   for recipe, field, value, words in [
       ('resnet18', 'depth', 20, 'use one of [18, 34, 50, 101, 152]'),
       ('resnet18', 'stem', 'big', "use one of ['cifar', 'imagenet']"),

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from cifar_jax import run_statistics
+from cifar_jax.evaluation import run_statistics
 
 
 def test_summary_by_hand():

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cifar_jax import summaries
+from cifar_jax.core import summaries
 from tests.conftest import REPO_ROOT
 
 
@@ -47,7 +47,7 @@ def test_writing_summaries_does_not_import_tensorflow(tmp_path):
   pytest.importorskip('tensorboard')
   script = (
       'import sys, numpy as np\n'
-      'from cifar_jax import summaries\n'
+      'from cifar_jax.core import summaries\n'
       f'w = summaries.create_writer({str(tmp_path)!r})\n'
       'w.write_scalars(1, {"loss": 1.0})\n'
       'w.write_images(1, {"x": np.zeros((2, 4, 4, 3))})\n'

@@ -9,19 +9,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cifar_jax import (
-  builder,
-  compare,
-  datasets,
-  experiment,
-  parallel,
-  run_statistics,
-  scoring,
-  sweeps,
-  train_state,
-  validation,
-)
-from cifar_jax.errors import UserError
+from cifar_jax import compare, experiment
+from cifar_jax.config import validation
+from cifar_jax.core import parallel, sweeps
+from cifar_jax.core.errors import UserError
+from cifar_jax.data import datasets
+from cifar_jax.evaluation import run_statistics, scoring
+from cifar_jax.training import builder, train_state
 from tests.conftest import run_steps, tiny_airbench_config, tiny_config
 
 STEPS, BATCH = 4, 16

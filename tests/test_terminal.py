@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from cifar_jax import terminal
+from cifar_jax.core import terminal
 from tests.conftest import REPO_ROOT
 from tests.test_main import TINY_FLAGS
 

@@ -12,22 +12,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cifar_jax import (
-  builder,
-  checkpoints,
-  datasets,
-  evaluate,
-  lifecycle,
-  loop,
-  models,
-  parallel,
-  scoring,
-  summaries,
-  train,
-  train_state,
-  train_step,
-)
-from cifar_jax.errors import UserError
+from cifar_jax import models
+from cifar_jax.core import parallel, summaries
+from cifar_jax.core.errors import UserError
+from cifar_jax.data import datasets
+from cifar_jax.evaluation import scoring
+from cifar_jax.run import evaluate, train
+from cifar_jax.training import builder, lifecycle, loop, train_state, train_step
+from cifar_jax.workdir import checkpoints
 from tests.conftest import restore_latest, run_steps, tiny_airbench_config, tiny_config
 
 

@@ -9,8 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from cifar_jax import builder, datasets, schedules, train_state, validation
-from cifar_jax.errors import UserError
+from cifar_jax.config import validation
+from cifar_jax.core.errors import UserError
+from cifar_jax.data import datasets
+from cifar_jax.training import builder, schedules, train_state
 from tests.conftest import tiny_config
 
 TF_EMA = train_state.EmaOptions('tensorflow', 0.9999)

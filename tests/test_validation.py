@@ -10,9 +10,14 @@ import sys
 import ml_collections
 import pytest
 
-from cifar_jax import builder, checkpoints, datasets, experiment, train, validation
-from cifar_jax import fields as fields_lib
-from cifar_jax.errors import UserError
+from cifar_jax import experiment
+from cifar_jax.config import validation
+from cifar_jax.core import fields as fields_lib
+from cifar_jax.core.errors import UserError
+from cifar_jax.data import datasets
+from cifar_jax.run import train
+from cifar_jax.training import builder
+from cifar_jax.workdir import checkpoints
 from tests.conftest import REPO_ROOT, tiny_airbench_config, tiny_config
 
 BEFORE_RENAME = os.path.join(REPO_ROOT, 'tests', 'data', 'configs_before_rename.json')
@@ -214,7 +219,7 @@ def test_a_valid_config_is_checked_without_starting_jax():
   # main checks the config before a multi-process run joins its peers, which must come
   # before anything starts a JAX backend.
   script = ('import sys; sys.path.insert(0, ".")\n'
-            'from cifar_jax import validation\n'
+            'from cifar_jax.config import validation\n'
             'from experiments import airbench94, cifar10\n'
             'validation.validate(cifar10.get_config())\n'
             'validation.validate(airbench94.get_config())\n'

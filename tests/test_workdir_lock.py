@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from cifar_jax import checkpoints, workdir_lock
-from cifar_jax.errors import UserError
+from cifar_jax.core.errors import UserError
+from cifar_jax.workdir import checkpoints, workdir_lock
 from tests.conftest import REPO_ROOT
 from tests.test_main import TINY_FLAGS
 

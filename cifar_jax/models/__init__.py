@@ -18,7 +18,7 @@ The contract (docs/development.md walks through adding a model both ways):
   the input pipeline makes them, -> float32 logits [N, num_classes];
 * a `num_classes: int` field (set from the data) and, for BatchNorm over
   the global batch, an `axis_name: str | None` field (set to
-  `cifar_jax.parallel.AXIS_NAME`; statistics that average over it are the
+  `cifar_jax.core.parallel.AXIS_NAME`; statistics that average over it are the
   same for any number of devices); mutable state lives in `batch_stats`;
 * a `dtype` field (optional) receives `jnp.float32` or `jnp.bfloat16` from
   `config.model.dtype`; parameters stay float32;
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import dataclasses
-import importlib
 import inspect
 from typing import Any
 
@@ -40,8 +39,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from cifar_jax import fields as spec
-from cifar_jax.errors import UserError
+from cifar_jax.core import fields as spec
+from cifar_jax.core import registry
+from cifar_jax.core.errors import UserError
+from cifar_jax.core.parallel import AXIS_NAME
 from cifar_jax.models import nnx_models
 from cifar_jax.models.airbench import (
   HEAD_INITS,
@@ -60,7 +61,6 @@ from cifar_jax.models.layers import (
 from cifar_jax.models.resnet import DEPTHS, STEMS, PreActResNet, ResNet
 from cifar_jax.models.tutorial import FORMULATIONS, TutorialCNN, local_response_normalization
 from cifar_jax.models.wide_resnet import WideResNet, blocks_per_group
-from cifar_jax.parallel import AXIS_NAME
 
 __all__ = [
     'AXIS_NAME', 'DEPTHS', 'DTYPES', 'FORMULATIONS', 'HEAD_INITS', 'MODELS', 'STEMS',
@@ -99,13 +99,7 @@ def _import_external(name: str) -> Callable[..., nn.Module]:  # (or an nnx.Modul
   module_name, _, class_name = name.partition(':')
   where = (f"config.model.name is {name!r}, a model outside cifar_jax ('package.module:"
            "ClassName')")
-  try:
-    module = importlib.import_module(module_name)
-  except ImportError as error:
-    raise UserError(f'{where}, but {module_name!r} cannot be imported ({error}); install it or '
-                    'put its folder on PYTHONPATH, in the trainer and the evaluator '
-                    'alike.') from None
-  model = getattr(module, class_name, None)
+  model = registry.import_named(name, where)
   if nnx_models.is_nnx_model(model):
     missing = nnx_models.missing_contract(model)
     if missing:

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cifar_jax import fields as spec
+from cifar_jax.core import fields as spec
+from cifar_jax.core.parallel import AXIS_NAME
 from cifar_jax.models.layers import (
   BatchNorm,
   dirac_init,
@@ -24,7 +25,6 @@ from cifar_jax.models.layers import (
   pytorch_default_uniform,
   unit_std_init,
 )
-from cifar_jax.parallel import AXIS_NAME
 
 
 def image_patches(images: np.ndarray, size: int) -> np.ndarray:

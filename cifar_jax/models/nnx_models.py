@@ -32,7 +32,7 @@ from flax import nnx
 import flax.linen as nn
 from flax.nnx import bridge
 
-from cifar_jax.parallel import AXIS_NAME
+from cifar_jax.core.parallel import AXIS_NAME
 
 # Constructor arguments that are not options of the config's `model` group.
 CONTRACT_ARGUMENTS = ('self', 'num_classes', 'in_channels', 'rngs', 'axis_name')

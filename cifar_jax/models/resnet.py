@@ -40,7 +40,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cifar_jax import fields as spec
+from cifar_jax.core import fields as spec
+from cifar_jax.core.parallel import AXIS_NAME
 from cifar_jax.models.layers import (
   BatchNorm,
   at_least_float32,
@@ -49,7 +50,6 @@ from cifar_jax.models.layers import (
   pytorch_default_bias,
   pytorch_default_uniform,
 )
-from cifar_jax.parallel import AXIS_NAME
 
 # depth -> (block, blocks per stage).
 DEPTHS: dict[int, tuple[str, tuple[int, ...]]] = {

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cifar_jax import fields as spec
+from cifar_jax.core import fields as spec
 from cifar_jax.models.layers import max_pool, reference_max_pool
 
 

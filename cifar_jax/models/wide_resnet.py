@@ -32,8 +32,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cifar_jax import fields as spec
-from cifar_jax.errors import UserError
+from cifar_jax.core import fields as spec
+from cifar_jax.core.errors import UserError
+from cifar_jax.core.parallel import AXIS_NAME
 from cifar_jax.models.layers import (
   BatchNorm,
   at_least_float32,
@@ -42,7 +43,6 @@ from cifar_jax.models.layers import (
   pytorch_conv,
   pytorch_default_uniform,
 )
-from cifar_jax.parallel import AXIS_NAME
 
 
 def blocks_per_group(depth: int) -> int:
