@@ -116,6 +116,7 @@ def test_an_nnx_model_off_the_contract_is_one_sentence(my_nnx, model, words):
     validation.validate(config)
 
 
+@pytest.mark.slow  # (the fast tier proves replicas and sweeps on the Linen families)
 def test_an_nnx_model_runs_as_replicas_of_a_sweep(my_nnx, tmp_path):
   config = nnx_config(num_replicas=2, **{'sweep.learning_rate': (0.05, 0.2)})
   validation.validate(config)
