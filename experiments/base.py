@@ -195,4 +195,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.timeout_secs = 3600.0
   config.eval.run_once = False  # score the latest checkpoint and exit
   config.eval.num_misclassified_images = 24  # in the TensorBoard grid
+  # Metrics scored beside precision@1 and the loss (cifar_jax/evaluation/metrics.py), by name or
+  # 'package.module:Name' from outside: ('top5_precision',).
+  config.eval.metrics = ()
   return config

@@ -62,6 +62,16 @@ class Cutout:
               & (cols < left + self.size))
     return jnp.where(inside, 127.5, image)
 ''',
+    'fork_metric.py': '''
+"""The mean confidence: the largest softmax probability of each example."""
+import jax
+
+
+def confidence(logits, labels):
+  """The largest softmax probability of each example (of any class)."""
+  del labels
+  return jax.nn.softmax(logits).max(axis=-1)
+''',
     'fork_source.py': '''
 """Stripes: class k is horizontal stripes of period k + 2 (a source with no files)."""
 import numpy as np
@@ -109,6 +119,7 @@ def fork_config(**overrides):
   config.augment.cutout_size = 6
   config.dataset.source = 'fork_source:Stripes'
   config.dataset.stripes_per_class = 16
+  config.eval.metrics = ('fork_metric:confidence', 'top5_precision')
   return config
 
 
@@ -128,6 +139,14 @@ def test_a_forks_schedule_augmentation_and_source_train_resume_score_and_load(fo
   scored = evaluate.evaluate(fork_config(**{'eval.run_once': True}), workdir)
   assert 0 <= scored[9].precision <= 1
   run = experiment.load_checkpoint(workdir)
+  # The fork's metric, scored by the evaluator, is the mean top probability of the held-out split.
+  split = experiment.load_data(config, 'eval')
+  probabilities = experiment.predict(run, split.images)
+  np.testing.assert_allclose(scored[9].ema[0].metrics['confidence'],
+                             probabilities.max(axis=-1).mean(), rtol=1e-5)
+  assert scored[9].ema[0].metrics['top5_precision'] == 1.0  # 3 classes: always among the top 5
+  records = experiment.read_evaluations(workdir)
+  assert {'confidence', 'confidence_raw', 'top5_precision'} <= set(records.columns)
   assert run.class_names == ['two', 'three', 'four']
   assert run.config.augment.extra == ['fork_cutout:Cutout'] or tuple(
       run.config.augment.extra) == ('fork_cutout:Cutout',)

@@ -33,6 +33,7 @@ import optax
 from cifar_jax.core import fields as spec
 from cifar_jax.core import parallel, summaries, sweeps
 from cifar_jax.data import datasets, input_pipeline, splits
+from cifar_jax.evaluation import metrics as metrics_lib
 from cifar_jax.evaluation import run_statistics
 from cifar_jax.training import placement, train_step
 from cifar_jax.training.train_state import TrainState
@@ -59,17 +60,21 @@ def tta_logits(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array, t
 
 
 def eval_step(variables: dict[str, Any], batch: dict, *, apply_fn: Callable[..., jax.Array],
-              tta: str = 'none') -> dict[str, jax.Array]:
-  """Per-example predicted class and cross-entropy for one device's batch."""
+              tta: str = 'none', extra: tuple[tuple[str, metrics_lib.Metric], ...] = ()
+              ) -> dict[str, jax.Array]:
+  """Per-example predicted class, cross-entropy and `extra` metrics for one device's batch."""
   logits = tta_logits(lambda x: apply_fn(variables, x, train=False), batch['image'], tta)
-  return {
+  outputs = {
       'prediction': jnp.argmax(logits, axis=-1).astype(jnp.int32),
       'loss': optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']),
   }
+  for name, metric in extra:
+    outputs[metrics_lib.result_name(name)] = metric(logits.astype(jnp.float32), batch['label'])
+  return outputs
 
 
 def _device_eval_step(variables, data, indices, *, apply_fn, tta, preprocessing,
-                      replica_execution=None, unroll=False, gathered=False):
+                      replica_execution=None, unroll=False, gathered=False, extra=()):
   """One batch, preprocessed once, through the model of every replica (`replica_execution`).
 
   `data` is the split on this device, or (`gathered`: host placement) the
@@ -77,7 +82,7 @@ def _device_eval_step(variables, data, indices, *, apply_fn, tta, preprocessing,
   """
   batch = (input_pipeline.eval_batch(data, indices, preprocessing) if not gathered else
            {'image': jax.vmap(preprocessing)(data.images), 'label': data.labels})
-  step = functools.partial(eval_step, apply_fn=apply_fn, tta=tta)
+  step = functools.partial(eval_step, apply_fn=apply_fn, tta=tta, extra=extra)
   if replica_execution is None:
     return step(variables, batch)
   return train_step.map_replicas(step, replica_execution, unroll)((variables,), batch)
@@ -109,6 +114,7 @@ class Score:
   count: int  # examples scored: the whole split
   confusion: np.ndarray  # [true class, predicted class]
   predictions: np.ndarray  # per example, in split order
+  metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # config.eval.metrics'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +177,11 @@ class Result:
     scalars = {'precision': self.precision, 'precision_raw': self.precision_raw,
                'loss': float(np.mean([s.loss for s in self.ema])),
                'loss_raw': float(np.mean([s.loss for s in self.raw])), 'count': self.count}
+    for name in self.ema[0].metrics:  # config.eval.metrics: as precision, by replica too
+      for key, scores in ((name, self.ema), (f'{name}_raw', self.raw)):
+        scalars[key] = float(np.mean([s.metrics[name] for s in scores]))
+        if self.num_replicas > 1:
+          scalars.update({f'{key}/replica_{r}': s.metrics[name] for r, s in enumerate(scores)})
     if self.num_replicas == 1:
       return scalars
     for name, scores in (('precision', self.ema), ('precision_raw', self.raw)):
@@ -256,6 +267,7 @@ class Evaluator:
     self.points = tuple(sweeps.points(config)) if sweeps.is_sweep(config) else ()
     # Without an EMA the EMA parameters are the parameters: scored once.
     self.has_ema = config.ema.kind != 'none'
+    self.extra = metrics_lib.named(config.eval.get('metrics', ()))
     # As the training split: on every device, or (host) each batch's rows copied in turn.
     self._on_host = placement.choose(config.dataset.placement, split, devices) == 'host'
     self._data = None if self._on_host else input_pipeline.put_on_devices(split, devices)
@@ -266,7 +278,8 @@ class Evaluator:
                           preprocessing=input_pipeline.EvalPreprocessing.from_config(config),
                           replica_execution=(config.replica_execution if self.num_replicas > 1
                                              else None),
-                          unroll=self.devices[0].platform == 'cpu', gathered=self._on_host),
+                          unroll=self.devices[0].platform == 'cpu', gathered=self._on_host,
+                          extra=self.extra),
         self.devices, out_of_memory=(
             f'{self.num_replicas} runs x config.eval.batch_size='
             f'{config.eval.batch_size} do not fit the memory of a device; lower '
@@ -274,6 +287,12 @@ class Evaluator:
 
   def predict(self, variables: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Predicted class and loss of every example, in split order: [N], or [R, N] for replicas."""
+    outputs = self._per_example(variables)
+    predictions, losses = outputs['prediction'], outputs['loss']
+    return (predictions[0], losses[0]) if self.num_replicas == 1 else (predictions, losses)
+
+  def _per_example(self, variables: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Every output of the evaluation step, [replicas, examples] in split order."""
     replicated = parallel.replicate(variables, self.devices)
     outputs = jax.device_get([self._step(replicated, self._batch_data(indices), indices)
                               for indices in self._indices])
@@ -284,8 +303,7 @@ class Evaluator:
                                                                o[name].shape[-1])), 1, 0)
                              .reshape(self.num_replicas, -1) for o in outputs], axis=1)[:, mask]
 
-    predictions, losses = gathered('prediction'), gathered('loss')
-    return (predictions[0], losses[0]) if self.num_replicas == 1 else (predictions, losses)
+    return {name: gathered(name) for name in outputs[0]}
 
   def _batch_data(self, indices: np.ndarray) -> input_pipeline.DeviceData:
     if not self._on_host:
@@ -296,17 +314,18 @@ class Evaluator:
 
   def scores(self, variables: dict[str, Any]) -> tuple[Score, ...]:
     """Every replica's precision, mean loss, count, confusion matrix and predictions."""
-    predictions, losses = self.predict(variables)
-    predictions, losses = np.reshape(predictions, (self.num_replicas, -1)), np.reshape(
-        losses, (self.num_replicas, -1))
+    outputs = self._per_example(variables)
+    names = [metrics_lib.result_name(name) for name, _ in self.extra]
     labels = self.split.labels
     scores = []
-    for replica_predictions, replica_losses in zip(predictions, losses, strict=True):
+    for r in range(self.num_replicas):
+      predictions = outputs['prediction'][r]
       confusion = np.zeros((self.split.num_classes,) * 2, np.int64)
-      np.add.at(confusion, (labels, replica_predictions), 1)
-      scores.append(Score(precision=float(np.mean(replica_predictions == labels)),
-                          loss=float(np.mean(replica_losses)), count=int(len(labels)),
-                          confusion=confusion, predictions=replica_predictions))
+      np.add.at(confusion, (labels, predictions), 1)
+      scores.append(Score(precision=float(np.mean(predictions == labels)),
+                          loss=float(np.mean(outputs['loss'][r])), count=int(len(labels)),
+                          confusion=confusion, predictions=predictions,
+                          metrics={name: float(np.mean(outputs[name][r])) for name in names}))
     return tuple(scores)
 
   def score(self, variables: dict[str, Any]) -> Score:
