@@ -43,7 +43,6 @@ from cifar_jax.core import fields as spec
 from cifar_jax.core import registry
 from cifar_jax.core.errors import UserError
 from cifar_jax.core.parallel import AXIS_NAME
-from cifar_jax.models import nnx_models
 from cifar_jax.models.airbench import (
   HEAD_INITS,
   WHITEN_BIAS_INITS,
@@ -58,6 +57,7 @@ from cifar_jax.models.layers import (
   max_pool_2x2,
   pytorch_default_uniform,
 )
+from cifar_jax.models.nnx_models import as_linen, is_nnx_model, missing_contract, nnx_options
 from cifar_jax.models.resnet import DEPTHS, STEMS, PreActResNet, ResNet
 from cifar_jax.models.tutorial import FORMULATIONS, TutorialCNN, local_response_normalization
 from cifar_jax.models.wide_resnet import WideResNet, blocks_per_group
@@ -100,8 +100,8 @@ def _import_external(name: str) -> Callable[..., nn.Module]:  # (or an nnx.Modul
   where = (f"config.model.name is {name!r}, a model outside cifar_jax ('package.module:"
            "ClassName')")
   model = registry.import_named(name, where)
-  if nnx_models.is_nnx_model(model):
-    missing = nnx_models.missing_contract(model)
+  if is_nnx_model(model):
+    missing = missing_contract(model)
     if missing:
       raise UserError(f'{where}, but {class_name}.__init__ takes no {", ".join(missing)}; the '
                       'NNX model contract (docs/development.md, "Adding a model") needs '
@@ -133,8 +133,8 @@ def model_class(name: str) -> Callable[..., nn.Module]:
 def model_fields(name: str) -> dict[str, Any]:
   """{field: default (dataclasses.MISSING if none)} that `config.model` may set."""
   cls = model_class(name)
-  if nnx_models.is_nnx_model(cls):
-    return nnx_models.options(cls)
+  if is_nnx_model(cls):
+    return nnx_options(cls)
   return {f.name: f.default for f in dataclasses.fields(cls)
           if f.name not in _NOT_OPTIONS and f.init}
 
@@ -153,8 +153,8 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int,
     if isinstance(value, list):  # tuples come back from JSON (saved configs) as lists
       options[key] = tuple(value)
   model = model_class(name)
-  if nnx_models.is_nnx_model(model):
-    return nnx_models.as_linen(model, num_classes, in_channels, options)
+  if is_nnx_model(model):
+    return as_linen(model, num_classes, in_channels, options)
   if is_external(name) and 'axis_name' in {f.name for f in dataclasses.fields(model)}:
     options['axis_name'] = AXIS_NAME  # the registered models default to it
   return model(num_classes=num_classes, **options)

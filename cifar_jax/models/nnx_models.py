@@ -53,7 +53,7 @@ def missing_contract(cls: type[nnx.Module]) -> list[str]:
   return [name for name in ('num_classes', 'in_channels', 'rngs') if name not in parameters]
 
 
-def options(cls: type[nnx.Module]) -> dict[str, Any]:
+def nnx_options(cls: type[nnx.Module]) -> dict[str, Any]:
   """{argument: default (dataclasses.MISSING if none)} that `config.model` may set."""
   return {name: (dataclasses.MISSING if p.default is inspect.Parameter.empty else p.default)
           for name, p in _parameters(cls).items()
