@@ -2,6 +2,14 @@ r"""Is B better than A, or is it noise? Groups of runs compared from their evalu
 
   python -m cifar_jax.compare DIR_A DIR_B [DIR_C ...] [--tta=mirror_translate] [--step=N]
   python -m cifar_jax.compare SWEEP_WORKDIR
+  python -m cifar_jax.compare DIR_A DIR_B --metric=ece [--set=corrupted]
+
+`--metric` is any figure the evaluator recorded (precision by default; nll, ece,
+brier, top5_precision, auroc, fpr95, a fork's metric, ..., `_raw` for the raw
+parameters), `--set` an evaluation set of `config.eval.sets` (docs/evaluation.md).
+Which way is better is the metric's own (lower for loss, nll, ece, brier, fpr95;
+`--direction` for a metric from outside that does not say): it picks a sweep's best
+point.
 
 Each DIR is one group of runs:
 
@@ -47,20 +55,25 @@ from absl import app, flags
 from cifar_jax import cli
 from cifar_jax.core import summaries, sweeps
 from cifar_jax.core.errors import UserError
-from cifar_jax.evaluation import run_statistics
+from cifar_jax.evaluation import metrics, run_statistics
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('tta', None, 'Compare the records of this test-time augmentation '
                     '(none, mirror, mirror_translate); default: the one every run has.')
-flags.DEFINE_enum('metric', 'precision', ['precision', 'precision_raw'],
-                  'precision: the EMA parameters\' (the raw ones\' without an EMA); '
-                  'precision_raw: the raw parameters\'.')
+flags.DEFINE_string('metric', 'precision', 'Any figure the evaluator recorded: precision (the '
+                    'EMA parameters\', the raw ones\' without an EMA), precision_raw, loss, '
+                    'nll, ece, brier, top5_precision, auroc, fpr95, ... (_raw: the raw '
+                    'parameters\'); lower is better for loss, nll, ece, brier and fpr95.')
+flags.DEFINE_string('set', '', 'Compare on this evaluation set of config.eval.sets (its '
+                    'figures are recorded as SET/METRIC); default: the run\'s eval split.')
+flags.DEFINE_enum('direction', None, ['higher', 'lower'], 'Which way is better, for a metric '
+                  'from outside cifar_jax that does not declare it.')
 flags.DEFINE_integer('step', None, 'Compare the records of this step (every run must have '
                      'been scored there); default: each group\'s latest scored step.')
 flags.DEFINE_bool('allow_different_steps', False, 'Compare groups whose latest scored steps '
                   'differ (each at its own; the table shows them).')
 
-_REPLICA_KEY = re.compile(r'^(?P<metric>\w+)/replica_(?P<index>\d+)$')
+_REPLICA_KEY = re.compile(r'^(?P<metric>.+)/replica_(?P<index>\d+)$')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +96,36 @@ def record_values(record: dict, metric: str = 'precision') -> list[float]:
   """Every replica's value of `metric` in one evaluator record (one value for a single run)."""
   replicas = sorted((int(m['index']), value) for key, value in record.items()
                     if (m := _REPLICA_KEY.match(key)) and m['metric'] == metric)
-  return [value for _, value in replicas] if replicas else [record[metric]]
+  if replicas:
+    return [value for _, value in replicas]
+  if metric not in record:
+    recorded = sorted(key for key in record if not _REPLICA_KEY.match(key)
+                      and isinstance(record[key], (int, float)) and key not in _NOT_FIGURES)
+    raise UserError(f'The record of step {record.get("step")} has no {metric!r} (it has '
+                    f'{recorded}); name one of them with --metric (and --set), or score the '
+                    'run again with it (--mode=eval --config.eval.run_once=true, '
+                    'config.eval.metrics, config.eval.sets).')
+  return [record[metric]]
+
+
+_NOT_FIGURES = {'step', 'wall_time', 'count', 'num_replicas'}
+
+
+def record_key(metric: str, eval_set: str = '') -> str:
+  """The record key of `metric` on `eval_set` ('': the run's split): 'svhn/auroc'."""
+  return f'{eval_set}/{metric}' if eval_set else metric
+
+
+def lower_is_better(key: str, direction: str | None = None) -> bool:
+  """Whether `key` is better low: `direction` where given, else the metric's declaration."""
+  if direction is not None:
+    return direction == 'lower'
+  lower = metrics.lower_is_better(key)
+  if lower is None:
+    raise UserError(f'Which way is better for {key!r} is not known (a metric from outside '
+                    'cifar_jax that declares none); pass --direction=higher or '
+                    '--direction=lower.')
+  return lower
 
 
 def _scored_records(workdir: str) -> list[dict]:
@@ -181,6 +223,8 @@ class Comparison:
   groups: tuple[Group, ...]
   differences: tuple[run_statistics.Difference | None, ...]
   best: int | None = None  # a sweep: the index of the best point; differences are against it
+  metric: str = 'precision'  # the record key compared: 'nll', 'svhn/auroc'
+  lower_is_better: bool = False
 
   @property
   def is_sweep(self) -> bool:
@@ -205,20 +249,25 @@ class Comparison:
 
 
 def compare(directories: Sequence[str], tta: str | None = None, metric: str = 'precision',
-            step: int | None = None, allow_different_steps: bool = False) -> Comparison:
+            step: int | None = None, allow_different_steps: bool = False, eval_set: str = '',
+            direction: str | None = None) -> Comparison:
   """Reads every group and compares each with the first (Welch's t-test where both n >= 2).
 
-  Groups are compared at one step (`step`, or the latest scored step they
-  share); groups at different latest steps are refused unless
-  `allow_different_steps`.
+  `metric`: any recorded figure, on the evaluation set `eval_set` ('': the
+  run's split); which way is better is the metric's (`direction`: 'higher' or
+  'lower' for one that declares none). Groups are compared at one step
+  (`step`, or the latest scored step they share); groups at different latest
+  steps are refused unless `allow_different_steps`.
   """
+  key = record_key(metric, eval_set)
+  lower = lower_is_better(key, direction)
   if len(directories) == 1:
-    points = read_sweep(directories[0], tta, metric, step)
+    points = read_sweep(directories[0], tta, key, step)
     if points is None:
       raise UserError(f'{directories[0]} is not a sweep; give two or more WORKDIRs (or folders '
                       'of them) to compare, or a sweep\'s WORKDIR alone.')
-    return _compare_points(points)
-  groups = tuple(read_group(d, tta, metric, step) for d in directories)
+    return _compare_points(points, key, lower)
+  groups = tuple(read_group(d, tta, key, step) for d in directories)
   steps = {group.name: group.step for group in groups}
   if len(set(steps.values())) > 1 and not allow_different_steps:
     raise UserError(f'The groups were last scored at different steps ({steps}); compare them '
@@ -228,32 +277,46 @@ def compare(directories: Sequence[str], tta: str | None = None, metric: str = 'p
   differences = tuple(
       run_statistics.welch(first.values, g.values) if min(first.summary.n, g.summary.n) > 1
       else None for g in groups[1:])
-  return Comparison(groups, differences)
+  return Comparison(groups, differences, metric=key, lower_is_better=lower)
 
 
-def _compare_points(points: tuple[Group, ...]) -> Comparison:
+def _goodness(group: Group, lower: bool) -> float:
+  return -group.summary.mean if lower else group.summary.mean
+
+
+def _compare_points(points: tuple[Group, ...], key: str = 'precision', lower: bool = False
+                    ) -> Comparison:
   """Every point against the best (Welch where both have two seeds or more)."""
-  best = int(max(range(len(points)), key=lambda p: points[p].summary.mean))
+  best = int(max(range(len(points)), key=lambda p: _goodness(points[p], lower)))
   differences = tuple(
       None if p == best or min(points[best].summary.n, g.summary.n) < 2
       else run_statistics.welch(points[best].values, g.values) for p, g in enumerate(points))
-  return Comparison(points, differences, best=best)
+  return Comparison(points, differences, best=best, metric=key, lower_is_better=lower)
 
 
 def runner_up(comparison: Comparison) -> int | None:
   """The index of a sweep's second-best point (None with one point)."""
   others = [p for p in range(len(comparison.groups)) if p != comparison.best]
-  return max(others, key=lambda p: comparison.groups[p].summary.mean) if others else None
+  return (max(others, key=lambda p: _goodness(comparison.groups[p], comparison.lower_is_better))
+          if others else None)
 
 
-def format_sweep_table(comparison: Comparison, metric: str = 'precision') -> str:
+def describe_metric(comparison: Comparison) -> str:
+  """'precision @ 1', 'nll (lower is better)', 'svhn/auroc' for the tables' first line."""
+  name = comparison.metric
+  shown = name.replace('precision', 'precision @ 1') if 'precision' in name and (
+      'top5' not in name) else name
+  return f'{shown} (lower is better)' if comparison.lower_is_better else shown
+
+
+def format_sweep_table(comparison: Comparison) -> str:
   """A sweep by point: swept values, mean ± CI, the best marked, each against the best."""
   groups, best = comparison.groups, comparison.best
   fields = list(groups[0].point)
   seeds = {g.summary.n for g in groups}
-  lines = [f'{metric} @ 1 of each sweep point at step {groups[0].step} (mean ± 95% CI over '
-           f'{"/".join(map(str, sorted(seeds)))} seeds); differences against the best (*, '
-           'Welch\'s t-test)', '',
+  lines = [f'{describe_metric(comparison)} of each sweep point at step {groups[0].step} '
+           f'(mean ± 95% CI over {"/".join(map(str, sorted(seeds)))} seeds); differences '
+           'against the best (*, Welch\'s t-test)', '',
            '| point | ' + ' | '.join(fields) + ' | n | mean ± 95% CI | std | min | max | '
            'difference (95% CI) | p |',
            '| --- | ' + '--- | ' * len(fields) + '--- | --- | --- | --- | --- | --- | --- |']
@@ -269,7 +332,8 @@ def format_sweep_table(comparison: Comparison, metric: str = 'precision') -> str
     lines.append(f'| {index}{mark} | ' + ' | '.join(f'{row[f]:g}' for f in fields) +
                  f' | {row["n"]} | {spread} | {row["std"]:.4f} | {row["min"]:.4f} | '
                  f'{row["max"]:.4f} | {difference} | {p} |'.replace('nan', '—'))
-  return '\n'.join([*lines, '', _verdict(comparison), _sampling_note([groups[best]])])
+  return '\n'.join([*lines, '', _verdict(comparison),
+                    _sampling_note([groups[best]], comparison.metric)])
 
 
 def _verdict(comparison: Comparison) -> str:
@@ -281,8 +345,8 @@ def _verdict(comparison: Comparison) -> str:
   difference = comparison.differences[second]
   if difference is None:
     return (f'The best point ({best.name}) leads the runner-up ({other.name}) by '
-            f'{best.summary.mean - other.summary.mean:.4f}; a test needs two seeds or more '
-            '(config.num_replicas >= 2).')
+            f'{abs(best.summary.mean - other.summary.mean):.4f}; a test needs two seeds or '
+            'more (config.num_replicas >= 2).')
   comparisons = len(comparison.groups) - 1
   threshold = 0.05 / comparisons
   verdict = ('significantly better than' if difference.p_value < 0.05
@@ -297,11 +361,11 @@ def _verdict(comparison: Comparison) -> str:
   return text
 
 
-def format_table(comparison: Comparison, metric: str = 'precision') -> str:
+def format_table(comparison: Comparison) -> str:
   if comparison.is_sweep:
-    return format_sweep_table(comparison, metric)
-  lines = [f'{metric} @ 1 of each group (mean ± 95% CI of the mean, t distribution); '
-           f'differences against {comparison.groups[0].name} (Welch\'s t-test)', '',
+    return format_sweep_table(comparison)
+  lines = [f'{describe_metric(comparison)} of each group (mean ± 95% CI of the mean, t '
+           f'distribution); differences against {comparison.groups[0].name} (Welch\'s t-test)', '',
            '| group | step | n | mean ± 95% CI | std | min | max | difference (95% CI) | p |',
            '| --- | --- | --- | --- | --- | --- | --- | --- | --- |']
   for index, row in enumerate(comparison.rows()):
@@ -317,15 +381,16 @@ def format_table(comparison: Comparison, metric: str = 'precision') -> str:
       difference = 'needs n >= 2 in both groups'
     lines.append(f'| {row["group"]} | {row["step"]} | {row["n"]} | {spread} | {std} | '
                  f'{row["min"]:.4f} | {row["max"]:.4f} | {difference} | {p} |')
-  return '\n'.join([*lines, '', _sampling_note(comparison.groups)])
+  return '\n'.join([*lines, '', _sampling_note(comparison.groups, comparison.metric)])
 
 
-def _sampling_note(groups: Sequence[Group]) -> str:
-  """What the CIs leave out: the test set's own sampling noise, sized where the count is known."""
+def _sampling_note(groups: Sequence[Group], metric: str = 'precision') -> str:
+  """What the CIs leave out: the test set's own sampling noise, sized where the count is known
+  (for a precision: binomial)."""
   note = ('The CIs are over seeds only (the spread between runs); the sampling noise of the '
           'finite test set, shared by every run scored on it, is not in them')
   counts = {g.count for g in groups}
-  if len(counts) != 1 or None in counts:
+  if len(counts) != 1 or None in counts or metric not in ('precision', 'precision_raw'):
     return note + '.'
   count, mean = counts.pop(), groups[0].summary.mean
   half_width = 1.96 * math.sqrt(max(mean * (1 - mean), 0.0) / count)
@@ -348,11 +413,12 @@ def main(argv: list[str]) -> None:
              'python -m cifar_jax.compare DIR_A DIR_B [...]')
   try:
     comparison = compare(argv[1:], FLAGS.tta, FLAGS.metric, FLAGS.step,
-                         FLAGS.allow_different_steps)
+                         FLAGS.allow_different_steps, FLAGS.set, FLAGS.direction)
   except UserError as e:
     cli.fail(str(e))
-  print(format_table(comparison, FLAGS.metric))
-  print(json.dumps({'metric': FLAGS.metric, 'groups': [
+  print(format_table(comparison))
+  print(json.dumps({'metric': comparison.metric, 'lower_is_better': comparison.lower_is_better,
+                    'groups': [
       {k: _json_safe(v) for k, v in row.items()} for row in comparison.rows()]}), flush=True)
 
 

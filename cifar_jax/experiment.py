@@ -301,7 +301,8 @@ def plot_run(workdir: str, title: str | None = None):
 
 
 def compare(*workdirs: str, tta: str | None = None, metric: str = 'precision',
-            step: int | None = None, allow_different_steps: bool = False):
+            step: int | None = None, allow_different_steps: bool = False, eval_set: str = '',
+            direction: str | None = None):
   """`python -m cifar_jax.compare` as a DataFrame: one row per group of runs.
 
   Each argument is a WORKDIR (its replicas) or a folder of WORKDIRs (seeds run
@@ -310,20 +311,26 @@ def compare(*workdirs: str, tta: str | None = None, metric: str = 'precision',
   compared at one `step` (default: the latest scored step they share); see
   `cifar_jax.compare`. A sweep's WORKDIR alone gives one row per point: its
   swept values as columns, `best`, and the differences against the best point.
+  `metric` is any recorded figure ('nll', 'ece', 'auroc', ...) of the evaluation
+  set `eval_set` ('': the run's split); its direction decides the best.
   """
   import pandas as pd  # pylint: disable=g-import-not-at-top
-  comparison = compare_lib.compare(workdirs, tta, metric, step, allow_different_steps)
+  comparison = compare_lib.compare(workdirs, tta, metric, step, allow_different_steps,
+                                   eval_set, direction)
   return pd.DataFrame(comparison.rows()).set_index('group')
 
 
 def plot_sweep(workdir: str, field: str | None = None, tta: str | None = None,
-               metric: str = 'precision', step: int | None = None, title: str | None = None):
-  """A sweep's precision against one swept `field` (default: the first), with 95% CI bars.
+               metric: str = 'precision', step: int | None = None, title: str | None = None,
+               eval_set: str = '', direction: str | None = None):
+  """A sweep's `metric` (of `eval_set`) against one swept `field` (default: the first), with
+  95% CI bars.
 
   With several swept fields, one line per combination of the others.
   """
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  comparison = compare_lib.compare([workdir], tta, metric, step)
+  comparison = compare_lib.compare([workdir], tta, metric, step, eval_set=eval_set,
+                                   direction=direction)
   fields = list(comparison.groups[0].point)
   field = field or fields[0]
   if field not in fields:
@@ -346,7 +353,7 @@ def plot_sweep(workdir: str, field: str | None = None, tta: str | None = None,
   if positive and max(g.point[field] for g in comparison.groups) / min(
       g.point[field] for g in comparison.groups) >= 10:
     axis.set_xscale('log')
-  axis.set(xlabel=field, ylabel=f'{metric} @ 1',
+  axis.set(xlabel=field, ylabel=compare_lib.describe_metric(comparison),
            title=title or f'sweep at step {best.step}: mean and 95% CI over seeds')
   axis.grid(alpha=0.3)
   axis.legend()
@@ -356,10 +363,12 @@ def plot_sweep(workdir: str, field: str | None = None, tta: str | None = None,
 
 def plot_comparison(*workdirs: str, tta: str | None = None, metric: str = 'precision',
                     title: str | None = None, step: int | None = None,
-                    allow_different_steps: bool = False):
+                    allow_different_steps: bool = False, eval_set: str = '',
+                    direction: str | None = None):
   """Every run of each group as a dot, with the group's mean and 95% CI, as a Figure."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  comparison = compare_lib.compare(workdirs, tta, metric, step, allow_different_steps)
+  comparison = compare_lib.compare(workdirs, tta, metric, step, allow_different_steps,
+                                   eval_set, direction)
   figure, axis = plt.subplots(figsize=(1.6 + 1.4 * len(comparison.groups), 3.6))
   jitter = np.random.default_rng(0)
   for index, group in enumerate(comparison.groups):
@@ -370,7 +379,8 @@ def plot_comparison(*workdirs: str, tta: str | None = None, metric: str = 'preci
                     capsize=4)
   axis.set_xticks(range(len(comparison.groups)),
                   [f'{g.name}\n(n={g.summary.n}, step {g.step})' for g in comparison.groups])
-  axis.set(ylabel=f'{metric} @ 1', title=title or 'runs, and the mean with its 95% CI')
+  axis.set(ylabel=compare_lib.describe_metric(comparison),
+           title=title or 'runs, and the mean with its 95% CI')
   axis.grid(alpha=0.3)
   figure.tight_layout()
   return figure

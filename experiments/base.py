@@ -198,4 +198,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Metrics scored beside precision@1 and the loss (cifar_jax/evaluation/metrics.py), by name or
   # 'package.module:Name' from outside: ('top5_precision',).
   config.eval.metrics = ()
+  # Equal-width bins of the top-label confidence: the ECE ('ece') and the reliability diagram.
+  config.eval.calibration_bins = 15
+  # Named evaluation sets scored by the evaluator beside the run's own split
+  # (cifar_jax/evaluation/eval_sets.py, docs/evaluation.md): name -> {fields}.
+  config.eval.sets = ml_collections.ConfigDict()
   return config

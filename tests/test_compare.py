@@ -152,3 +152,66 @@ def test_the_command_line_takes_the_step(tmp_path):
                           timeout=120)
   assert chosen.returncode == 0, chosen.stderr[-2000:]
   assert [g['step'] for g in json.loads(chosen.stdout.splitlines()[-1])['groups']] == [150, 150]
+
+
+def _with_figures(path, figures):
+  """A WORKDIR whose record of step 100 also holds `figures` ({key: per-replica values})."""
+  _workdir(path, A)
+  file = os.path.join(path, 'eval', summaries.METRICS_FILE)
+  records = summaries.read_records(file)
+  for key, values in figures.items():
+    records[2][key] = float(np.mean(values))
+    records[2].update({f'{key}/replica_{r}': v for r, v in enumerate(values)})
+  with open(file, 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in records)
+  return str(path)
+
+
+def test_any_recorded_metric_of_any_set_with_its_direction(tmp_path):
+  nll_a, nll_b = [0.50, 0.52, 0.51], [0.40, 0.41, 0.42]
+  a = _with_figures(tmp_path / 'a', {'nll': nll_a, 'svhn/fpr95': [0.5, 0.6, 0.55],
+                                     'corrupted/precision': [0.6, 0.61, 0.62]})
+  b = _with_figures(tmp_path / 'b', {'nll': nll_b, 'svhn/fpr95': [0.3, 0.35, 0.32],
+                                     'corrupted/precision': [0.7, 0.71, 0.72]})
+  result = compare.compare([a, b], metric='nll')
+  assert result.lower_is_better and result.groups[1].values == tuple(nll_b)
+  assert result.differences[0].difference == pytest.approx(np.mean(nll_b) - np.mean(nll_a))
+  table = compare.format_table(result)
+  assert table.startswith('nll (lower is better) of each group') and 'binomial' not in table
+  assert compare.compare([a, b], metric='fpr95', eval_set='svhn').lower_is_better
+  shifted = compare.compare([a, b], metric='precision', eval_set='corrupted')
+  assert not shifted.lower_is_better and shifted.groups[0].values == (0.6, 0.61, 0.62)
+  with pytest.raises(UserError, match=r"has no 'ece' \(it has \[.*'nll'.*\]\)"):
+    compare.compare([a, b], metric='ece')
+  with pytest.raises(UserError, match=r'pass --direction=higher or --direction=lower'):
+    compare.compare([a, b], metric='fork_score')
+
+
+def test_a_sweep_ranked_by_a_lower_is_better_metric_picks_the_lowest(tmp_path):
+  points = [{'learning_rate': 0.1}, {'learning_rate': 0.2}, {'learning_rate': 0.4}]
+  ece = [0.05, 0.06, 0.02, 0.03, 0.09, 0.08]  # two seeds per point; point 1 is the lowest
+  path = tmp_path / 'sweep'
+  _workdir(path, [0.9, 0.91, 0.92, 0.93, 0.94, 0.95])
+  file = os.path.join(path, 'eval', summaries.METRICS_FILE)
+  records = summaries.read_records(file)
+  records[2].update({'sweep_points': points, 'ece': float(np.mean(ece)),
+                     **{f'ece/replica_{r}': v for r, v in enumerate(ece)}})
+  with open(file, 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in records)
+  assert compare.compare([str(path)]).best == 2  # by precision: the highest
+  by_ece = compare.compare([str(path)], metric='ece')
+  assert by_ece.best == 1 and compare.runner_up(by_ece) == 0
+  table = experiment.compare(str(path), metric='ece')
+  assert bool(table.iloc[1]['best'])
+
+
+def test_the_command_line_compares_by_metric_and_set(tmp_path):
+  a = _with_figures(tmp_path / 'a', {'svhn/auroc': [0.8, 0.82, 0.81]})
+  b = _with_figures(tmp_path / 'b', {'svhn/auroc': [0.9, 0.91, 0.92]})
+  result = subprocess.run([sys.executable, '-m', 'cifar_jax.compare', a, b, '--metric=auroc',
+                           '--set=svhn'], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  last = json.loads(result.stdout.strip().splitlines()[-1])
+  assert last['metric'] == 'svhn/auroc' and last['lower_is_better'] is False
+  assert last['groups'][1]['difference'] == pytest.approx(0.1)

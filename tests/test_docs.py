@@ -19,12 +19,23 @@ DOCS = [os.path.join(REPO_ROOT, 'README.md'), *sorted(glob.glob(os.path.join(REP
                                                                              '*.md')))]
 TIMESTAMP = r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: '
 SUFFIX = r'(; TTA \w+)?'
+CALIBRATION = r'(; (NLL \d+\.\d{3}(, ECE \d\.\d{3})?|ECE \d\.\d{3}))?'  # config.eval.metrics
+SET = r'[A-Za-z][\w.-]*: '  # an evaluation set's line starts with its name
 SHAPES = {
     'training log line': r'step \d+, loss = \d+\.\d\d \((mean of \d+ runs; )?[\d.]+ '
                          r'examples/sec; \d+\.\d{3} sec/batch(, compilation included)?\)',
-    'precision': rf'step \d+, precision @ 1 = \d\.\d{{3}} \((raw|EMA) parameters: '
-                 rf'\d\.\d{{3}}{SUFFIX}\)',
-    'precision, no EMA': rf'step \d+, precision @ 1 = \d\.\d{{4}} \(no EMA{SUFFIX}\)',
+    'precision': rf'({SET})?step \d+, precision @ 1 = \d\.\d{{3}} \((raw|EMA) parameters: '
+                 rf'\d\.\d{{3}}{SUFFIX}\){CALIBRATION}',
+    'corrupted set': rf'{SET}step \d+, mean precision @ 1 over \d+ corruptions x \d severities = '
+                     rf'\d\.\d{{3}} \(((raw|EMA) parameters: \d\.\d{{3}}|no EMA)\); '
+                     rf'NLL \d+\.\d{{3}}, ECE \d\.\d{{3}}; worst: \w+',
+    'out-of-distribution set': rf'{SET}step \d+, out of distribution: AUROC \d\.\d{{3}}, FPR95 '
+                               rf'\d\.\d{{3}} \(((raw|EMA) parameters: AUROC \d\.\d{{3}}, '
+                               rf'FPR95 \d\.\d{{3}}|no EMA); maximum softmax probability\)',
+    'corruption progress': r'Corrupting \(\w+, severity \d\): ([\d,]+/[\d,]+ images \([\d,]+/s, '
+                           r'[\d,]+ s left\)|[\d,]+ images in [\d.,]+ s)',
+    'precision, no EMA': rf'({SET})?step \d+, precision @ 1 = \d\.\d{{4}} \(no EMA{SUFFIX}\)'
+                         rf'{CALIBRATION}',
     'precision of replicas': rf'step \d+, precision @ 1 = \d\.\d{{4}} ± \d\.\d{{4}} \(n=\d+, '
                              rf'95% CI; (no EMA|(EMA|raw) parameters: \d\.\d{{4}} ± '
                              rf'\d\.\d{{4}}){SUFFIX}\)',

@@ -34,12 +34,12 @@ from cifar_jax.core import fields as spec
 from cifar_jax.core import parallel, summaries, sweeps
 from cifar_jax.core.errors import UserError
 from cifar_jax.data import augmentations, datasets, input_pipeline
-from cifar_jax.evaluation import metrics, scoring
+from cifar_jax.evaluation import eval_sets, metrics, scoring
 from cifar_jax.training import loop, optimizers, schedules, train_state, train_step
 
 # The modules that declare config fields, in the order they are checked.
 OWNERS = (train_state, datasets, input_pipeline, augmentations, models, parallel, sweeps, loop,
-          summaries, optimizers, train_step, scoring, metrics)
+          summaries, optimizers, train_step, scoring, metrics, eval_sets)
 
 # Old name -> new name, for configs and checkpoints written before the names changed.
 RENAMED = {

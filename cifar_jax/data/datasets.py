@@ -62,13 +62,26 @@ def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
     return decoded_cache.formatted(entry.target(dataset_config).load(split), image_format)
   source: Source = entry.target
   load = lambda allocate: source.load(dataset_config, split, image_format, allocate)  # noqa: E731
-  cache_dir = dataset_config.get('cache_dir')
-  if source.fingerprint is None or not cache_dir:
+  identity = cache_identity(dataset_config, split)
+  if identity is None:
     return load(decoded_cache.in_memory)
+  key, fingerprint = identity
+  return decoded_cache.cached(os.path.expanduser(dataset_config.cache_dir), key, fingerprint,
+                              load)
+
+
+def cache_identity(dataset_config: ml_collections.ConfigDict, split: str
+                   ) -> tuple[str, Callable[[], str | None]] | None:
+  """The decoded cache's key of `split` and the fingerprint of its source files; None where
+  the split is not cached (no cache_dir, generated or outside data). What is derived from a
+  split (its corrupted copies) is cached under the same identity."""
+  entry = SOURCES.get(dataset_config.source)
+  if entry.external or entry.target.fingerprint is None or not dataset_config.get('cache_dir'):
+    return None
+  source: Source = entry.target
   key = '-'.join(filter(None, (dataset_config.source, source.cache_name(dataset_config), split,
-                               image_format.key())))
-  return decoded_cache.cached(os.path.expanduser(cache_dir), key,
-                 lambda: source.fingerprint(dataset_config), load)
+                               ImageFormat.from_config(dataset_config).key())))
+  return key, lambda: source.fingerprint(dataset_config)
 
 
 def split_label(dataset_config: ml_collections.ConfigDict, split: str, evaluation: bool = False

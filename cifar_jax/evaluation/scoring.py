@@ -33,8 +33,8 @@ import optax
 from cifar_jax.core import fields as spec
 from cifar_jax.core import parallel, summaries, sweeps
 from cifar_jax.data import datasets, input_pipeline, splits
+from cifar_jax.evaluation import calibration, run_statistics
 from cifar_jax.evaluation import metrics as metrics_lib
-from cifar_jax.evaluation import run_statistics
 from cifar_jax.training import placement, train_step
 from cifar_jax.training.train_state import TrainState
 
@@ -60,21 +60,30 @@ def tta_logits(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array, t
 
 
 def eval_step(variables: dict[str, Any], batch: dict, *, apply_fn: Callable[..., jax.Array],
-              tta: str = 'none', extra: tuple[tuple[str, metrics_lib.Metric], ...] = ()
-              ) -> dict[str, jax.Array]:
-  """Per-example predicted class, cross-entropy and `extra` metrics for one device's batch."""
+              tta: str = 'none', extra: tuple[tuple[str, metrics_lib.Metric], ...] = (),
+              probabilities: bool = False) -> dict[str, jax.Array]:
+  """Per-example predicted class, cross-entropy and `extra` metrics for one device's batch.
+
+  The per-example metrics of `extra` are computed here; the of-the-split ones
+  later on the host, from the softmax `probabilities` this step then returns.
+  """
   logits = tta_logits(lambda x: apply_fn(variables, x, train=False), batch['image'], tta)
   outputs = {
       'prediction': jnp.argmax(logits, axis=-1).astype(jnp.int32),
       'loss': optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']),
   }
   for name, metric in extra:
-    outputs[metrics_lib.result_name(name)] = metric(logits.astype(jnp.float32), batch['label'])
+    if not metrics_lib.is_of_split(metric):
+      outputs[metrics_lib.result_name(name)] = metric(logits.astype(jnp.float32),
+                                                      batch['label'])
+  if probabilities:
+    outputs['probabilities'] = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   return outputs
 
 
 def _device_eval_step(variables, data, indices, *, apply_fn, tta, preprocessing,
-                      replica_execution=None, unroll=False, gathered=False, extra=()):
+                      replica_execution=None, unroll=False, gathered=False, extra=(),
+                      probabilities=False):
   """One batch, preprocessed once, through the model of every replica (`replica_execution`).
 
   `data` is the split on this device, or (`gathered`: host placement) the
@@ -82,7 +91,8 @@ def _device_eval_step(variables, data, indices, *, apply_fn, tta, preprocessing,
   """
   batch = (input_pipeline.eval_batch(data, indices, preprocessing) if not gathered else
            {'image': jax.vmap(preprocessing)(data.images), 'label': data.labels})
-  step = functools.partial(eval_step, apply_fn=apply_fn, tta=tta, extra=extra)
+  step = functools.partial(eval_step, apply_fn=apply_fn, tta=tta, extra=extra,
+                           probabilities=probabilities)
   if replica_execution is None:
     return step(variables, batch)
   return train_step.map_replicas(step, replica_execution, unroll)((variables,), batch)
@@ -115,6 +125,9 @@ class Score:
   confusion: np.ndarray  # [true class, predicted class]
   predictions: np.ndarray  # per example, in split order
   metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # config.eval.metrics'
+  # Softmax probabilities [N, classes] in split order, where a metric of the split, a
+  # reliability diagram or an out-of-distribution set needs them (else None).
+  probabilities: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,9 +192,11 @@ class Result:
                'loss_raw': float(np.mean([s.loss for s in self.raw])), 'count': self.count}
     for name in self.ema[0].metrics:  # config.eval.metrics: as precision, by replica too
       for key, scores in ((name, self.ema), (f'{name}_raw', self.raw)):
-        scalars[key] = float(np.mean([s.metrics[name] for s in scores]))
+        values = [s.metrics[name] for s in scores]
+        scalars[key] = float(np.mean(values))
         if self.num_replicas > 1:
-          scalars.update({f'{key}/replica_{r}': s.metrics[name] for r, s in enumerate(scores)})
+          scalars.update({f'{key}/replica_{r}': v for r, v in enumerate(values)})
+          scalars[f'{key}_ci95'] = run_statistics.Summary.of(values).ci95
     if self.num_replicas == 1:
       return scalars
     for name, scores in (('precision', self.ema), ('precision_raw', self.raw)):
@@ -206,6 +221,16 @@ class Result:
     lead, other = ('raw', 'ema') if self.headline == 'raw' or not self.has_ema else ('ema', 'raw')
     if self.points:
       return self._sweep_lines(step, lead, suffix)
+    return self._precision_line(step, lead, other, suffix) + self._calibration_text(lead)
+
+  def _calibration_text(self, lead: str) -> str:
+    """'; NLL 0.452, ECE 0.031' of the headline parameters, where config.eval.metrics has them."""
+    scores = getattr(self, lead)
+    shown = [f'{label} {np.mean([s.metrics[name] for s in scores]):.3f}'
+             for label, name in (('NLL', 'nll'), ('ECE', 'ece')) if name in scores[0].metrics]
+    return f'; {", ".join(shown)}' if shown else ''
+
+  def _precision_line(self, step: int, lead: str, other: str, suffix: str) -> str:
     if self.num_replicas > 1:
       summary, second = self.summary(lead), self.summary(other)
       extra = ('no EMA' if not self.has_ema else
@@ -235,17 +260,18 @@ class Result:
 
 
 def check_eval_split(config: ml_collections.ConfigDict, split: datasets.Split,
-                     trained: dict[str, Any] | None = None) -> None:
+                     trained: dict[str, Any] | None = None, classes: bool = True) -> None:
   """Refuses an eval split the model cannot score meaningfully, in one sentence.
 
   Images smaller than the central crop, or (given `trained`, a checkpoint's
-  dataset info) with other classes or another channel count than the training
-  split's; another image size only warns.
+  dataset info) with other classes (`classes`: an out-of-distribution set has
+  others by design) or another channel count than the training split's;
+  another image size only warns.
   """
   what = datasets.split_label(config.dataset, config.dataset.eval_split, evaluation=True)
   input_pipeline.EvalPreprocessing.from_config(config).check(
       split.image_shape, f'The images of {what}', (trained or {}).get('image_shape'))
-  if trained is not None:
+  if trained is not None and classes:
     splits.check_same_classes(trained, split, what[0].upper() + what[1:])
 
 
@@ -253,13 +279,18 @@ class Evaluator:
   """Scores parameters on one split held on the devices.
 
   `trained` (the training split's `info()`, where known): the split is
-  checked against it (`check_eval_split`).
+  checked against it (`check_eval_split`; not its classes for an
+  out-of-distribution set, `classes=False`: its classes are not the model's). Scores keep
+  the softmax probabilities when a metric of the split needs them, or when
+  asked (`probabilities`).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, split: datasets.Split, model: Any,
-               devices: Sequence[jax.Device], trained: dict[str, Any] | None = None):
-    check_eval_split(config, split, trained)
+               devices: Sequence[jax.Device], trained: dict[str, Any] | None = None, *,
+               probabilities: bool = False, classes: bool = True):
+    check_eval_split(config, split, trained, classes)
     self.split = split
+    self.calibration_bins = config.eval.calibration_bins
     self.devices = list(devices)
     self.headline = config.eval.headline
     self.tta = config.eval.tta
@@ -267,7 +298,9 @@ class Evaluator:
     self.points = tuple(sweeps.points(config)) if sweeps.is_sweep(config) else ()
     # Without an EMA the EMA parameters are the parameters: scored once.
     self.has_ema = config.ema.kind != 'none'
-    self.extra = metrics_lib.named(config.eval.get('metrics', ()))
+    self.extra = metrics_lib.named(config.eval.get('metrics', ()), config.eval)
+    self.with_probabilities = probabilities or any(
+        metrics_lib.is_of_split(metric) for _, metric in self.extra)
     # As the training split: on every device, or (host) each batch's rows copied in turn.
     self._on_host = placement.choose(config.dataset.placement, split, devices) == 'host'
     self._data = None if self._on_host else input_pipeline.put_on_devices(split, devices)
@@ -279,7 +312,7 @@ class Evaluator:
                           replica_execution=(config.replica_execution if self.num_replicas > 1
                                              else None),
                           unroll=self.devices[0].platform == 'cpu', gathered=self._on_host,
-                          extra=self.extra),
+                          extra=self.extra, probabilities=self.with_probabilities),
         self.devices, out_of_memory=(
             f'{self.num_replicas} runs x config.eval.batch_size='
             f'{config.eval.batch_size} do not fit the memory of a device; lower '
@@ -287,21 +320,24 @@ class Evaluator:
 
   def predict(self, variables: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Predicted class and loss of every example, in split order: [N], or [R, N] for replicas."""
-    outputs = self._per_example(variables)
+    outputs = self.outputs(variables)
     predictions, losses = outputs['prediction'], outputs['loss']
     return (predictions[0], losses[0]) if self.num_replicas == 1 else (predictions, losses)
 
-  def _per_example(self, variables: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Every output of the evaluation step, [replicas, examples] in split order."""
+  def outputs(self, variables: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Every output of the evaluation step, [replicas, examples, ...] in split order."""
     replicated = parallel.replicate(variables, self.devices)
     outputs = jax.device_get([self._step(replicated, self._batch_data(indices), indices)
                               for indices in self._indices])
     mask = self._masks.reshape(-1)
+    per_device = self._indices.shape[-1]
 
-    def gathered(name):  # [devices, (replicas,) per device] per batch -> [replicas, examples]
-      return np.concatenate([np.moveaxis(np.reshape(o[name], (len(self.devices), -1,
-                                                               o[name].shape[-1])), 1, 0)
-                             .reshape(self.num_replicas, -1) for o in outputs], axis=1)[:, mask]
+    def gathered(name):  # [devices, (replicas,) per device, ...] per batch -> [R, N, ...]
+      tail = outputs[0][name].shape[-1:] if name == 'probabilities' else ()  # the model's
+      shape = (len(self.devices), self.num_replicas, per_device, *tail)
+      return np.concatenate([np.moveaxis(np.reshape(o[name], shape), 1, 0)
+                             .reshape(self.num_replicas, -1, *tail) for o in outputs],
+                            axis=1)[:, mask]
 
     return {name: gathered(name) for name in outputs[0]}
 
@@ -313,19 +349,31 @@ class Evaluator:
                           self.devices)
 
   def scores(self, variables: dict[str, Any]) -> tuple[Score, ...]:
-    """Every replica's precision, mean loss, count, confusion matrix and predictions."""
-    outputs = self._per_example(variables)
-    names = [metrics_lib.result_name(name) for name, _ in self.extra]
-    labels = self.split.labels
+    """Every replica's precision, mean loss, count, confusion matrix, predictions and metrics."""
+    return self.scores_of(self.outputs(variables))
+
+  def scores_of(self, outputs: dict[str, np.ndarray], rows: slice | np.ndarray = slice(None)
+                ) -> tuple[Score, ...]:
+    """Every replica's `Score` from `outputs` (`outputs()`), on the examples `rows` only."""
+    names = [metrics_lib.result_name(name) for name, metric in self.extra
+             if not metrics_lib.is_of_split(metric)]
+    labels = self.split.labels[rows]
     scores = []
     for r in range(self.num_replicas):
-      predictions = outputs['prediction'][r]
+      predictions = outputs['prediction'][r][rows]
+      probabilities = (outputs['probabilities'][r][rows] if 'probabilities' in outputs
+                       else None)
       confusion = np.zeros((self.split.num_classes,) * 2, np.int64)
       np.add.at(confusion, (labels, predictions), 1)
+      metrics = {name: float(np.mean(outputs[name][r][rows])) for name in names}
+      if probabilities is not None:
+        metrics.update(metrics_lib.of_split_scores(probabilities, labels, self.extra))
+      metrics = {metrics_lib.result_name(name): metrics[metrics_lib.result_name(name)]
+                 for name, _ in self.extra}  # in config.eval.metrics' order
       scores.append(Score(precision=float(np.mean(predictions == labels)),
-                          loss=float(np.mean(outputs['loss'][r])), count=int(len(labels)),
-                          confusion=confusion, predictions=predictions,
-                          metrics={name: float(np.mean(outputs[name][r])) for name in names}))
+                          loss=float(np.mean(outputs['loss'][r][rows])), count=int(len(labels)),
+                          confusion=confusion, predictions=predictions, metrics=metrics,
+                          probabilities=probabilities))
     return tuple(scores)
 
   def score(self, variables: dict[str, Any]) -> Score:
@@ -342,8 +390,14 @@ class Evaluator:
 
 
 def report(writer: summaries.Writer, step: int, result: Result, split: datasets.Split,
-           num_misclassified_images: int, extra: dict[str, float] | None = None) -> None:
-  """The log line, metrics.jsonl record, and TensorBoard scalars and images of one result."""
+           num_misclassified_images: int, extra: dict[str, float] | None = None,
+           calibration_bins: int = 15) -> None:
+  """The log line, metrics.jsonl record, and TensorBoard scalars and images of one result.
+
+  `extra`: more scalars for the same record (the evaluation time, the other
+  evaluation sets'). Where the scores kept their probabilities, a reliability
+  diagram of the headline parameters joins the images.
+  """
   summaries.print_line(result.line(step))
   lead = result.lead
   confusion = lead.confusion
@@ -362,6 +416,9 @@ def report(writer: summaries.Writer, step: int, result: Result, split: datasets.
       'misclassified': summaries.captioned_grid(
           split.images[wrong],
           [f'{names[lead.predictions[i]]}/{names[split.labels[i]]}' for i in wrong])[None],
+      **({'reliability_diagram': calibration.reliability_diagram(calibration.bin_confidences(
+          lead.probabilities, split.labels, calibration_bins))[None]}
+         if lead.probabilities is not None else {}),
   })
   writer.flush()
 

@@ -229,7 +229,8 @@ class Evaluate(PeriodicAction):
     if self._run.is_main:
       scoring.report(self._writer, progress.step, result, self._evaluator.split,
                      self._run.config.eval.num_misclassified_images,
-                     {'eval_seconds': time.time() - started})
+                     {'eval_seconds': time.time() - started},
+                     self._run.config.eval.calibration_bins)
 
   def close(self) -> None:
     self._writer.close()

@@ -5,8 +5,12 @@ evaluator
 
 * waits for the WORKDIR and then for finalised checkpoints (one started with
   the trainer, as a job script does, says once that it waits);
-* scores each checkpoint at most once per test-time augmentation, also across
-  restarts: what it has handled is recorded in WORKDIR/eval/metrics.jsonl;
+* scores each checkpoint at most once per test-time augmentation (and again
+  when metrics or evaluation sets were added), also across restarts: what it
+  has handled is recorded in WORKDIR/eval/metrics.jsonl;
+* scores the run's evaluation split and every set of `config.eval.sets`
+  (`eval_sets`: other splits, corrupted copies, out-of-distribution sets),
+  all in the step's one record, each with its own line;
 * reports and skips checkpoints that are unreadable, corrupt (their files
   differ from the checksums recorded when they were saved) or that the
   trainer deleted (`keep_checkpoints`) before they could be scored;
@@ -32,22 +36,31 @@ from cifar_jax.config import validation
 from cifar_jax.core import parallel, summaries
 from cifar_jax.core.errors import UserError
 from cifar_jax.data import datasets
-from cifar_jax.evaluation import scoring
+from cifar_jax.evaluation import eval_sets, metrics, scoring
 from cifar_jax.training import builder
 from cifar_jax.workdir import checkpoints
 
 
-def handled_steps(eval_dir: str, tta: str = 'none') -> dict[int, str]:
+def handled_steps(eval_dir: str, tta: str = 'none', wanted: tuple[str, ...] = ()
+                  ) -> dict[int, str]:
   """{step: status} of every checkpoint an evaluator already handled with this `tta`.
 
-  A step scored with another test-time augmentation is not handled for this
-  one (re-scoring a run with `--config.eval.tta=...` adds records); skipped
-  steps (deleted, unreadable) are handled whatever the TTA.
+  A step scored with another test-time augmentation, or whose record lacks a
+  key of `wanted` (a metric or an evaluation set added since), is not handled
+  for this evaluator (re-scoring a run with `--config.eval.tta=...` or more
+  metrics adds records); skipped steps (deleted, unreadable) are handled
+  whatever the TTA.
   """
   return {int(record['step']): record['status']
           for record in summaries.read_records(os.path.join(eval_dir, summaries.METRICS_FILE))
-          if 'status' in record and (record['status'] != 'scored'
-                                     or record.get('tta', 'none') == tta)}
+          if 'status' in record and (record['status'] != 'scored' or (
+              record.get('tta', 'none') == tta and all(key in record for key in wanted)))}
+
+
+def recorded_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Keys a record scored with `config` has: its metrics' and evaluation sets'."""
+  return (*(metrics.result_name(name) for name in config.eval.get('metrics', ())),
+          *(f'{name}/eval_seconds' for name in config.eval.get('sets', {}).keys()))
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[int, scoring.Result]:
@@ -99,10 +112,13 @@ class _Scorer:
     devices = parallel.select_devices(config.num_devices, config.eval.platform or None)
     logging.info('Evaluating on %d %s device(s): %d images of %r.', len(devices),
                  devices[0].platform, split.num_examples, config.dataset.eval_split)
-    self.evaluator = scoring.Evaluator(config, split, setup.model, devices)
+    self.evaluator = scoring.Evaluator(config, split, setup.model, devices,
+                                       probabilities=eval_sets.needs_probabilities(config))
+    self.sets = eval_sets.load(config, setup.model, devices)
     self.writer = summaries.create_writer(self.eval_dir, enabled=jax.process_index() == 0)
-    self.handled = handled_steps(self.eval_dir, config.eval.tta)
+    self.handled = handled_steps(self.eval_dir, config.eval.tta, recorded_keys(config))
     self.results: dict[int, scoring.Result] = {}
+    self.set_scores: dict[int, dict[str, dict[str, float]]] = {}  # step -> set -> 'NAME/...'
     self.manager = None
     self._checked: dict[str, Any] | None = None  # the training-split info checked last
 
@@ -145,9 +161,17 @@ class _Scorer:
     split = self.evaluator.split
     started = time.time()
     result = self.evaluator.score_state(state)
+    extra = {'eval_seconds': time.time() - started}
+    scored_sets = [eval_sets.score(eval_set, state, result, step) for eval_set in self.sets]
+    for scored in scored_sets:
+      extra.update(scored.scalars)
     scoring.report(self.writer, step, result, split, self.config.eval.num_misclassified_images,
-                   {'eval_seconds': time.time() - started})
+                   extra, self.config.eval.calibration_bins)
+    for scored in scored_sets:
+      summaries.print_line(scored.line)
     self.results[step] = result
+    self.set_scores[step] = {s.name: scored.scalars for s, scored in zip(self.sets, scored_sets,
+                                                                        strict=True)}
     self.handled[step] = 'scored'
 
   def _check_split(self, saved_config: ml_collections.ConfigDict, trained: dict[str, Any]
@@ -157,6 +181,7 @@ class _Scorer:
     del saved_config
     if trained != self._checked:
       scoring.check_eval_split(self.config, self.evaluator.split, trained)
+      eval_sets.check_trained(self.sets, self.config, trained)
       self._checked = trained
 
   def _read(self, step: int, read: Callable[[Any, int], Any]) -> Any:
