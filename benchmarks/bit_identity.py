@@ -8,7 +8,9 @@ each of every parameter, every BatchNorm statistic and every EMA leaf (leaves
 in path order, their dtypes, shapes and bytes). Run it on the commit before a
 change and on the change, on the same machine: equal lines mean the runs are
 bit-identical. Without --data it uses the recipes' synthetic data, for a quick
-check (`tests/test_benchmark_scripts.py` runs it so).
+check (`tests/test_benchmark_scripts.py` runs it so). `--formulation=reference`
+sets config.model.formulation: the commit before the fast BatchNorm prints the
+same lines as `--formulation=reference` after it.
 """
 
 from __future__ import annotations
@@ -60,8 +62,10 @@ def fingerprint(tree: Any) -> str:
 
 
 def run_case(recipe: str, overrides: dict[str, Any], data: str | None, steps: int,
-             per_class: int) -> dict[str, str]:
+             per_class: int, formulation: str = '') -> dict[str, str]:
   fields = dict(overrides)
+  if formulation:
+    fields['model.formulation'] = formulation
   if data:
     fields.update({'dataset.path': data, 'dataset.train_split': f'train[:{per_class}]',
                    'dataset.eval_split': f'train[{per_class}:{per_class + 10}]'})
@@ -84,13 +88,16 @@ def main() -> None:
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--per_class', type=int, default=60, help='training files per class')
   parser.add_argument('--cases', default='', help='comma-separated case names (default: all)')
+  parser.add_argument('--formulation', default='', help="config.model.formulation (default: the "
+                      "recipe's)")
   args = parser.parse_args()
   wanted = set(filter(None, args.cases.split(',')))
   print(f'{"case":30s} {"params":16s} {"batch_stats":16s} {"ema":16s}')
   for name, recipe, overrides in CASES:
     if wanted and name not in wanted:
       continue
-    hashes = run_case(recipe, overrides, args.data or None, args.steps, args.per_class)
+    hashes = run_case(recipe, overrides, args.data or None, args.steps, args.per_class,
+                      args.formulation)
     print(f'{name:30s} {hashes["params"]} {hashes["batch_stats"]} {hashes["ema"]}', flush=True)
 
 

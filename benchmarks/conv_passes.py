@@ -8,7 +8,10 @@ forward pass, its input gradient and its weight gradient, and of BatchNorm's
 forward and backward on its output, each compiled alone (float32, NHWC):
 
   xla          cifar_jax's XLA CPU options (`parallel.CPU_COMPILER_OPTIONS`: convolutions
-               through YNNPACK)
+               through YNNPACK) and the fast formulation's BatchNorm
+               (`layers.batch_norm_train`, the analytic backward)
+  xla_reference  the same options, BatchNorm of config.model.formulation='reference'
+               (differentiated by JAX)
   xla_default  XLA's own CPU defaults (no option)
   taps         the weight gradient as one matmul per kernel tap (dW[i, j] = the shifted
                input's [C_in, N*H*W] times the output gradient's [N*H*W, C_out]), with
@@ -59,7 +62,7 @@ def _median_ms(run, repeats: int) -> float:
 
 
 def jax_times(batch: int, repeats: int, variant: str) -> dict[str, dict[str, float]]:
-  """{conv name: {pass: ms}} in JAX for `variant` (xla | xla_default | taps)."""
+  """{conv name: {pass: ms}} in JAX for `variant` (xla | xla_reference | xla_default | taps)."""
   sys.path.insert(0, REPO_ROOT)
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -67,6 +70,7 @@ def jax_times(batch: int, repeats: int, variant: str) -> dict[str, dict[str, flo
   from cifar_jax.core import parallel  # pylint: disable=import-outside-toplevel
   from cifar_jax.models import layers  # pylint: disable=import-outside-toplevel
 
+  formulation = 'reference' if variant == 'xla_reference' else 'fast'
   options = {} if variant == 'xla_default' else parallel.compiler_options('cpu')
 
   def compiled(fn, *args):
@@ -97,7 +101,7 @@ def jax_times(batch: int, repeats: int, variant: str) -> dict[str, dict[str, flo
     else:
       times['weight_grad'] = _median_ms(compiled(
           lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0], x, w, dy), repeats)
-    norm = layers.BatchNorm(momentum=0.9, epsilon=1e-5, use_scale=True)
+    norm = layers.BatchNorm(momentum=0.9, epsilon=1e-5, use_scale=True, formulation=formulation)
     variables = norm.init(key, y, True)
 
     def norm_step(variables, y, dy, norm=norm):
@@ -188,7 +192,7 @@ def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--variants', default='xla,xla_default,taps')
+  parser.add_argument('--variants', default='xla,xla_reference,xla_default,taps')
   parser.add_argument('--limit', type=int, default=0,
                       help='only the first N convolutions (a quick check of the script)')
   parser.add_argument('--torch_python', default='',

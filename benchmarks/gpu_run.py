@@ -21,8 +21,10 @@ Its parts, in order of value, each in its own time box:
   6 replicas     airbench94 with config.num_replicas = 8 (loop and vmap) against one run:
                  seconds per run, images/s, peak device memory
   7 resnet18     `cifar_jax.benchmark` of ResNet-18 (experiments/resnet18.py) in float32 and
-                 bfloat16, then a short run of its recipe on the data (5 epochs, bfloat16,
-                 the cosine over those 5): seconds, precision@1
+                 bfloat16 (the fast formulation, the default) and float32 with
+                 config.model.formulation='reference' (BatchNorm differentiated by JAX),
+                 then a short run of its recipe on the data (5 epochs, bfloat16, the
+                 cosine over those 5): seconds, precision@1
   8 sweep        airbench94 as a sweep of 8 learning rates in one program (loop and vmap)
                  against one run (8 runs one after another take 8 x its run_s): seconds per
                  run, images/s summed over the points
@@ -371,6 +373,8 @@ def resnet18(runner: Runner, args, deadline: float, report: dict) -> None:
   if not args.tiny:  # --tiny: the run alone (a ResNet's compilations dominate a CPU check)
     settings = [(f'resnet18, {dtype}', 'experiments/resnet18.py', {'model.dtype': dtype})
                 for dtype in ('float32', 'bfloat16')]
+    settings.append(('resnet18, float32, formulation reference', 'experiments/resnet18.py',
+                     {'model.dtype': 'float32', 'model.formulation': 'reference'}))
     options = {'steps': 64, 'repeats': 3, 'synthetic_train_size': 20_000,
                'synthetic_eval_size': 5_000}
     _benchmarks(runner, 'resnet18_benchmark', settings, options, False, deadline, report)

@@ -38,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'airbench94'
+  # fast | reference: the same function and gradients; 'reference' is BatchNorm differentiated
+  # by JAX, the formulation before the fast one, bit for bit (docs/performance.md).
+  config.model.formulation = 'fast'
   config.model.dtype = 'float32'  # or bfloat16 (see cifar10.py)
   config.model.widths = (64, 256, 256)
   config.model.whiten_patch_size = 2

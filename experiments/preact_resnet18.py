@@ -24,5 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.final_activation = False
   config.model.batch_norm_momentum = 0.9
   config.model.batch_norm_epsilon = 1e-5
+  # fast | reference: the same function and gradients; 'reference' is BatchNorm differentiated
+  # by JAX, the formulation before the fast one, bit for bit (docs/performance.md).
+  config.model.formulation = 'fast'
   config.model.dtype = 'float32'
   return config

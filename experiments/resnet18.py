@@ -70,5 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.stem = 'cifar'
   config.model.batch_norm_momentum = 0.9  # PyTorch's momentum 0.1
   config.model.batch_norm_epsilon = 1e-5
+  # fast | reference: the same function and gradients; 'reference' is BatchNorm differentiated
+  # by JAX, the formulation before the fast one, bit for bit (docs/performance.md).
+  config.model.formulation = 'fast'
   config.model.dtype = 'float32'  # or bfloat16 (see cifar10.py)
   return config

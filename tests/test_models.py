@@ -12,6 +12,7 @@ import pytest
 from cifar_jax import models
 from cifar_jax.config import validation
 from cifar_jax.core.errors import UserError
+from cifar_jax.models import layers
 from tests.conftest import tiny_airbench_config, tiny_config
 
 
@@ -198,6 +199,56 @@ def test_batch_norm_by_hand_in_training_and_inference():
   np.testing.assert_allclose(
       inference, (np.asarray(x) - 0.4 * mean) / np.sqrt(stats['var']) + [0.5, -0.5], rtol=1e-4,
       atol=1e-5)
+
+
+@pytest.mark.parametrize('use_scale', [True, False])
+def test_fast_batch_norm_gives_the_reference_outputs_statistics_and_gradients(use_scale):
+  """The analytic backward (`layers.batch_norm_train`) against JAX's derivative of the plain one."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 5, 3, 6)) * 2.0 + 0.7
+  fast, reference = (models.BatchNorm(momentum=0.9, epsilon=1e-5, use_scale=use_scale,
+                                      axis_name=None, formulation=f)
+                     for f in ('fast', 'reference'))
+  variables = fast.init(jax.random.PRNGKey(1), x, train=True)
+  params = jax.tree.map(lambda p: p + jax.random.uniform(jax.random.PRNGKey(2), p.shape),
+                        variables['params'])
+  weights = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+
+  def loss(model, x, params):
+    y, updated = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                             train=True, mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(y) * weights), updated['batch_stats']
+
+  (fast_loss, fast_stats), fast_grads = jax.value_and_grad(
+      functools.partial(loss, fast), (0, 1), has_aux=True)(x, params)
+  (ref_loss, ref_stats), ref_grads = jax.value_and_grad(
+      functools.partial(loss, reference), (0, 1), has_aux=True)(x, params)
+  np.testing.assert_allclose(fast_loss, ref_loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), fast_stats, ref_stats)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+               fast_grads, ref_grads)
+  assert set(fast_grads[1]) == ({'bias', 'scale'} if use_scale else {'bias'})
+
+
+def test_fast_batch_norm_differentiates_its_statistics_too():
+  """A caller differentiating the batch mean and variance gets their exact gradients."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 4, 3)) * 1.5 + 0.3
+  scale, bias = jnp.array([1.0, 2.0, 0.5]), jnp.array([0.1, 0.0, -0.2])
+
+  def plain(x):
+    mean = jnp.mean(x, (0, 1))
+    var = jnp.mean(jnp.square(x - mean), (0, 1))
+    y = (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias
+    return y, mean, var
+
+  def objective(norm):
+    def f(x):
+      y, mean, var = norm(x)
+      return jnp.sum(y ** 3) + jnp.sum(mean * jnp.array([1.0, -2.0, 3.0])) + jnp.sum(var ** 2)
+    return f
+
+  fast = lambda x: layers.batch_norm_train(x, scale, bias, 1e-5, None)  # noqa: E731
+  np.testing.assert_allclose(jax.grad(objective(fast))(x), jax.grad(objective(plain))(x),
+                             rtol=2e-5, atol=2e-5)
 
 
 def test_max_pool_2x2_is_floor_mode_max_pooling():

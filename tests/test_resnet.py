@@ -134,14 +134,17 @@ def test_the_resnet_initialisers_are_pytorchs_defaults():
   assert conv.padding == ((1, 1), (1, 1))  # PyTorch's, not 'SAME' (see pytorch_conv)
 
 
-@pytest.mark.parametrize('recipe', [pytest.param('resnet18', marks=pytest.mark.slow),
-                                    pytest.param('preact_resnet18', marks=pytest.mark.slow),
-                                    'wrn28_10'])
-def test_batch_norm_uses_the_global_batch_on_four_devices(recipe):
+@pytest.mark.parametrize('recipe, formulation', [
+    pytest.param('resnet18', 'fast', marks=pytest.mark.slow),
+    pytest.param('preact_resnet18', 'fast', marks=pytest.mark.slow),
+    ('wrn28_10', 'fast'),
+    pytest.param('wrn28_10', 'reference', marks=pytest.mark.slow)])
+def test_batch_norm_uses_the_global_batch_on_four_devices(recipe, formulation):
   """The same losses, parameters and statistics on 1 and 4 devices (statistics over all 16)."""
-  one, one_losses = run_steps(tiny_family_config(recipe, per_device_batch_size=16), 2)
-  four, four_losses = run_steps(tiny_family_config(recipe, num_devices=4,
-                                                   per_device_batch_size=4), 2)
+  one, one_losses = run_steps(tiny_family_config(
+      recipe, per_device_batch_size=16, **{'model.formulation': formulation}), 2)
+  four, four_losses = run_steps(tiny_family_config(
+      recipe, num_devices=4, per_device_batch_size=4, **{'model.formulation': formulation}), 2)
   np.testing.assert_allclose(four_losses, one_losses, rtol=1e-5)
   for a, b in zip(jax.tree.leaves((four.params, four.batch_stats)),
                   jax.tree.leaves((one.params, one.batch_stats)), strict=True):

@@ -128,7 +128,8 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
   upgraded = copy.deepcopy(saved)
   for owner in OWNERS:
     spec.fill_added(upgraded, '', owner.FIELDS)
-  for fill in (schedules.fill_added, augmentations.fill_added, datasets.fill_added):
+  for fill in (schedules.fill_added, augmentations.fill_added, datasets.fill_added,
+               models.fill_added):
     fill(upgraded)
   if not _old_names(saved):
     return saved if upgraded == saved else upgraded

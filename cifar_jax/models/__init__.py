@@ -51,6 +51,7 @@ from cifar_jax.models.airbench import (
   whitening_kernel,
 )
 from cifar_jax.models.layers import (
+  FORMULATIONS,
   BatchNorm,
   dirac_init,
   max_pool,
@@ -59,16 +60,16 @@ from cifar_jax.models.layers import (
 )
 from cifar_jax.models.nnx_models import as_linen, is_nnx_model, missing_contract, nnx_options
 from cifar_jax.models.resnet import DEPTHS, STEMS, PreActResNet, ResNet
-from cifar_jax.models.tutorial import FORMULATIONS, TutorialCNN, local_response_normalization
+from cifar_jax.models.tutorial import TutorialCNN, local_response_normalization
 from cifar_jax.models.wide_resnet import WideResNet, blocks_per_group
 
 __all__ = [
     'AXIS_NAME', 'DEPTHS', 'DTYPES', 'FORMULATIONS', 'HEAD_INITS', 'MODELS', 'STEMS',
     'WHITEN_BIAS_INITS', 'Airbench94', 'BatchNorm', 'PreActResNet', 'ResNet', 'TutorialCNN',
     'WideResNet', 'blocks_per_group', 'count_parameters', 'create_model', 'dirac_init',
-    'image_patches', 'is_external', 'local_response_normalization', 'max_pool', 'max_pool_2x2',
-    'model_class', 'model_fields', 'parameter_paths', 'pytorch_default_uniform',
-    'whitening_kernel',
+    'fill_added', 'image_patches', 'is_external', 'local_response_normalization', 'max_pool',
+    'max_pool_2x2', 'model_class', 'model_fields', 'parameter_paths',
+    'pytorch_default_uniform', 'whitening_kernel',
 ]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -164,6 +165,18 @@ def parameter_paths(params: Any) -> list[str]:
   """'module/param' path of every leaf, in tree order."""
   flat, _ = jax.tree_util.tree_flatten_with_path(params)
   return ['/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in flat]
+
+
+# The families whose `formulation` field came with the fast BatchNorm: a config saved before
+# then trained with what is now 'reference'.
+_FORMULATION_ADDED = ('airbench94', 'resnet', 'preact_resnet', 'wide_resnet')
+
+
+def fill_added(saved: dict[str, Any]) -> None:
+  """A saved config's model group with the fields its family gained since: what the run did."""
+  model = saved.get('model', {})
+  if model.get('name') in _FORMULATION_ADDED and 'formulation' not in model:
+    model['formulation'] = 'reference'
 
 
 def count_parameters(params: Any) -> int:

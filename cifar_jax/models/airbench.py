@@ -18,6 +18,7 @@ import numpy as np
 from cifar_jax.core import fields as spec
 from cifar_jax.core.parallel import AXIS_NAME
 from cifar_jax.models.layers import (
+  FORMULATIONS,
   BatchNorm,
   dirac_init,
   max_pool_2x2,
@@ -79,7 +80,8 @@ class Airbench94(nn.Module):
   FIELD_CHECKS: ClassVar[dict] = {
       'widths': spec.positive_integers(), 'whiten_patch_size': spec.integer(1),
       'whiten_eps': spec.number(above=0.0), 'whiten_bias_init': spec.choice(WHITEN_BIAS_INITS),
-      'head_multiplier': spec.number(above=0.0), 'head_init': spec.choice(HEAD_INITS)}
+      'head_multiplier': spec.number(above=0.0), 'head_init': spec.choice(HEAD_INITS),
+      'formulation': spec.choice(FORMULATIONS)}
 
   num_classes: int = 10
   widths: tuple[int, ...] = (64, 256, 256)
@@ -88,6 +90,7 @@ class Airbench94(nn.Module):
   whiten_bias_init: str = 'zeros'  # WHITEN_BIAS_INITS: zeros (airbench94), pytorch_default (_muon)
   batch_norm_momentum: float = 0.6
   batch_norm_epsilon: float = 1e-12
+  formulation: str = 'fast'  # layers.FORMULATIONS: 'reference' is the plain BatchNorm
   head_multiplier: float = 1.0 / 9.0  # airbench94: 1/9; airbench94_muon: 1/256
   head_init: str = 'pytorch_default'  # HEAD_INITS: pytorch_default, unit_std (airbench94_muon)
   axis_name: str | None = AXIS_NAME
@@ -107,7 +110,8 @@ class Airbench94(nn.Module):
                 name='whiten')(images.astype(self.dtype))
     x = gelu(x)
     norm = functools.partial(BatchNorm, momentum=self.batch_norm_momentum,
-                             epsilon=self.batch_norm_epsilon, axis_name=self.axis_name)
+                             epsilon=self.batch_norm_epsilon, axis_name=self.axis_name,
+                             formulation=self.formulation)
     for i, width in enumerate(self.widths):
       conv = functools.partial(nn.Conv, width, (3, 3), padding='SAME', use_bias=False,
                                kernel_init=dirac_init(pytorch_default_uniform()),

@@ -103,6 +103,81 @@ def reference_max_pool(x: jax.Array) -> jax.Array:
   return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding='SAME')
 
 
+# config.model.formulation of every family: the same function and gradients. 'fast' (the
+# default) takes the layers written for XLA's CPU backend (`max_pool`, the rsqrt LRN,
+# `batch_norm_train`'s analytic backward); 'reference' the plain ones (`nn.max_pool`, pow,
+# BatchNorm differentiated by JAX): for the BatchNorm networks, what they trained with
+# before the fast formulation existed, bit for bit (docs/performance.md).
+FORMULATIONS = ('fast', 'reference')
+
+
+def _batch_statistics(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+  """Mean and biased variance over every axis but the last, across `axis_name` too.
+
+  Two passes (the mean, then the mean squared deviation from it), averaged
+  over the devices in that order: what PyTorch computes, without the
+  cancellation of the one-pass E[x^2] - E[x]^2.
+  """
+  axes = tuple(range(x.ndim - 1))
+  mean = jnp.mean(x, axes)
+  if axis_name is not None:
+    mean = jax.lax.pmean(mean, axis_name)
+  var = jnp.mean(jnp.square(x - mean), axes)
+  if axis_name is not None:
+    var = jax.lax.pmean(var, axis_name)
+  return mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
+                     axis_name: str | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(scale * (x - mean) / sqrt(var + epsilon) + bias, mean, var) with the batch's statistics.
+
+  The training-mode BatchNorm of the fast formulation. Its backward is the
+  analytic one: two per-channel sums, sum(dy) and sum(dy * x_hat) (the bias's
+  and the scale's gradients, summed over the devices for the input's), then
+  one elementwise pass, dx = scale / std * (dy - mean(dy) - x_hat * mean(dy * x_hat)).
+  JAX's own derivative of the two-pass statistics runs the chain rule through
+  each of them, several more passes over the activations, which dominate a
+  wide network's BatchNorm time on a CPU.
+  """
+  return _batch_norm_forward(x, scale, bias, epsilon, axis_name)[0]
+
+
+def _batch_norm_forward(x, scale, bias, epsilon, axis_name):
+  x, scale, bias = (getattr(v, 'value', v) for v in (x, scale, bias))  # CustomVJPPrimal
+  mean, var = _batch_statistics(x, axis_name)
+  inverse_std = jax.lax.rsqrt(var + epsilon)
+  y = (x - mean) * (inverse_std * scale) + bias
+  return (y, mean, var), (x, mean, inverse_std, scale)
+
+
+def _batch_norm_backward(epsilon, axis_name, residuals, cotangents):
+  del epsilon
+  x, mean, inverse_std, scale = residuals
+  dy, dmean, dvar = cotangents
+  axes = tuple(range(x.ndim - 1))
+  count = x.size // x.shape[-1]
+  x_hat = (x - mean) * inverse_std
+  dbias = jnp.sum(dy, axes)  # this device's share, as JAX's derivative gives it
+  dscale = jnp.sum(dy * x_hat, axes)
+  total_dbias, total_dscale = dbias, dscale
+  if axis_name is not None:  # the statistics are the global batch's: so is their derivative
+    total_dbias, total_dscale = jax.lax.psum((dbias, dscale), axis_name)
+    count = count * jax.lax.psum(1, axis_name)
+  dx = (scale * inverse_std) * (dy - total_dbias / count - x_hat * (total_dscale / count))
+  # The statistics are outputs too (for the running averages); their cotangents are zero in
+  # training, but a caller may differentiate them.
+  if not isinstance(dmean, jax.custom_derivatives.SymbolicZero):
+    dx = dx + dmean / count
+  if not isinstance(dvar, jax.custom_derivatives.SymbolicZero):
+    dx = dx + (2 / count) * (x - mean) * dvar
+  return dx, dscale, dbias
+
+
+batch_norm_train.defvjp(_batch_norm_forward, _batch_norm_backward, symbolic_zeros=True)
+
+
 class BatchNorm(nn.Module):
   """PyTorch's `BatchNorm2d` over the global batch (airbench's defaults: frozen scale, 0.6, 1e-12).
 
@@ -115,13 +190,16 @@ class BatchNorm(nn.Module):
   (flax's convention; PyTorch's `momentum` is 1 - this: the ResNets' 0.9 is
   PyTorch's default 0.1). Without `use_scale` the scale is the constant 1
   (airbench freezes it there); with it, a `scale` parameter starting at 1, as
-  PyTorch's `weight`.
+  PyTorch's `weight`. `formulation` (FORMULATIONS): 'fast' trains through
+  `batch_norm_train`'s analytic backward, 'reference' lets JAX differentiate
+  the plain statistics; the same function and gradient.
   """
 
   momentum: float = 0.6
   epsilon: float = 1e-12
   use_scale: bool = False
   axis_name: str | None = None
+  formulation: str = 'fast'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -129,28 +207,27 @@ class BatchNorm(nn.Module):
     running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
     running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+    scale = (self.param('scale', nn.initializers.ones, (features,), jnp.float32)
+             if self.use_scale else None)
     x32 = x.astype(at_least_float32(x.dtype))  # float64 where the faithfulness check asks
-    if train:
-      axes = tuple(range(x.ndim - 1))
-      count = x.size // features
-      mean = jnp.mean(x32, axes)
-      collective = self.axis_name is not None and not self.is_initializing()
-      if collective:
-        mean = jax.lax.pmean(mean, self.axis_name)
-        count = count * jax.lax.psum(1, self.axis_name)
-      var = jnp.mean(jnp.square(x32 - mean), axes)
-      if collective:
-        var = jax.lax.pmean(var, self.axis_name)
-      if not self.is_initializing():
-        m = self.momentum
-        running_mean.value = m * running_mean.value + (1 - m) * mean
-        running_var.value = m * running_var.value + (1 - m) * var * (count / (count - 1))
+    axis_name = None if self.is_initializing() else self.axis_name
+    if train and self.formulation == 'fast':
+      y, mean, var = batch_norm_train(
+          x32, jnp.ones((features,), x32.dtype) if scale is None else scale.astype(x32.dtype),
+          bias.astype(x32.dtype), self.epsilon, axis_name)
     else:
-      mean, var = running_mean.value, running_var.value
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
-    if self.use_scale:
-      y = y * self.param('scale', nn.initializers.ones, (features,), jnp.float32)
-    return (y + bias).astype(x.dtype)
+      mean, var = (_batch_statistics(x32, axis_name) if train
+                   else (running_mean.value, running_var.value))
+      y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+      if scale is not None:
+        y = y * scale
+      y = y + bias
+    if train and not self.is_initializing():
+      count = x.size // features * (1 if axis_name is None else jax.lax.psum(1, axis_name))
+      m = self.momentum
+      running_mean.value = m * running_mean.value + (1 - m) * mean
+      running_var.value = m * running_var.value + (1 - m) * var * (count / (count - 1))
+    return y.astype(x.dtype)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:

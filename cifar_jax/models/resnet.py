@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from cifar_jax.core import fields as spec
 from cifar_jax.core.parallel import AXIS_NAME
 from cifar_jax.models.layers import (
+  FORMULATIONS,
   BatchNorm,
   at_least_float32,
   global_average_pool,
@@ -68,7 +69,8 @@ class _Family(nn.Module):
 
   # Range checks of config.model's fields (models.check_config; the rest by type).
   FIELD_CHECKS: ClassVar[dict] = {
-      'depth': spec.choice(sorted(DEPTHS)), 'width': spec.integer(1), 'stem': spec.choice(STEMS)}
+      'depth': spec.choice(sorted(DEPTHS)), 'width': spec.integer(1), 'stem': spec.choice(STEMS),
+      'formulation': spec.choice(FORMULATIONS)}
 
   num_classes: int = 10
   depth: int = 18  # a key of DEPTHS
@@ -76,12 +78,14 @@ class _Family(nn.Module):
   stem: str = 'cifar'  # STEMS
   batch_norm_momentum: float = 0.9  # weight of the old value (PyTorch's momentum 0.1)
   batch_norm_epsilon: float = 1e-5
+  formulation: str = 'fast'  # layers.FORMULATIONS: 'reference' is the plain BatchNorm
   axis_name: str | None = AXIS_NAME
   dtype: Any = jnp.float32
 
   def _norm(self, name: str):
     return BatchNorm(momentum=self.batch_norm_momentum, epsilon=self.batch_norm_epsilon,
-                     use_scale=True, axis_name=self.axis_name, name=name)
+                     use_scale=True, axis_name=self.axis_name, formulation=self.formulation,
+                     name=name)
 
   def _conv(self, features: int, kernel_size: int, stride: int, name: str):
     return pytorch_conv(features, kernel_size, stride, dtype=self.dtype, name=name)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from cifar_jax.core import fields as spec
-from cifar_jax.models.layers import max_pool, reference_max_pool
+from cifar_jax.models.layers import FORMULATIONS, max_pool, reference_max_pool
 
 
 def local_response_normalization(
@@ -62,9 +62,6 @@ def local_response_normalization(
     inverse_root = jax.lax.rsqrt(scale)
     return x * (inverse_root * jnp.sqrt(inverse_root))
   return x * jnp.power(scale, -beta)
-
-
-FORMULATIONS = ('fast', 'reference')
 
 
 class TutorialCNN(nn.Module):

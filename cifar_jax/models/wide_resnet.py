@@ -36,6 +36,7 @@ from cifar_jax.core import fields as spec
 from cifar_jax.core.errors import UserError
 from cifar_jax.core.parallel import AXIS_NAME
 from cifar_jax.models.layers import (
+  FORMULATIONS,
   BatchNorm,
   at_least_float32,
   global_average_pool,
@@ -63,7 +64,8 @@ class WideResNet(nn.Module):
 
   # Range checks of config.model's fields (models.check_config; the rest by type).
   FIELD_CHECKS: ClassVar[dict] = {
-      'depth': _check_depth, 'width_factor': spec.integer(1), 'stem_width': spec.integer(1)}
+      'depth': _check_depth, 'width_factor': spec.integer(1), 'stem_width': spec.integer(1),
+      'formulation': spec.choice(FORMULATIONS)}
 
   num_classes: int = 10
   depth: int = 28  # 6n + 4
@@ -71,6 +73,7 @@ class WideResNet(nn.Module):
   stem_width: int = 16  # the first convolution's; the groups are 16k, 32k, 64k
   batch_norm_momentum: float = 0.9  # weight of the old value (PyTorch's momentum 0.1)
   batch_norm_epsilon: float = 1e-5
+  formulation: str = 'fast'  # layers.FORMULATIONS: 'reference' is the plain BatchNorm
   axis_name: str | None = AXIS_NAME
   dtype: Any = jnp.float32
 
@@ -83,7 +86,8 @@ class WideResNet(nn.Module):
     def bn_relu(name, x):
       return nn.relu(BatchNorm(momentum=self.batch_norm_momentum,
                                epsilon=self.batch_norm_epsilon, use_scale=True,
-                               axis_name=self.axis_name, name=name)(x, train))
+                               axis_name=self.axis_name, formulation=self.formulation,
+                               name=name)(x, train))
 
     x = conv(self.stem_width, 3, 1, 'conv1')(images.astype(self.dtype))
     for group in range(3):
