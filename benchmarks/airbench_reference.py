@@ -430,6 +430,8 @@ def report(recipe: str, rows: list[tuple[str, str, float, float]]) -> bool:
   ok = True
   print(f'{recipe}: max |x - torch float64| / max |torch float64|, x = cifar_jax (float32) and '
         'PyTorch float32')
+  print(f'  rule: a tensor passes when cifar_jax\'s error is at most max({ABSOLUTE_TOLERANCE:g}, '
+        f'{NOISE_FACTOR:g} x PyTorch float32\'s on it, PyTorch float32\'s worst in its stage)')
   for kind in KINDS:
     errors = [(jax_error, torch_error, name) for k, name, jax_error, torch_error in rows
               if k == kind]

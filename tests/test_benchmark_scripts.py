@@ -19,11 +19,15 @@ import pytest
 from cifar_jax import compare
 from tests.conftest import REPO_ROOT
 
+# Modules the scripts import (no command line of their own), each tested here directly.
+HELPERS = ('relu_branches.py',)
 SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO_ROOT, 'benchmarks',
-                                                                     '*.py')))
+                                                                     '*.py'))
+                 if os.path.basename(p) not in HELPERS)
 TORCH_PYTHON = os.environ.get('CIFAR_JAX_TORCH_PYTHON', '')
 needs_torch = pytest.mark.skipif(
     not TORCH_PYTHON, reason='CIFAR_JAX_TORCH_PYTHON (a Python with torch) is not set')
+CHECKED_RESNETS = ('resnet18', 'preact_resnet18', 'wrn16_4')
 # Scripts that import torch at the top: their --help needs the torch interpreter.
 TORCH_SCRIPTS = ('pytorch_reference.py',)
 
@@ -46,6 +50,49 @@ def test_the_scripts_are_all_known():
       'host_placement.py', 'input_pipeline.py', 'make_image_folder.py', 'multi_device.py',
       'multiprocess_stress.py', 'pytorch_reference.py', 'resnet_reference.py', 'startup.py'}, (
           'a new script needs a tiny run here (and in the list)')
+  assert all(os.path.exists(_script(name)) for name in HELPERS)
+
+
+@pytest.fixture
+def relu_branches():
+  sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
+  try:
+    import relu_branches  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  return relu_branches
+
+
+def test_relu_branches_records_and_imposes_the_kinks_side(relu_branches):
+  """Recorded in one run, imposed in another: the gradient follows the imposed 0/1 pattern."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  branches = relu_branches.ReluBranches(nn, 'relu', lambda mask, x: jnp.where(mask, x, 0.0))
+  weights = jnp.array([3.0, -2.0, 1.0])
+  network = lambda x: jnp.sum(nn.relu(x) * weights)  # noqa: E731
+  exact = jnp.array([-1e-9, 0.5, -0.5])
+  rounded = jnp.array([1e-9, 0.5, -0.5])  # the first on the other side of zero
+  recorded, rounded_recorded = [], []
+  with branches.record(recorded):
+    network(exact)
+  with branches.record(rounded_recorded):
+    network(rounded)
+  assert nn.relu is jax.nn.relu  # restored
+  truth = relu_branches.signs(recorded, np.asarray)
+  np.testing.assert_array_equal(truth, [[False, True, False]])
+  assert relu_branches.flips(relu_branches.signs(rounded_recorded, np.asarray), truth) == 1
+  np.testing.assert_array_equal(jax.grad(network)(rounded), [3.0, -2.0, 0.0])  # its own branch
+  with branches.impose(truth):  # one network call per imposition: the masks are used up
+    np.testing.assert_array_equal(jax.grad(network)(rounded), [0.0, -2.0, 0.0])  # float64's
+  with branches.impose(truth):
+    np.testing.assert_allclose(network(rounded), -1.0)
+  with pytest.raises(RuntimeError, match='not used'), branches.impose(truth + truth):
+    network(rounded)
+  with pytest.raises(RuntimeError, match='more ReLUs'), branches.impose([]):
+    network(rounded)
 
 
 @pytest.mark.parametrize('name', SCRIPTS)
@@ -121,9 +168,16 @@ def test_the_resnet_families_are_faithful_to_pytorch():
                  '--batch=4'])
   summary = json.loads(result.stdout.strip().splitlines()[-1])
   assert summary['agree'], result.stdout[-4000:]
-  assert set(summary) == {'agree', 'resnet18', 'preact_resnet18', 'wrn16_4'}
+  assert set(summary) == {'agree', *CHECKED_RESNETS}
   assert summary['resnet18']['parameter_count'] == 11_173_962
   assert max(summary['wrn16_4']['float64'].values()) < 1e-10
+  # float32 on float64's ReLU branches, compiled as the trainer compiles: no tensor less
+  # accurate than the script's rule allows against PyTorch's float32 (it prints the rule).
+  assert all(summary[n]['float32_within_noise_rule'] for n in CHECKED_RESNETS), (
+      result.stdout[-4000:])
+  assert 'rule: a tensor passes when' in result.stdout
+  assert all(set(summary[n]['relu_flips']) == {'cifar_jax', 'pytorch_float32'}
+             for n in CHECKED_RESNETS)
 
 
 @pytest.mark.slow
