@@ -567,7 +567,8 @@ def check(networks, torch_python: str, batch: int) -> int:
         return 1
       answer = json.loads(result.stdout.strip().splitlines()[-1])
       rows = [tuple(r) for r in answer['rows']]
-      jax_count = json.loads(str(np.load(path)['meta']))['parameters']
+      meta = json.loads(str(np.load(path)['meta']))
+      jax_count = meta['parameters']
       published = NETWORKS[network][2]
       counts_agree = jax_count == answer['parameters'] == published
       print(f'{network}: parameters cifar_jax {jax_count:,}, PyTorch {answer["parameters"]:,}, '
@@ -575,12 +576,11 @@ def check(networks, torch_python: str, batch: int) -> int:
       exact_ok, exact = report_float64(network, answer['float64'])
       print('  float32 on float64\'s ReLU branches (relu_branches.py), against PyTorch\'s:')
       within_noise = report(network, rows)
-      relu_inputs = json.loads(str(np.load(path)['meta']))['relu_inputs']
       flipped, as_computed = answer['relu_flips'], answer['gradients_as_computed']
       print(f'  as computed, for information: ReLU inputs on the other side of zero than '
             f'float64\'s: cifar_jax {flipped["cifar_jax"]}, PyTorch {flipped["pytorch_float32"]} '
-            f'of {relu_inputs:,}; worst gradient then cifar_jax {as_computed["cifar_jax"]:.1e}, '
-            f'PyTorch {as_computed["pytorch_float32"]:.1e}')
+            f'of {meta["relu_inputs"]:,}; worst gradient then cifar_jax '
+            f'{as_computed["cifar_jax"]:.1e}, PyTorch {as_computed["pytorch_float32"]:.1e}')
       ok &= counts_agree and exact_ok
       summary[network] = {'parameter_count': jax_count, 'float64': exact,
                           'float32_within_noise_rule': within_noise, 'relu_flips': flipped,
