@@ -109,7 +109,7 @@ def export_jax(recipe: str, path: str, batch: int, init_examples: int,
   config = experiment.load_config(os.path.join(REPO_ROOT, RECIPES[recipe]), {
       'dataset.source': 'synthetic', 'dataset.synthetic_train_size': 4 * batch,
       'dataset.synthetic_test_size': 10, 'dataset.cache_dir': '', 'num_devices': 1,
-      'per_device_batch_size': batch, 'model_init_examples': init_examples,
+      'batch_size': batch, 'model_init_examples': init_examples,
       **({'model.widths': tuple(widths)} if widths else {})})
   setup, split, data, make_batch, step = pipeline_and_step(config)
   devices = setup.devices

@@ -45,7 +45,10 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from cifar_jax.core import summaries  # noqa: E402  pylint: disable=g-import-not-at-top
+from cifar_jax.core import (  # noqa: E402  pylint: disable=g-import-not-at-top
+  layout,
+  summaries,
+)
 from cifar_jax.workdir import checkpoints  # noqa: E402  pylint: disable=g-import-not-at-top
 
 TRAINING_MARK = 'First step (compilation included)'
@@ -276,7 +279,7 @@ def _report(faults, evaluator_faults, reference_dir, faulty_dir, steps, trainer_
   reference_step, reference_state = _final_state(reference_dir)
   faulty_step, faulty_state = _final_state(faulty_dir)
   different = _differences(reference_state, faulty_state)
-  records = summaries.read_records(os.path.join(faulty_dir, 'eval', summaries.METRICS_FILE))
+  records = summaries.read_records(os.path.join(faulty_dir, 'eval', layout.METRICS))
   scored = collections.Counter((r['step'], r.get('tta', 'none')) for r in records
                                if r.get('status') == 'scored')
   scored_twice = sorted(step for (step, _), count in scored.items() if count > 1)

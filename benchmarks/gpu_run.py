@@ -55,7 +55,7 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from cifar_jax.core import summaries  # noqa: E402  pylint: disable=g-import-not-at-top  (no JAX)
+from cifar_jax.core import layout, summaries  # noqa: E402  pylint: disable=g-import-not-at-top  (no JAX)
 
 # (number, name, share of the budget left, minimum seconds to start).
 PARTS = ((0, 'install', 0.10, 20), (1, 'environment', 0.03, 5), (2, 'airbench94', 0.20, 20),
@@ -66,7 +66,7 @@ TINY = ['--config.num_devices=1', '--config.dataset.cache_dir=', '--config.eval.
 TINY_TUTORIAL = [*TINY, '--config.model.conv_features=8', '--config.model.local3_features=16',
                  '--config.model.local4_features=8', '--config.per_device_batch_size=16']
 TINY_AIRBENCH = [*TINY, '--config.model.widths=(8,16,16)', '--config.model_init_examples=64',
-                 '--config.per_device_batch_size=32']
+                 '--config.batch_size=32']
 
 
 class BudgetSpentError(Exception):
@@ -154,10 +154,10 @@ TINY_TUTORIAL_OVERRIDES = {'num_devices': 1, 'dataset.cache_dir': '', 'eval.batc
                            'model.conv_features': 8, 'model.local3_features': 16,
                            'model.local4_features': 8, 'per_device_batch_size': 16}
 TINY_RESNET_OVERRIDES = {'num_devices': 1, 'dataset.cache_dir': '', 'eval.batch_size': 64,
-                         'model.width': 4, 'per_device_batch_size': 16}
+                         'model.width': 4, 'batch_size': 16}
 TINY_AIRBENCH_OVERRIDES = {'num_devices': 1, 'dataset.cache_dir': '', 'eval.batch_size': 64,
                            'model.widths': (8, 16, 16), 'model_init_examples': 64,
-                           'per_device_batch_size': 32}
+                           'batch_size': 32}
 
 # Runs `cifar_jax.benchmark` for each (setting, config file, overrides) of argv[1] in one
 # process (one JAX start, one data load); a JSON line per setting as soon as it is measured.
@@ -235,7 +235,7 @@ def airbench(runner: Runner, args, deadline: float, report: dict) -> None:
       '--mode=train_and_eval', *_data_flags(args), '--config.eval_every_steps=0',
       *(['--config.num_train_steps=3', *_flags(TINY_AIRBENCH_OVERRIDES)] if args.tiny else [])],
       deadline)
-  record = summaries.read_records(os.path.join(workdir, 'eval', summaries.METRICS_FILE))[-1]
+  record = summaries.read_records(layout.path(workdir, layout.EVAL, layout.METRICS))[-1]
   report.update({'train_seconds': _trained_seconds(workdir, started),
                  'seconds_to_score': record['wall_time'] - started,
                  'precision': record['precision'], 'tta': record['tta'], 'steps': record['step']})
@@ -349,7 +349,7 @@ def tutorial(runner: Runner, args, deadline: float, report: dict) -> None:
   processes = [runner.start('tutorial_trainer', [*common, '--config.steps_per_call=16'], memory),
                runner.start('tutorial_evaluator', [*common, '--mode=eval',
                                                    '--config.eval.poll_secs=1'], memory)]
-  records = os.path.join(workdir, 'eval', summaries.METRICS_FILE)
+  records = layout.path(workdir, layout.EVAL, layout.METRICS)
 
   def scored():
     return [r for r in summaries.read_records(records) if r.get('status') == 'scored']
@@ -386,7 +386,7 @@ def resnet18(runner: Runner, args, deadline: float, report: dict) -> None:
       *(['--config.num_train_epochs=0', '--config.num_train_steps=2',
          *_flags(TINY_RESNET_OVERRIDES)] if args.tiny else ['--config.num_train_epochs=5'])],
       deadline)
-  record = summaries.read_records(os.path.join(workdir, 'eval', summaries.METRICS_FILE))[-1]
+  record = summaries.read_records(layout.path(workdir, layout.EVAL, layout.METRICS))[-1]
   report.update({'train_seconds': _trained_seconds(workdir, started),
                  'precision': record['precision'], 'steps': record['step'], 'epochs': 5})
 

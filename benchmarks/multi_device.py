@@ -68,7 +68,7 @@ def measure(config_path: str, steps: int, repeats: int) -> dict:
       'config': os.path.basename(config_path),
       'platform': devices[0].platform,
       'devices': len(devices),
-      'per_device_batch': config.per_device_batch_size,
+      'per_device_batch': setup.batches.per_device_batch_size,
       'global_batch': setup.batches.global_batch_size,
       'examples_per_sec': setup.batches.global_batch_size / sec_per_batch,
       'sec_per_batch': sec_per_batch,

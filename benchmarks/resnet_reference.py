@@ -99,7 +99,7 @@ def load_recipe(network: str, batch: int, overrides: dict | None = None):
   return experiment.load_config(os.path.join(REPO_ROOT, recipe), {
       'dataset.source': 'synthetic', 'dataset.synthetic_train_size': 4 * batch,
       'dataset.synthetic_test_size': 10, 'dataset.cache_dir': '', 'num_devices': 1,
-      'per_device_batch_size': batch, 'num_train_epochs': 0.0, 'num_train_steps': 100,
+      'batch_size': batch, 'num_train_epochs': 0.0, 'num_train_steps': 100,
       **network_overrides, **(overrides or {})})
 
 

@@ -283,7 +283,7 @@ def _pytorch_command(config: ml_collections.ConfigDict, steps: int, repeats: int
                      references: str = 'benchmarks') -> list[str]:
   """The reference script (in the folder `references`) and its arguments for this config's
   network and batch."""
-  common = [f'--batch={config.per_device_batch_size}', f'--steps={steps}',
+  common = [f'--batch={input_pipeline.global_batch(config)}', f'--steps={steps}',
             f'--repeats={repeats}']
   if config.model.name == 'airbench94':
     recipe = ('airbench94_muon' if any(g.get('optimizer') == 'muon'
@@ -372,8 +372,8 @@ def machine_line(figures: dict[str, Any], pytorch: dict[str, float] | None) -> s
 def main(argv):
   del argv
   terminal.show_on_terminal(FLAGS.verbose)
-  config = FLAGS.config
   try:
+    config = cli.with_overrides(FLAGS.config)
     figures = run(config, steps=FLAGS.steps, repeats=FLAGS.repeats,
                   warmup_steps=FLAGS.warmup_steps, synthetic=FLAGS.synthetic,
                   synthetic_train_size=FLAGS.synthetic_train_size,

@@ -9,13 +9,15 @@ and `--helpfull` are absl's, unchanged.
 
 from __future__ import annotations
 
-import ast
 import os
 import runpy
 import sys
 from typing import NoReturn
 
 from absl import flags
+
+from cifar_jax.config import overrides
+from cifar_jax.core.errors import UserError
 
 FLAGS = flags.FLAGS
 CONFIG_HINT = 'a file such as experiments/cifar10.py (paths are relative to where you run)'
@@ -59,28 +61,45 @@ def check_config_file(path: str) -> None:
     fail(f'--config={path} defines no get_config(); give {CONFIG_HINT}.')
 
 
-SWEEP_PREFIX = '--config.sweep.'
+CONFIG_PREFIX = '--config.'
+NEGATED_PREFIX = '--noconfig.'
+
+# The `--config.PATH=VALUE` overrides of the last parse, in order (`config_overrides`).
+_overrides: dict[str, overrides.Text] = {}
 
 
-def _add_sweep(config, arguments: list[str]) -> None:
-  """`--config.sweep.FIELD=(v1, v2, ...)` arguments as `config.sweep[FIELD]` tuples."""
-  for argument in arguments:
-    name, _, text = argument.removeprefix(SWEEP_PREFIX).partition('=')
-    try:
-      values = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      values = None
-    if not name or not isinstance(values, (tuple, list)):
-      fail(f"{argument}: a sweep field takes a tuple of values, e.g. "
-           f"--config.sweep.learning_rate='(0.02, 0.1)' (see docs/replicas.md#sweeps).")
-    *parents, leaf = name.split('.')  # a nested field: sweep.optimizer_groups.x.learning_rate
-    with config.unlocked():
-      target = config.sweep
-      for parent in parents:
-        if parent not in target:
-          target[parent] = type(config)()
-        target = target[parent]
-      target[leaf] = tuple(values)
+def config_overrides() -> dict[str, overrides.Text]:
+  """{dotted path: text} of every `--config.PATH=VALUE` of the last `parse_flags`, in order."""
+  return dict(_overrides)
+
+
+def _take_overrides(argv: list[str]) -> list[str]:
+  """`argv` without its `--config.PATH[=VALUE]` overrides, which go to `_overrides`.
+
+  ml_collections would set only fields the recipe file has, each in the order given; cifar_jax
+  applies them itself (`config.overrides`): an extension named there brings its fields, and an
+  evaluator given no --config applies them to the run's own config. `--config.FLAG` alone is
+  true, `--noconfig.FLAG` false.
+  """
+  _overrides.clear()
+  rest = []
+  for argument in argv:
+    if argument.startswith(CONFIG_PREFIX) and argument != CONFIG_PREFIX:
+      path, equals, text = argument.removeprefix(CONFIG_PREFIX).partition('=')
+      _overrides[path] = overrides.Text(text if equals else 'true')
+    elif argument.startswith(NEGATED_PREFIX):
+      _overrides[argument.removeprefix(NEGATED_PREFIX)] = overrides.Text('false')
+    else:
+      rest.append(argument)
+  return rest
+
+
+def with_overrides(config):
+  """`config` (in place) with this command line's `--config.*` overrides and the fields the
+  extensions it names bring (`config.overrides.apply`); returns it. Called by each command's
+  main, once the terminal shows warnings as it should; a mistake is `UserError`."""
+  overrides.apply(config, _overrides)
+  return config
 
 
 def parse_flags(argv: list[str], positional: bool = False) -> list[str]:
@@ -91,17 +110,13 @@ def parse_flags(argv: list[str], positional: bool = False) -> list[str]:
   path = _config_path(argv)
   if path is not None:
     check_config_file(path)  # before ml_collections loads it with a traceback for any fault
-  # A sweep's fields are new keys (`config.sweep` is empty in a recipe): ml_collections only
-  # overrides fields that exist, and reads sys.argv itself, so they are taken out of both and
-  # added once the config is built.
-  swept = [arg for arg in argv if arg.startswith(SWEEP_PREFIX)]
-  argv = [arg for arg in argv if arg not in swept]
-  saved_argv, sys.argv = sys.argv, argv
+  argv = _take_overrides(argv)
+  saved_argv, sys.argv = sys.argv, argv  # ml_collections reads sys.argv itself
   try:
     remaining = FLAGS(argv)
-    if 'config' in FLAGS:
-      FLAGS.config  # noqa: B018 (ml_collections builds the config on first use)
-      _add_sweep(FLAGS.config, swept)
+    if 'config' not in FLAGS and _overrides:
+      raise UserError(f'{CONFIG_PREFIX}{next(iter(_overrides))}: this command takes no config '
+                      'fields; run with --help to see its flags.')
   except flags.UnrecognizedFlagError as e:
     fail(f'{e}; run with --help to see the flags.')
   except flags.IllegalFlagValueError as e:
@@ -112,9 +127,8 @@ def parse_flags(argv: list[str], positional: bool = False) -> list[str]:
     fail(f'{message.rstrip(".")}; run with --help to see the flags.')
   except flags.Error as e:
     fail(f'{str(e).strip().rstrip(".")}; run with --help to see the flags.')
-  except KeyError as e:
-    fail(f'a --config.* override names a field the config does not have ({e}); run with '
-         '--helpfull to see the config fields.')
+  except UserError as e:
+    fail(str(e))
   except Exception as e:  # pylint: disable=broad-except
     fail(f'a --config.* override was rejected ({type(e).__name__}: {e}); check that the field '
          'exists in the config file and that the value has its type.')

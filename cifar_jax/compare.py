@@ -53,7 +53,7 @@ import re
 from absl import app, flags
 
 from cifar_jax import cli
-from cifar_jax.core import summaries, sweeps
+from cifar_jax.core import layout, summaries, sweeps
 from cifar_jax.core.errors import UserError
 from cifar_jax.evaluation import metrics, run_statistics
 
@@ -101,14 +101,15 @@ def record_values(record: dict, metric: str = 'precision') -> list[float]:
   if metric not in record:
     recorded = sorted(key for key in record if not _REPLICA_KEY.match(key)
                       and isinstance(record[key], (int, float)) and key not in _NOT_FIGURES)
-    raise UserError(f'The record of step {record.get("step")} has no {metric!r} (it has '
+    where = f'{record["where"]}: the' if 'where' in record else 'The'
+    raise UserError(f'{where} record of step {record.get("step")} has no {metric!r} (it has '
                     f'{recorded}); name one of them with --metric (and --set), or score the '
                     'run again with it (--mode=eval --config.eval.run_once=true, '
                     'config.eval.metrics, config.eval.sets).')
   return [record[metric]]
 
 
-_NOT_FIGURES = {'step', 'wall_time', 'count', 'num_replicas'}
+_NOT_FIGURES = {'step', 'wall_time', 'count', 'num_replicas', 'where'}
 
 
 def record_key(metric: str, eval_set: str = '') -> str:
@@ -129,7 +130,7 @@ def lower_is_better(key: str, direction: str | None = None) -> bool:
 
 
 def _scored_records(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, 'eval', summaries.METRICS_FILE)
+  path = layout.path(workdir, layout.EVAL, layout.METRICS)
   return [r for r in summaries.read_records(path) if r.get('status') == 'scored']
 
 
@@ -148,7 +149,13 @@ def _records_at(workdir: str, step: int | None) -> list[dict]:
 
 
 def _pick(records: list[dict], tta: str | None, where: str) -> dict:
-  by_tta = {r.get('tta', 'none'): r for r in records}  # a later record of a TTA wins
+  """The record of `tta` at one step: the latest value of each figure over all its records (a
+  run scored again with other metrics or sets keeps the figures of the earlier scoring)."""
+  by_tta: dict[str, dict] = {}
+  for record in records:
+    by_tta.setdefault(record.get('tta', 'none'), {}).update(record)
+  for record in by_tta.values():
+    record['where'] = where
   if tta is None:
     if len(by_tta) > 1:
       raise UserError(f'{where} was scored with several test-time augmentations '
@@ -181,7 +188,7 @@ def read_group(directory: str, tta: str | None = None, metric: str = 'precision'
   runs = sorted(os.path.join(directory, entry) for entry in os.listdir(directory)
                 if _scored_records(os.path.join(directory, entry)))
   if not runs:
-    raise UserError(f'{directory} holds no evaluator records (eval/{summaries.METRICS_FILE} '
+    raise UserError(f'{directory} holds no evaluator records ({layout.EVAL}/{layout.METRICS} '
                     'with a scored step), nor folders that do; run the evaluator on it first '
                     '(--mode=eval).')
   picked = {run: _pick(_records_at(run, step), tta, run) for run in runs}

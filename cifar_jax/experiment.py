@@ -29,8 +29,9 @@ import numpy as np
 
 from cifar_jax import compare as compare_lib
 from cifar_jax import models
+from cifar_jax.config import overrides as overrides_lib
 from cifar_jax.config import validation
-from cifar_jax.core import summaries, sweeps
+from cifar_jax.core import layout, summaries, sweeps
 from cifar_jax.core.errors import UserError
 from cifar_jax.data import augmentations, datasets, input_pipeline
 from cifar_jax.evaluation import scoring
@@ -43,9 +44,11 @@ def load_config(path: str, overrides: dict[str, Any] | None = None
                 ) -> ml_collections.ConfigDict:
   """`get_config()` of an experiments/*.py file, with dotted-name overrides.
 
-  load_config('experiments/smoke.py', {'model.conv_features': 8}). Unknown
-  names are refused, as on the command line, except under `sweep.`, whose
-  fields a recipe adds: {'sweep.learning_rate': (0.05, 0.1, 0.2)}. The result
+  load_config('experiments/smoke.py', {'model.conv_features': 8}). The overrides are the
+  command line's (`config.overrides`): an extension they name brings its fields, so
+  {'augment.extra': ('fork:Cutout',), 'augment.cutout_size': 12} works in any order; new keys
+  are made only for a sweep ({'sweep.learning_rate': (0.05, 0.1, 0.2)}), an evaluation set, an
+  optimizer group and a field of the named model; other unknown names are refused. The result
   is checked (`validation.validate`) as the command line checks it.
   """
   if not os.path.isfile(path):
@@ -60,20 +63,7 @@ def load_config(path: str, overrides: dict[str, Any] | None = None
     sys.path.insert(0, root)
   spec.loader.exec_module(module)
   config = module.get_config()
-  for name, value in (overrides or {}).items():
-    *parents, leaf = name.split('.')
-    swept = name.startswith('sweep.')  # a sweep's fields are new keys: created, not looked up
-    target = config
-    try:
-      for parent in parents:
-        if swept and parent not in target:
-          target[parent] = ml_collections.ConfigDict()
-        target = target[parent]
-      if not swept:
-        target[leaf]  # pylint: disable=pointless-statement
-    except KeyError:
-      raise UserError(f'Unknown config field {name!r} in overrides; see {path}.') from None
-    target[leaf] = value
+  overrides_lib.apply(config, overrides or {}, where='override ')
   builder.respect_given_fields(config, overrides or {})
   validation.validate(config)
   return config
@@ -93,8 +83,8 @@ def augmented_batch(config: ml_collections.ConfigDict, split: datasets.Split, st
 
   The trainer's own batch schedule and on-device augmentation (one device), keyed the same way.
   """
-  batches = input_pipeline.BatchSchedule(split.num_examples, config.per_device_batch_size, 1,
-                                         config.seed)
+  batches = input_pipeline.BatchSchedule(split.num_examples,
+                                         input_pipeline.global_batch(config), 1, config.seed)
   indices = batches.indices(step)[0, 0, :count]
   _, train_key = train_state.seed_keys(config.seed)
   augmentation = augmentations.Augmentation.from_config(config, batches.steps_per_epoch)
@@ -258,7 +248,7 @@ def predict(checkpoint: Checkpoint, images: np.ndarray, which: str = 'ema',
 def _table(logdir: str):
   """LOGDIR/metrics.jsonl as a DataFrame indexed by step (a resumed run's repeats: last kept)."""
   import pandas as pd  # pylint: disable=g-import-not-at-top
-  table = pd.DataFrame(summaries.read_records(os.path.join(logdir, summaries.METRICS_FILE)))
+  table = pd.DataFrame(summaries.read_records(os.path.join(logdir, layout.METRICS)))
   return table.drop_duplicates('step', keep='last').set_index('step') if len(table) else table
 
 
@@ -273,7 +263,7 @@ def read_evaluations(workdir: str):
   Columns: precision (EMA), precision_raw, loss, loss_raw, count, status
   (scored / unreadable / deleted), ...
   """
-  return _table(os.path.join(workdir, 'eval'))
+  return _table(layout.path(workdir, layout.EVAL))
 
 
 def plot_run(workdir: str, title: str | None = None):

@@ -17,8 +17,8 @@ and data options are the original's hyper-parameters, in its own units:
 * lookahead every 5 steps; no tutorial EMA; test-time augmentation
   mirror + translate (the original's tta_level 2).
 
-The batch is per device: with D devices set per_device_batch_size = 1024 / D
-for the original's global batch (BatchNorm uses the global batch either way).
+The batch is global (`config.batch_size`): 1024 on any number of devices,
+divided across them (BatchNorm uses the global batch either way).
 """
 
 import math
@@ -52,7 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.head_init = 'pytorch_default'
   config.model_init_examples = 5000
 
-  config.per_device_batch_size = 1024
+  config.per_device_batch_size = 0
+  config.batch_size = 1024  # global: the same on any number of devices
   train_epochs = 9.9
   config.num_train_steps = math.ceil(50_000 // 1024 * train_epochs)
 

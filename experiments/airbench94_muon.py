@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.head_init = 'unit_std'
   config.model.head_multiplier = 1 / 256
 
-  config.per_device_batch_size = 2000
+  config.batch_size = 2000  # global
   config.num_train_steps = 50_000 // 2000 * 8
 
   config.hyperparameter_form = 'plain'

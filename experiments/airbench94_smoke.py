@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.synthetic_test_size = 1000
   config.model.widths = (16, 32, 32)
   config.model_init_examples = 1000
-  config.per_device_batch_size = 128
+  config.batch_size = 128  # global
   config.num_train_steps = 60
   config.log_every_steps = 10
   config.checkpoint_every_steps = 20

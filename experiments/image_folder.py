@@ -13,7 +13,10 @@ Nothing else needs an edit (docs/your_data.md says what to change and why):
 * training sees random resized crops (36-100% of the area, aspect 3/4-4/3)
   at the images' own size, flipped; evaluation scores the whole image, with
   the mirror and one-pixel translations averaged;
-* 30 epochs, whatever the folder's size (`num_train_epochs`);
+* 30 epochs, whatever the folder's size (`num_train_epochs`), of a global
+  batch of 256 on any number of devices; a folder too small for 10 such
+  batches per epoch (`min_steps_per_epoch`) trains on batches of
+  images // 10, said in one line;
 * the learning rate and weight decay are airbench's, per 1024 examples
   (`hyperparameter_form='decoupled'`): the step's rate follows the global
   batch linearly, so other devices or batch sizes keep the recipe;
@@ -43,8 +46,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.flip_left_right = True
   config.augment.alternating_flip = False
 
-  # 256 per device (the global batch is 256 x devices): more steps per epoch on small folders.
-  config.per_device_batch_size = 256
+  # A global batch of 256 on any number of devices; a folder of fewer images trains on batches
+  # that leave an epoch at least config.min_steps_per_epoch steps (the learning rate follows
+  # the batch: decoupled form).
+  config.batch_size = 256
+  config.min_steps_per_epoch = 10
   config.num_train_epochs = 30.0
   config.checkpoint_every_steps = 200
   config.histogram_every_steps = 200

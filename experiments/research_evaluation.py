@@ -31,7 +31,10 @@ def get_config(recipe: str = 'cifar10_jpeg') -> ml_collections.ConfigDict:
     sets['cifar10_1'] = {'source': 'tfds', 'name': 'cifar10_1', 'split': 'test'}
     sets['svhn'] = {'source': 'tfds', 'name': 'svhn_cropped', 'split': 'test', 'ood': True}
   else:
+    # Its own seed (--config.eval.sets.noise.seed=N): on a synthetic run, the run's seed would
+    # draw the training data's own class templates, in distribution by construction.
     sets['noise'] = {'source': 'synthetic', 'split': 'test', 'synthetic_train_size': 1,
-                     'synthetic_test_size': 5000, 'synthetic_image_size': 32, 'ood': True}
+                     'synthetic_test_size': 5000, 'synthetic_image_size': 32, 'ood': True,
+                     'seed': config.dataset.seed + (config.dataset.source == 'synthetic')}
   config.eval.sets = sets
   return config

@@ -18,9 +18,8 @@ recipe the one most CIFAR papers start from, in PyTorch's own units:
   global batch with PyTorch's momentum 0.1 and eps 1e-5.
 
 200 epochs of 390 batches (drop-last) = 78,000 steps, resolved when the
-split is loaded. The batch is per device: with D devices set
-per_device_batch_size = 128 / D for the recipe's global batch, or scale the
-learning rate with the batch (docs/your_data.md).
+split is loaded. The batch is global (`config.batch_size`): 128 on any
+number of devices, divided across them.
 """
 
 import ml_collections
@@ -42,7 +41,8 @@ def resnet_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   config.augment.padding_mode = 'constant'
   config.augment.flip_left_right = True
 
-  config.per_device_batch_size = 128
+  config.per_device_batch_size = 0
+  config.batch_size = 128  # global: the same on any number of devices
   config.num_train_epochs = 200.0
   config.optimizer = 'momentum'
   config.momentum = 0.9

@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 
-from cifar_jax.core import summaries
+from cifar_jax.core import layout, summaries
 from cifar_jax.run import actions, train
 from cifar_jax.training import loop
 from tests.conftest import tiny_config
@@ -46,7 +46,7 @@ def test_a_new_action_gets_its_cadence_and_calls_end_on_its_steps(tmp_path, monk
   train.train_and_evaluate(tiny_config(num_train_steps=20, steps_per_call=2), workdir,
                            evaluate_in_process=False)
   (action,) = created
-  records = summaries.read_records(os.path.join(workdir, summaries.METRICS_FILE))
+  records = summaries.read_records(os.path.join(workdir, layout.METRICS))
   curves = [r for r in records if 'learning_rates' in r]
   assert [r['step'] for r in curves] == [6, 12, 18, 20]  # its period and the last step
   np.testing.assert_allclose(curves[-1]['learning_rates'], [0.05] * 20)  # smoke: constant 0.05
@@ -64,6 +64,7 @@ def _remembered(created):
   return Remembered
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_each_mode_has_its_actions(tmp_path, monkeypatch):
   created = []
   original = actions.create

@@ -11,6 +11,7 @@ from cifar_jax.core.errors import UserError
 from tests.conftest import REPO_ROOT, tiny_airbench_config, tiny_config
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_run_reports_every_figure_and_a_parseable_last_line():
   figures = benchmark.run(tiny_config(), steps=2, repeats=2, warmup_steps=1, synthetic=True,
                           synthetic_train_size=64, synthetic_eval_size=40, matmul_size=128)

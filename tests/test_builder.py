@@ -25,7 +25,8 @@ def _single_run(config_name, seed, num_devices):
 
 @pytest.mark.parametrize('config_name, num_devices, execution, steps_per_call', [
     pytest.param('tutorial', 1, 'loop', 1, marks=pytest.mark.slow),
-    pytest.param('tutorial', 4, 'loop', 1, marks=pytest.mark.slow), ('tutorial', 1, 'vmap', 2),
+    pytest.param('tutorial', 4, 'loop', 1, marks=pytest.mark.slow),
+    ('tutorial', 1, 'vmap', 2),  # (the fast tier's proof of replicas)
     pytest.param('airbench', 1, 'loop', 1, marks=pytest.mark.slow),
     pytest.param('airbench', 4, 'vmap', 1, marks=pytest.mark.slow)])
 def test_replica_r_is_the_single_run_of_seed_plus_r(config_name, num_devices, execution,
@@ -104,8 +105,9 @@ def test_the_notebooks_overrides_give_the_length_too():
   assert (config.num_train_steps, config.num_train_epochs) == (20, 0.0)
 
 
-@pytest.mark.parametrize('size, crop_size, field', [(8, 0, 'config.dataset.image_size=25'),
-                                                    (40, 16, 'config.crop_size=25')])
+@pytest.mark.parametrize('size, crop_size, field', [
+    (8, 0, 'config.dataset.image_size=25'),
+    pytest.param(40, 16, 'config.crop_size=25', marks=pytest.mark.slow)])
 def test_images_a_network_pools_to_nothing_are_one_sentence_naming_its_smallest_side(
     size, crop_size, field):
   config = tiny_airbench_config(**{'dataset.synthetic_image_size': size, 'crop_size': crop_size,
@@ -117,3 +119,64 @@ def test_images_a_network_pools_to_nothing_are_one_sentence_naming_its_smallest_
     builder.build(config, split)
   # The tutorial network (SAME pooling) takes them.
   builder.build(tiny_config(**{'dataset.synthetic_image_size': 8, 'crop_size': 0}), split)
+
+
+def _global_batch_run(num_devices):
+  """A tiny airbench94 whose batch is global (the recipe's form): 16 on any number of devices."""
+  config = tiny_airbench_config(num_devices=num_devices, per_device_batch_size=0, batch_size=16)
+  split = datasets.load_split(config.dataset, 'train')
+  setup = builder.build(config, split, parallel.select_devices(num_devices))
+  return setup.batches
+
+
+@pytest.mark.parametrize('num_devices', [1, 2, 4])
+def test_a_global_batch_is_the_recipes_on_any_number_of_devices(num_devices):
+  batches = _global_batch_run(num_devices)
+  assert batches.global_batch_size == 16
+  assert batches.per_device_batch_size == 16 // num_devices
+  # The batch of a step is the same examples whatever the devices: the same run.
+  np.testing.assert_array_equal(np.sort(batches.indices(3).reshape(-1)),
+                                np.sort(_global_batch_run(1).indices(3).reshape(-1)))
+
+
+def test_a_global_batch_that_does_not_divide_over_the_devices_is_one_sentence():
+  config = tiny_airbench_config(num_devices=3, per_device_batch_size=0, batch_size=16)
+  with pytest.raises(UserError, match=r'config.batch_size=16 \(the global batch\) does not divide '
+                                      r'across 3 devices; make it a multiple of 3'):
+    builder.build(config, datasets.load_split(config.dataset, 'train'),
+                  parallel.select_devices(3))
+
+
+def test_the_batch_given_wins_over_the_recipes_other_batch_field(caplog):
+  import logging  # pylint: disable=g-import-not-at-top
+  config = tiny_airbench_config(per_device_batch_size=0, batch_size=1024)
+  config.per_device_batch_size = 32
+  with caplog.at_level(logging.WARNING):
+    builder.respect_given_fields(config, {'per_device_batch_size'})
+  assert config.batch_size == 0 and config.per_device_batch_size == 32
+  (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert "not the recipe's config.batch_size=1024" in warning
+  config = tiny_config()  # per device: 8
+  config.batch_size = 64
+  builder.respect_given_fields(config, {'batch_size'})
+  assert config.per_device_batch_size == 0 and config.batch_size == 64
+  both = tiny_config(batch_size=64)
+  from cifar_jax.config import validation  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError, match=r'give the batch one way'):
+    validation.validate(both)
+
+
+def test_a_split_smaller_than_min_steps_per_epoch_batches_trains_on_smaller_ones(caplog):
+  import logging  # pylint: disable=g-import-not-at-top
+  config = tiny_config(per_device_batch_size=0, batch_size=256, min_steps_per_epoch=10,
+                       num_devices=2, **{'dataset.synthetic_train_size': 244})
+  split = datasets.load_split(config.dataset, 'train')
+  with caplog.at_level(logging.WARNING):
+    batches = builder.build(config, split, parallel.select_devices(2)).batches
+  assert batches.per_device_batch_size == 12 and batches.steps_per_epoch == 10  # 244 // 20
+  assert any('fewer than config.min_steps_per_epoch=10; training with a global batch of 24 '
+             '(12 per device)' in r.getMessage() for r in caplog.records)
+  # A split large enough keeps the recipe's batch.
+  config.dataset.synthetic_train_size = 2560
+  large = datasets.load_split(config.dataset, 'train')
+  assert builder.build(config, large, parallel.select_devices(2)).batches.global_batch_size == 256

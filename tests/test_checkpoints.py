@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from cifar_jax.core import layout
 from cifar_jax.core.errors import UserError
 from cifar_jax.run import train
 from cifar_jax.workdir import checkpoints
@@ -111,7 +112,7 @@ def test_a_corrupt_checkpoint_is_refused_skipped_and_resumed_around(tmp_path, ca
   warnings = [r.getMessage() for r in caplog.records if 'is corrupt' in r.getMessage()]
   assert len(warnings) == 1 and '\n' not in warnings[0], warnings
   assert 'resuming from step 10' in warnings[0]
-  moved = os.listdir(os.path.join(workdir, checkpoints.CORRUPT_DIR))
+  moved = os.listdir(os.path.join(workdir, layout.CORRUPT_CHECKPOINTS))
   assert len(moved) == 1 and moved[0].startswith('20-')
   # Resumed from step 10, the run is the same as one never disturbed.
   reference = train.train_and_evaluate(tiny_config(num_train_steps=30, checkpoint_every_steps=10),

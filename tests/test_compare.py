@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cifar_jax import compare, experiment
-from cifar_jax.core import summaries
+from cifar_jax.core import layout, summaries
 from cifar_jax.core.errors import UserError
 from tests.conftest import REPO_ROOT
 
@@ -23,7 +23,7 @@ def _workdir(path, precisions, step=100, tta='none', extra_records=()):
     record.update({f'precision/replica_{r}': p for r, p in enumerate(precisions)})
   records = [{'step': step // 2, 'status': 'scored', 'tta': tta, 'precision': 0.1},
              {'step': step + 1, 'status': 'deleted'}, record, *extra_records]
-  with open(os.path.join(path, 'eval', summaries.METRICS_FILE), 'w') as f:
+  with open(os.path.join(path, 'eval', layout.METRICS), 'w') as f:
     f.writelines(json.dumps(r) + '\n' for r in records)
   return str(path)
 
@@ -140,6 +140,7 @@ def test_the_table_says_the_ci_leaves_out_the_test_sets_sampling_noise(tmp_path)
   assert 'over seeds only' in table and '±0.0079 (95%, binomial) at 0.9100 on 5,000 images' in table
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_the_command_line_takes_the_step(tmp_path):
   early = _workdir(tmp_path / 'early', A, step=150)
   late = _workdir(tmp_path / 'late', A, step=300)
@@ -157,7 +158,7 @@ def test_the_command_line_takes_the_step(tmp_path):
 def _with_figures(path, figures):
   """A WORKDIR whose record of step 100 also holds `figures` ({key: per-replica values})."""
   _workdir(path, A)
-  file = os.path.join(path, 'eval', summaries.METRICS_FILE)
+  file = os.path.join(path, 'eval', layout.METRICS)
   records = summaries.read_records(file)
   for key, values in figures.items():
     records[2][key] = float(np.mean(values))
@@ -192,7 +193,7 @@ def test_a_sweep_ranked_by_a_lower_is_better_metric_picks_the_lowest(tmp_path):
   ece = [0.05, 0.06, 0.02, 0.03, 0.09, 0.08]  # two seeds per point; point 1 is the lowest
   path = tmp_path / 'sweep'
   _workdir(path, [0.9, 0.91, 0.92, 0.93, 0.94, 0.95])
-  file = os.path.join(path, 'eval', summaries.METRICS_FILE)
+  file = os.path.join(path, 'eval', layout.METRICS)
   records = summaries.read_records(file)
   records[2].update({'sweep_points': points, 'ece': float(np.mean(ece)),
                      **{f'ece/replica_{r}': v for r, v in enumerate(ece)}})
@@ -215,3 +216,21 @@ def test_the_command_line_compares_by_metric_and_set(tmp_path):
   last = json.loads(result.stdout.strip().splitlines()[-1])
   assert last['metric'] == 'svhn/auroc' and last['lower_is_better'] is False
   assert last['groups'][1]['difference'] == pytest.approx(0.1)
+
+
+def test_a_run_scored_again_keeps_the_figures_of_its_earlier_scoring(tmp_path):
+  """A second record of the same step and TTA (other metrics) adds to the first, not hides it;
+  where both hold a figure, the later wins. A missing figure names the run."""
+  a = _with_figures(tmp_path / 'a', {'nll': [0.5, 0.52]})
+  b = _with_figures(tmp_path / 'b', {'nll': [0.4, 0.41]})
+  for run, entropy in ((a, 1.5), (b, 1.2)):
+    with open(os.path.join(run, 'eval', layout.METRICS), 'a') as f:
+      f.write(json.dumps({'step': 100, 'status': 'scored', 'tta': 'none', 'count': 5000.0,
+                          'nll': 0.3, 'entropy': entropy}) + '\n')
+  # The earlier per-replica NLL is kept: replicas' figures are read before the mean.
+  assert compare.compare([a, b], metric='nll').groups[1].values == (0.4, 0.41)
+  by_entropy = compare.compare([a, b], metric='entropy', direction='lower')
+  assert [g.values for g in by_entropy.groups] == [(1.5,), (1.2,)]
+  assert compare.compare([a, b]).groups[0].values == tuple(A)
+  with pytest.raises(UserError, match=rf"^{a}: the record of step 100 has no 'ece'"):
+    compare.compare([a, b], metric='ece')

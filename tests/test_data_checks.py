@@ -63,6 +63,7 @@ def test_train_and_eval_refuses_an_eval_split_with_other_classes(tmp_path):
   assert not os.path.exists(tmp_path / 'run' / 'checkpoints' / '4')  # refused before training
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_the_evaluator_refuses_another_folders_classes_before_restoring(tmp_path):
   root = _folder(tmp_path / 'data', 'train', ('c0', 'c1', 'c2'))
   _folder(root, 'test', ('c0', 'c1', 'c2'))
@@ -102,6 +103,7 @@ def test_a_crop_larger_than_the_training_images_is_refused_at_load_time(tmp_path
     train.train_and_evaluate(config, str(tmp_path / 'run2'), evaluate_in_process=False)
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_scoring_images_smaller_than_the_crop_is_refused(tmp_path):
   root = _folder(tmp_path / 'data', 'train', ('c0', 'c1'))
   small = _folder(tmp_path / 'small', 'test', ('c0', 'c1'), size=16)
@@ -121,6 +123,7 @@ def test_scoring_images_smaller_than_the_crop_is_refused(tmp_path):
     experiment.predict(checkpoint, np.zeros((2, 32, 32, 1), np.uint8))
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_other_sized_eval_images_only_warn(tmp_path, caplog):
   root = _folder(tmp_path / 'data', 'train', ('c0', 'c1'))
   larger = _folder(tmp_path / 'larger', 'test', ('c0', 'c1'), size=40)

@@ -137,7 +137,7 @@ def test_tfds_cifar10_through_mock_data(monkeypatch):
   assert split.labels.min() >= 0 and split.labels.max() < 10
 
 
-@pytest.mark.parametrize('network', ['refuses', 'hangs'])
+@pytest.mark.parametrize('network', ['refuses', pytest.param('hangs', marks=pytest.mark.slow)])
 def test_tfds_offline_fails_fast_with_directions(monkeypatch, tmp_path, network):
   pytest.importorskip('tensorflow_datasets')
 

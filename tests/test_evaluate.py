@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cifar_jax.config import validation
-from cifar_jax.core import parallel, summaries
+from cifar_jax.core import layout, parallel, summaries
 from cifar_jax.core.errors import UserError
 from cifar_jax.data.datasets import Split
 from cifar_jax.evaluation import scoring
@@ -93,7 +93,7 @@ def test_replica_statistics_by_hand():
 
 
 def _records(workdir):
-  return summaries.read_records(os.path.join(workdir, 'eval', summaries.METRICS_FILE))
+  return summaries.read_records(os.path.join(workdir, 'eval', layout.METRICS))
 
 
 def _trained(tmp_path, **overrides):
@@ -163,6 +163,7 @@ def test_checkpoints_deleted_before_they_were_seen_are_reported(tmp_path):
       (5, 'deleted'), (10, 'deleted'), (15, 'deleted'), (20, 'scored')]
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_checkpoints_saved_by_time_and_deleted_unseen_are_reported(tmp_path):
   # Saved by time only (steps 1000 apart): the evaluator learns the trainer's saved steps
   # from the latest checkpoint, not from a cadence.

@@ -29,7 +29,7 @@ def test_load_config_by_path_with_overrides():
                                              'cifar10_jpeg_modern.py')).nesterov
   with pytest.raises(UserError, match='config.num_train_steps is 0'):  # checked as on the CLI
     experiment.load_config(SMOKE, {'num_train_steps': 0})
-  with pytest.raises(UserError, match='Unknown config field'):
+  with pytest.raises(UserError, match="model 'tutorial_cnn' has no field 'depth'"):
     experiment.load_config(SMOKE, {'model.depth': 3})
   with pytest.raises(UserError, match='No config file'):
     experiment.load_config('experiments/nope.py')
@@ -160,6 +160,7 @@ def test_an_airbench_checkpoint_predicts_with_batch_stats_and_tta(tmp_path):
   assert not np.allclose(plain, tta)
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_a_checkpoint_of_replicas_gives_each_run_on_its_own(tmp_path):
   workdir = str(tmp_path / 'replicas')
   state = experiment.train(tiny_config(num_replicas=2), workdir, num_steps=4,
@@ -184,15 +185,17 @@ def test_a_checkpoint_of_an_unregistered_model_is_one_sentence(tmp_path, monkeyp
   class MyNet(models.TutorialCNN):  # a model registered by the code that trained it
     pass
 
-  monkeypatch.setitem(models.MODELS, 'my_net', MyNet)
-  config = tiny_config(num_train_steps=2, checkpoint_every_steps=2)
-  config.model.name = 'my_net'
-  train.train_and_evaluate(config, str(tmp_path), evaluate_in_process=False)
-  monkeypatch.delitem(models.MODELS, 'my_net')  # a fresh process without that code
+  models.MODELS.register('my_net')(MyNet)
+  try:
+    config = tiny_config(num_train_steps=2, checkpoint_every_steps=2)
+    config.model.name = 'my_net'
+    train.train_and_evaluate(config, str(tmp_path), evaluate_in_process=False)
+  finally:
+    models.MODELS.unregister('my_net')  # a fresh process without that code
   with pytest.raises(UserError, match=r"Unknown model 'my_net' \(config.model.name\): the "
-                                      r"registered models are \['airbench94', 'preact_resnet', "
-                                      r"'resnet', 'tutorial_cnn', 'wide_resnet'\]; name one, "
-                                      r"name a module outside cifar_jax as 'package.module:"):
+                                      r"registered ones are \['tutorial_cnn', 'airbench94', "
+                                      r"'resnet', 'preact_resnet', 'wide_resnet'\]; name one, "
+                                      r"or code outside cifar_jax as 'package.module:Name'"):
     experiment.load_checkpoint(str(tmp_path))
 
 
@@ -267,7 +270,7 @@ class Broken(TinyNet):
 """)
   monkeypatch.syspath_prepend(str(tmp_path))
   from cifar_jax.config import validation  # pylint: disable=g-import-not-at-top
-  for name, words in [('bad_models:Missing', 'has no flax module'),
+  for name, words in [('bad_models:Missing', "bad_models has no 'Missing'"),
                       ('bad_models:NoClasses', 'has no num_classes field'),
                       ('bad_models:Broken', 'cannot be built on')]:
     config = tiny_config(l2_penalty_modules=())

@@ -31,6 +31,7 @@ def test_config_is_valid_and_builds_a_model_and_optimizer(name):
   assert int(setup.state.step.size) == sweeps.num_runs(config) and setup.model is not None
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_svhn_trains_and_evaluates_on_mock_data(tmp_path, monkeypatch):
   tfds = pytest.importorskip('tensorflow_datasets')
   monkeypatch.setattr(tfds_source, '_download_server_reachable', lambda: True)
@@ -49,8 +50,7 @@ def test_svhn_trains_and_evaluates_on_mock_data(tmp_path, monkeypatch):
 # field to set -- never another exception. Tiny widths: the recipe's other fields are its own.
 SIZE_CASES = ('smaller', 'equal', 'larger', 'mixed')
 FAST_CASES = {  # the rest of the matrix is in the slow tier
-    ('image_folder', 1, 'smaller'), ('image_folder', 1, 'equal'), ('image_folder', 3, 'larger'),
-    ('image_folder', 3, 'mixed'), ('cifar10', 1, 'mixed'), ('cifar10', 3, 'equal'),
+    ('image_folder', 1, 'smaller'), ('image_folder', 3, 'mixed'), ('cifar10', 1, 'mixed'),
     ('resnet18', 1, 'larger'), ('airbench94', 1, 'equal')}
 
 
@@ -104,7 +104,7 @@ def test_every_recipe_trains_on_any_folder_or_names_the_field_to_set(name, chann
   config.dataset.update(source='image_folder', path=str(tmp_path / 'data'), cache_dir='',
                         train_split='train[:75%]', eval_split='train[75%:]')
   config.num_devices = 2 if config.num_devices == 2 else 1  # the multi-GPU exercise keeps its 2
-  config.update(num_train_steps=2, num_train_epochs=0.0, per_device_batch_size=8,
+  config.update(num_train_steps=2, num_train_epochs=0.0, per_device_batch_size=8, batch_size=0,
                 eval_every_steps=2, checkpoint_every_steps=2, log_every_steps=1,
                 histogram_every_steps=2, model_init_examples=16, compilation_cache_dir='')
   config.eval.batch_size = 16
@@ -137,11 +137,23 @@ def test_the_folder_recipe_learns_a_small_grey_folder_of_tiny_images(tmp_path):
   config = importlib.import_module('experiments.image_folder').get_config()
   config.model.widths = (16, 32, 32)
   config.dataset.update(path=str(tmp_path / 'data'), cache_dir='', image_size=32)
-  config.update(num_devices=1, per_device_batch_size=32,  # the recipe's 30 epochs
+  config.update(num_devices=1, per_device_batch_size=32, batch_size=0,  # the recipe's 30 epochs
                 model_init_examples=64, compilation_cache_dir='', log_every_steps=1)
   losses = []
   train.train_and_evaluate(config, str(tmp_path / 'run'), evaluate_in_process=False,
                            on_log=lambda step, metrics: losses.append(metrics['loss']))
-  assert len(losses) == 150 and np.all(np.isfinite(losses))  # 30 epochs of 180 / 32 images
+  # 180 images are fewer than the recipe's 10 batches of 32 per epoch (min_steps_per_epoch):
+  # batches of 18, 10 per epoch, 30 epochs.
+  assert len(losses) == 300 and np.all(np.isfinite(losses))
   # Chance is ln 5 = 1.61: it learns (label smoothing 0.2 keeps the loss far above 0).
   assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.15, losses
+
+
+def test_the_research_evaluations_generated_far_set_has_a_seed_of_its_own():
+  """On a synthetic run the run's own seed would draw the training data's class templates (an
+  AUROC of 0.5 by construction); elsewhere it keeps the seed its figures were measured with."""
+  from experiments import research_evaluation  # pylint: disable=g-import-not-at-top
+  synthetic = research_evaluation.get_config('smoke')
+  assert synthetic.eval.sets.noise.seed == synthetic.dataset.seed + 1
+  assert research_evaluation.get_config('cifar10_jpeg').eval.sets.noise.seed == 0
+  validation.validate(synthetic)

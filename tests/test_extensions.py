@@ -123,6 +123,7 @@ def fork_config(**overrides):
   return config
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_a_forks_schedule_augmentation_and_source_train_resume_score_and_load(fork, tmp_path):
   workdir = str(tmp_path / 'run')
   config = fork_config()

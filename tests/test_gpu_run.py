@@ -69,6 +69,7 @@ def test_every_part_runs_within_its_budget(cifar_like_folder, tmp_path, capsys, 
   assert os.path.exists(tmp_path / 'out' / 'logs' / 'airbench94.log')
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_a_small_budget_stops_parts_instead_of_overrunning(cifar_like_folder, tmp_path,
                                                            monkeypatch):
   monkeypatch.delenv('XLA_FLAGS')

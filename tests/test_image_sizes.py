@@ -87,9 +87,9 @@ def _config(**overrides):
 
 @pytest.mark.parametrize('overrides', [
     {'dataset.channels': 1},
-    {'dataset.image_size': (24, 32)},
-    {'dataset.image_size': 48, 'augment.random_resized_crop': True, 'crop_size': 32,
-     'eval_resize': 36},
+    pytest.param({'dataset.image_size': (24, 32)}, marks=pytest.mark.slow),
+    pytest.param({'dataset.image_size': 48, 'augment.random_resized_crop': True,
+                  'crop_size': 32, 'eval_resize': 36}, marks=pytest.mark.slow),
 ])
 def test_the_network_follows_the_datas_size_and_channels(overrides):
   config = _config(**overrides)
@@ -129,6 +129,7 @@ def test_whole_image_evaluation_refuses_another_size():
   preprocessing.check((40, 40, 3), 'The images', (40, 40, 3))
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_grey_images_of_another_size_train_score_and_predict_end_to_end(tmp_path):
   from cifar_jax import experiment  # pylint: disable=g-import-not-at-top
   from cifar_jax.run import train  # pylint: disable=g-import-not-at-top

@@ -4,6 +4,7 @@ import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -191,3 +192,25 @@ def test_eval_resize_matches_tf_antialiased_resize():
   assert resized.shape == (32, 24, 3)
   expected = tf.image.resize(image, (32, 24), method='bilinear', antialias=True).numpy()
   np.testing.assert_allclose(resized, expected, atol=1e-3)
+
+
+def test_cutout_registered_in_the_package_is_named_in_extra_with_its_field():
+  """An in-package augmentation with a field (cutout) is named in config.augment.extra like one
+  from outside; its size comes with it (16) and can be set; it cuts one square per image, set to
+  the image's mean colour, clipped at the edges."""
+  from cifar_jax.config import overrides  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  overrides.apply(config, {'augment.extra': ('cutout',)})
+  assert config.augment.cutout_size == 16
+  overrides.apply(config, {'augment.cutout_size': 5})
+  validation.validate(config)
+  (cutout,) = augmentations.Augmentation.from_config(config, 1).extra
+  image = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (12, 10, 3)), jnp.float32)
+  for seed in range(20):
+    cut = np.asarray(cutout(jax.random.key(seed), image, 0))
+    changed = np.any(cut != np.asarray(image), axis=-1)
+    rows, cols = np.nonzero(changed)
+    assert 0 < changed.sum() <= 25
+    assert changed.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    np.testing.assert_allclose(cut[changed], np.broadcast_to(
+        np.asarray(image).mean(axis=(0, 1)), (changed.sum(), 3)), rtol=1e-6)

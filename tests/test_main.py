@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cifar_jax.core import summaries
+from cifar_jax.core import layout, summaries
 from cifar_jax.run import train
 from cifar_jax.workdir import checkpoints
 from tests import command_runner
@@ -45,6 +45,7 @@ def _main(workdir, *flags, **kwargs):
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, **kwargs)
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_trains_logs_in_the_tutorial_format_and_resumes(tmp_path):
   workdir = str(tmp_path / 'run')
   first = _main(workdir, '--mode=train_and_eval', '--config.num_train_steps=30',
@@ -110,6 +111,7 @@ def test_a_restart_loads_its_programs_from_the_compilation_cache(tmp_path):
   assert sorted(hits) == ['jit__fun', 'jit_init'], hits
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_training_and_tensorboard_summaries_import_neither_tensorflow_nor_tfds(tmp_path):
   pytest.importorskip('tensorboard')
   workdir = str(tmp_path / 'run')
@@ -206,6 +208,7 @@ def test_checkpoint_folder_replaced_mid_run_ends_in_one_error_line(tmp_path):
                   r'.*run the same command again\.$', error), error
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_trains_and_evaluates_without_tensorflow(tmp_path):
   # As on a machine with JAX only: importing tensorflow or tensorboard fails.
   workdir = str(tmp_path / 'run')
@@ -228,7 +231,7 @@ def test_trains_and_evaluates_without_tensorflow(tmp_path):
 
 
 def _eval_records(workdir):
-  return summaries.read_records(os.path.join(workdir, 'eval', summaries.METRICS_FILE))
+  return summaries.read_records(os.path.join(workdir, 'eval', layout.METRICS))
 
 
 EVALUATOR_FLAGS = ['--mode=eval', '--config.eval.poll_secs=0.3', '--config.eval.timeout_secs=120',
@@ -386,7 +389,7 @@ COMMAND_LINE_MISTAKES = [
     ('a config group given a number', MAIN, ['--config.augment=3'],
      r'--config.augment=3: .*dict'),
     ('unknown config field', MAIN, ['--config.no_such_field=3'],
-     r'override was rejected .*no_such_field'),
+     r'--config.no_such_field=3: the config has no field config.no_such_field'),
     ('config value out of range', MAIN, ['--config.num_train_steps=-5'],
      r'config.num_train_steps is -5; it must be at least 1'),
     ('config file missing', MAIN, ['--config=experiments/nope.py'],
@@ -550,6 +553,7 @@ def test_each_command_exits_with_1_and_no_traceback_in_a_real_process(case_id, m
   _assert_one_error_line(mistakes_run[('process', case_id)], expected)
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_a_sweep_given_on_the_command_line_trains_its_points(tmp_path):
   (result,) = command_runner.run_many(MAIN, [[
       f'--workdir={tmp_path}', *TINY_FLAGS, '--config.num_train_steps=4',

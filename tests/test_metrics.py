@@ -33,6 +33,39 @@ def test_a_wrong_metric_is_one_sentence(names, words):
     validation.validate(tiny_config(**{'eval.metrics': names}))
 
 
+CONTRACT_BREAKERS = '''
+import jax.numpy as jnp
+def one_number(logits, labels):
+  return jnp.mean(logits)
+def one_argument(logits):
+  return logits[:, 0]
+def per_class(logits, labels):
+  return logits
+def raises(logits, labels):
+  raise RuntimeError('no GPU here')
+def fine(logits, labels):
+  return logits[:, 0] * 0
+'''
+
+
+@pytest.mark.parametrize('name, words', [
+    ('one_number', r'on 3 examples it returned shape \(\), not \(3,\)'),
+    ('one_argument', r'it raised TypeError: one_argument\(\) takes 1 positional argument'),
+    ('per_class', r'returned shape \(3, 4\), not \(3,\)'),
+    ('raises', r'it raised RuntimeError: no GPU here'),
+])
+def test_an_outside_metric_that_breaks_its_contract_is_one_sentence_when_named(
+    name, words, tmp_path, monkeypatch):
+  (tmp_path / 'fork_metrics.py').write_text(CONTRACT_BREAKERS)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.delitem(__import__('sys').modules, 'fork_metrics', raising=False)
+  validation.validate(tiny_config(**{'eval.metrics': ('fork_metrics:fine',)}))
+  with pytest.raises(UserError, match=rf"Metric 'fork_metrics:{name}' \(config.eval.metrics\) "
+                                      rf"breaks the metric contract.*{words}"):
+    validation.validate(tiny_config(**{'eval.metrics': (f'fork_metrics:{name}',)}))
+
+
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_a_scored_metric_is_recorded_per_replica_like_precision(tmp_path):
   from cifar_jax.run import evaluate, train  # pylint: disable=g-import-not-at-top
   config = tiny_config(num_train_steps=2, checkpoint_every_steps=2, num_replicas=2,

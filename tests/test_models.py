@@ -114,6 +114,7 @@ def test_fast_lrn_equals_the_power_formulation():
   np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_fast_formulation_gives_the_reference_logits_and_gradients():
   """The whole network, fast vs plain (reduce-window pooling, pow LRN), same parameters."""
   fast = models.TutorialCNN(num_classes=10)
@@ -289,6 +290,7 @@ def test_max_pool_2x2_is_floor_mode_max_pooling():
   np.testing.assert_array_equal(models.max_pool_2x2(x), nn.max_pool(x, (2, 2), strides=(2, 2)))
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_airbench94_shapes_and_parameter_count():
   model = models.Airbench94()
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
@@ -319,7 +321,8 @@ def test_airbench94_rejects_unknown_initialisations():
 
 @pytest.mark.parametrize('name, fields, size', [
     ('tutorial_cnn', {'conv_features': 16, 'local3_features': 32, 'local4_features': 16}, 24),
-    ('airbench94', {'widths': (16, 32, 32), 'axis_name': None}, 32),
+    pytest.param('airbench94', {'widths': (16, 32, 32), 'axis_name': None}, 32,
+                 marks=pytest.mark.slow),
 ])
 def test_bfloat16_computes_in_bfloat16_with_float32_parameters_and_logits(name, fields, size):
   def build(dtype):

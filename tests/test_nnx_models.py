@@ -58,6 +58,7 @@ def nnx_config(**overrides):
   return config
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_an_nnx_model_trains_resumes_is_scored_and_loads(my_nnx, tmp_path):
   workdir = str(tmp_path / 'run')
   state = train.train_and_evaluate(nnx_config(), workdir, evaluate_in_process=False)

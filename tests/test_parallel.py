@@ -233,6 +233,7 @@ def test_mapped_calls_wait_for_the_oldest_beyond_the_limit():
   np.testing.assert_array_equal(total, np.full((2, 3), 2 * (3 * parallel.MAX_CALLS_IN_FLIGHT - 1)))
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_airbench_on_four_devices_equals_one_device():
   """BatchNorm statistics and the summed loss are those of the global batch on any layout."""
   one, one_losses = run_steps(tiny_airbench_config(num_devices=1,

@@ -25,7 +25,7 @@ from tests.conftest import restore_latest, run_steps, tiny_family_config
 
 
 def _count(name, image_size=32, **fields):
-  model = models.MODELS[name](num_classes=10, **fields)
+  model = models.model_class(name)(num_classes=10, **fields)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                                 jnp.zeros((1, image_size, image_size, 3))))
   return models.count_parameters(variables['params'])
@@ -59,7 +59,7 @@ def test_the_count_does_not_depend_on_the_image_size():
     ('wide_resnet', {'depth': 16, 'width_factor': 2}, {'block3_1_conv2'}),
 ])
 def test_depth_builds_the_blocks_and_shortcuts_of_the_original(name, fields, blocks):
-  model = models.MODELS[name](num_classes=10, **fields)
+  model = models.model_class(name)(num_classes=10, **fields)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
   modules = set(params['params'])
   assert blocks <= modules
@@ -85,7 +85,7 @@ def _tiny_model(recipe, **fields):
 @pytest.mark.parametrize('recipe, fields, shape', [
     pytest.param('resnet18', {}, (3, 16, 16, 3), marks=pytest.mark.slow),
     pytest.param('preact_resnet18', {}, (3, 16, 16, 3), marks=pytest.mark.slow),
-    ('wrn28_10', {}, (3, 16, 16, 3)),
+    pytest.param('wrn28_10', {}, (3, 16, 16, 3), marks=pytest.mark.slow),
     pytest.param('resnet18', {'stem': 'imagenet'}, (2, 48, 40, 1), marks=pytest.mark.slow),
 ])
 def test_logits_are_float32_per_class_for_any_image_shape(recipe, fields, shape):
@@ -137,7 +137,7 @@ def test_the_resnet_initialisers_are_pytorchs_defaults():
 @pytest.mark.parametrize('recipe, formulation', [
     pytest.param('resnet18', 'fast', marks=pytest.mark.slow),
     pytest.param('preact_resnet18', 'fast', marks=pytest.mark.slow),
-    ('wrn28_10', 'fast'),
+    pytest.param('wrn28_10', 'fast', marks=pytest.mark.slow),
     pytest.param('wrn28_10', 'reference', marks=pytest.mark.slow)])
 def test_batch_norm_uses_the_global_batch_on_four_devices(recipe, formulation):
   """The same losses, parameters and statistics on 1 and 4 devices (statistics over all 16)."""
@@ -161,6 +161,7 @@ def test_replica_one_is_the_run_of_seed_one():
                (both.params, both.batch_stats), (seed1.params, seed1.batch_stats))
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_bfloat16_keeps_float32_parameters_statistics_and_loss():
   state, losses = run_steps(tiny_family_config('wrn28_10', **{'model.dtype': 'bfloat16'}), 2)
   assert {x.dtype for x in jax.tree.leaves((state.params, state.batch_stats))} == {

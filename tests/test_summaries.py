@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cifar_jax.core import summaries
+from cifar_jax.core import layout, summaries
 from tests.conftest import REPO_ROOT
 
 
@@ -39,7 +39,7 @@ def test_tensorboard_reads_back_scalars_images_and_histograms(tmp_path):
   assert (histogram.step, value.min, value.max, value.num) == (4, 0, 99, 100)
   assert (value.sum, value.sum_squares) == (4950, float(np.sum(values.astype(np.float64) ** 2)))
   assert sum(value.bucket) == 100 and len(value.bucket) == 30 and value.bucket_limit[-1] == 99
-  assert summaries.read_records(str(tmp_path / summaries.METRICS_FILE)) == [
+  assert summaries.read_records(str(tmp_path / layout.METRICS)) == [
       {'step': 3, 'loss': 2.5, 'precision': 0.25, 'status': 'scored'}]
 
 

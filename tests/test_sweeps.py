@@ -134,7 +134,8 @@ def _single_run(name, point_json, seed, num_devices):
 
 
 @pytest.mark.parametrize('name, num_devices, execution, seeds', [
-    pytest.param('tutorial', 1, 'loop', 2, marks=pytest.mark.slow), ('tutorial', 4, 'vmap', 2),
+    pytest.param('tutorial', 1, 'loop', 2, marks=pytest.mark.slow),
+    pytest.param('tutorial', 4, 'vmap', 2, marks=pytest.mark.slow),
     pytest.param('airbench', 1, 'vmap', 1, marks=pytest.mark.slow),
     pytest.param('airbench', 4, 'loop', 1, marks=pytest.mark.slow)])
 def test_run_p_s_is_the_single_run_of_point_p_with_seed_s(name, num_devices, execution, seeds):

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from cifar_jax.core import terminal
 from tests.conftest import REPO_ROOT
 from tests.test_main import TINY_FLAGS
@@ -19,6 +21,7 @@ def _main(*flags):
                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_a_run_shows_only_the_tutorials_lines_and_logs_the_rest(tmp_path):
   workdir = str(tmp_path / 'run')
   result = _main(f'--workdir={workdir}', '--mode=train_and_eval', '--config.num_train_steps=20',
@@ -33,6 +36,7 @@ def test_a_run_shows_only_the_tutorials_lines_and_logs_the_rest(tmp_path):
   assert 'logits/kernel' in log  # the parameter table
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_verbose_brings_the_info_lines_back(tmp_path):
   result = _main(f'--workdir={tmp_path}', '--config.num_train_steps=5', '--verbose')
   assert result.returncode == 0, result.stderr[-2000:]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cifar_jax import models
-from cifar_jax.core import parallel, summaries
+from cifar_jax.core import layout, parallel, summaries
 from cifar_jax.core.errors import UserError
 from cifar_jax.data import datasets
 from cifar_jax.evaluation import scoring
@@ -192,6 +192,7 @@ def test_bfloat16_trains_close_to_float32_with_float32_state():
   del state32
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_a_bfloat16_run_is_scored_in_either_precision(tmp_path):
   workdir = str(tmp_path / 'run')
   config = tiny_config(**{'model.dtype': 'bfloat16'})
@@ -228,8 +229,8 @@ def test_several_steps_per_call_give_the_same_run_as_one(tmp_path):
   def run(name, steps_per_call):
     workdir = str(tmp_path / name)
     state = train.train_and_evaluate(config(steps_per_call=steps_per_call), workdir)
-    records = summaries.read_records(os.path.join(workdir, summaries.METRICS_FILE))
-    evaluations = summaries.read_records(os.path.join(workdir, 'eval', summaries.METRICS_FILE))
+    records = summaries.read_records(os.path.join(workdir, layout.METRICS))
+    evaluations = summaries.read_records(os.path.join(workdir, 'eval', layout.METRICS))
     steps = checkpoints.create_manager(workdir, read_only=True).all_steps()
     return state, records, [r['step'] for r in evaluations], steps
 
@@ -273,7 +274,7 @@ def test_replicas_resume_bit_identically_and_each_is_scored(tmp_path, capsys):
   resumed = train.train_and_evaluate(config(), interrupted_dir, evaluate_in_process=False)
   jax.tree.map(np.testing.assert_array_equal, resumed, straight)
   # One record with every replica's precision; each is what that run alone scores.
-  (record,) = summaries.read_records(os.path.join(straight_dir, 'eval', summaries.METRICS_FILE))
+  (record,) = summaries.read_records(os.path.join(straight_dir, 'eval', layout.METRICS))
   split = datasets.load_split(config().dataset, 'test')
   alone = scoring.Evaluator(tiny_config(), split, models.create_model(config().model, 10),
                             parallel.select_devices(1))

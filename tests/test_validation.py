@@ -59,7 +59,7 @@ TUTORIAL_MISTAKES = [
     ('model.formulation', 'turbo', r"Unknown config.model.formulation 'turbo'"),
     ('model_init_examples', 0, r'model_init_examples is 0; it must be at least 1'),
     ('num_devices', 0, r'config.num_devices is 0; use -1 \(all local devices\) or N >= 1'),
-    ('per_device_batch_size', 0, r'per_device_batch_size is 0; it must be at least 1'),
+    ('per_device_batch_size', 0, r'per_device_batch_size is 0; give the batch one way'),
     ('keep_checkpoints', 0, r'keep_checkpoints is 0; it must be at least 1'),
     ('histogram_sample_size', 0, r'histogram_sample_size is 0; it must be at least 1'),
     ('input_image_grid_size', 0, r'input_image_grid_size is 0; it must be at least 1'),
@@ -182,6 +182,10 @@ def test_configs_saved_before_the_renames_read_as_todays():
     if 'formulation' not in saved['model']:  # a BatchNorm network, saved before the fast one:
       assert upgraded['model'].pop('formulation') == 'reference', name  # what it trained with
       assert today['model'].pop('formulation') == 'fast', name
+    # The batch, given per device then and globally by some recipes now: the same on one device.
+    for config in (upgraded, today):
+      config['batch on one device'] = config.pop('batch_size') or config['per_device_batch_size']
+      del config['per_device_batch_size']
     assert upgraded == today, name
   current = json.loads(tiny_config().to_json_best_effort())
   assert validation.upgrade_saved_config(current) is current  # nothing to rename
@@ -236,10 +240,20 @@ def test_a_valid_config_is_checked_without_starting_jax():
   assert 'backends: []' in result.stdout
 
 
-def test_every_field_of_the_base_config_is_declared_once_with_its_default():
-  """experiments/base.py and the owners' declarations list the same fields with the same values:
-  a field added to one and not the other fails here, not in a user's old checkpoint."""
+def test_the_base_config_is_built_from_the_declarations_alone():
+  """experiments/base.py is the declared defaults (one place for a default), a fresh config each
+  call, with the default model's own fields and the fields of several types kept open."""
+  from cifar_jax.config import schema  # pylint: disable=g-import-not-at-top
   from experiments import base
+  first = base.get_config()
+  first.augment.crop_scale = (0.5, 1.0)
+  first.dataset.image_size = (64, 48)  # N or (height, width): not held to its default's type
+  assert base.get_config().augment.crop_scale == (0.08, 1.0)
+  assert dict(base.get_config().model) == {'name': 'tutorial_cnn', 'conv_features': 64,
+                                           'local3_features': 384, 'local4_features': 192,
+                                           'formulation': 'fast', 'dtype': 'float32'}
+  described = schema.describe()
+  assert all(f'config.{path} = ' in described for path in validation.declared_fields())
   declared = validation.declared_fields()
   config = base.get_config().to_dict()
   listed = {}

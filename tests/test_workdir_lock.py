@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from cifar_jax.core import layout
 from cifar_jax.core.errors import UserError
 from cifar_jax.workdir import checkpoints, workdir_lock
 from tests.conftest import REPO_ROOT
@@ -32,7 +33,7 @@ def test_a_second_lock_is_refused_naming_the_holder_and_freed_on_release(tmp_pat
 
 def test_a_stale_record_does_not_block(tmp_path):
   # What a trainer killed without warning leaves: its record, but no lock.
-  (tmp_path / workdir_lock.LOCK_FILE).write_text(
+  (tmp_path / layout.TRAINER_LOCK).write_text(
       json.dumps({'host': 'gone', 'pid': 99999999, 'since': 0}))
   with workdir_lock.TrainerLock(str(tmp_path)):
     assert workdir_lock.holder(str(tmp_path))['pid'] == os.getpid()

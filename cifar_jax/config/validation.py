@@ -72,14 +72,13 @@ def declared_fields() -> dict[str, spec.Field]:
 # ----------------------------------------------------------------------------
 # Entry point.
 
-_validated: set[str] = set()
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises `UserError` for the first field the code does not accept; see the module doc."""
-  key = config.to_json_best_effort(sort_keys=True)
-  if key in _validated:  # every entry checks; a config that passed once passes again
-    return
+  """Raises `UserError` for the first field the code does not accept; see the module doc.
+
+  About a millisecond (the model's parameter paths, traced once per model, are cached), so
+  every entry checks again rather than trusting a config that passed before: an outside
+  module it names may have changed since.
+  """
   _check_renamed(config.to_dict())
   checker = spec.Checker(config)
   for owner in OWNERS:
@@ -89,7 +88,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   # A sweep's every point must be a valid config: the ranges above, for each swept value.
   for point in sweeps.check_sweep(config, _fail):
     validate(point)
-  _validated.add(key)
 
 
 def _fail(message: str) -> None:
@@ -156,11 +154,13 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
 # Fields checked against the model's parameters (their paths, from shapes only).
 
 
-def _check_model_structure(config: ml_collections.ConfigDict) -> None:
+def model_parameter_paths(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """'module/param' of every parameter of config.model, traced for shapes on one image of the
+  configured size (a model from outside that cannot be built there is one sentence)."""
   size = config.crop_size or min(datasets.configured_image_size(config) or (32, 32))
   try:
-    paths = _parameter_paths(config.model.to_json_best_effort(sort_keys=True), size,
-                             config.dataset.channels or 3)
+    return _parameter_paths(config.model.to_json_best_effort(sort_keys=True), size,
+                            config.dataset.channels or 3)
   except (TypeError, ValueError, AttributeError, KeyError) as error:
     if not models.is_external(config.model.name):
       raise  # a registered model that cannot build is cifar_jax's bug: its traceback helps
@@ -168,6 +168,10 @@ def _check_model_structure(config: ml_collections.ConfigDict) -> None:
                     f'[1, {size}, {size}, {config.dataset.channels or 3}] images: '
                     f'{type(error).__name__}: {error}; check it against the model contract '
                     '(docs/development.md, "Adding a model").') from None
+
+
+def _check_model_structure(config: ml_collections.ConfigDict) -> None:
+  paths = model_parameter_paths(config)
   modules = {path.rsplit('/', 1)[0] for path in paths}
   for module in config.l2_penalty_modules:
     if f'{module}/kernel' not in paths:

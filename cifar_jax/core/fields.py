@@ -35,6 +35,8 @@ class Field:
   check: Callable[[Checker, str], Any]
   doc: str = ''
   before: Any = _SAME
+  # Values of several types (dataset.image_size: N or (height, width)); else its default's type.
+  any_type: bool = False
 
   @property
   def added_later(self) -> bool:
@@ -86,11 +88,6 @@ def check_section(c: Checker, prefix: str, fields: Mapping[str, Field]) -> None:
     field.check(c, f'{prefix}.{name}' if prefix else name)
 
 
-def defaults(fields: Mapping[str, Field]) -> dict[str, Any]:
-  """{name: default} of `fields` (copies: a list default is not shared between configs)."""
-  return {name: copy.deepcopy(field.default) for name, field in fields.items()}
-
-
 def fill_added(saved: dict[str, Any], prefix: str, fields: Mapping[str, Field]) -> None:
   """Sets, in the nested dict `saved`, each field added later (dotted names under `prefix`)
   that it lacks to its `before`: the value that means what the saved run did."""
@@ -129,7 +126,7 @@ class Checker:
     for part in path.split('.'):
       if not isinstance(value, ml_collections.ConfigDict) or part not in value:
         raise UserError(f'The config has no field config.{path}; start from a file in '
-                        'experiments/ (experiments/base.py lists every field).')
+                        'experiments/ (python -m cifar_jax.config.schema lists every field).')
       value = value[part]
     self.seen.add(path)
     return value
@@ -198,4 +195,4 @@ class Checker:
                               for group in self.groups)
       if path not in self.seen and not checked_elsewhere:
         raise UserError(f'config.{path} is not a field cifar_jax reads; remove it or fix its '
-                        'name (experiments/base.py lists every field).')
+                        'name (python -m cifar_jax.config.schema lists every field).')

@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
 from cifar_jax.core import fields as spec
+from cifar_jax.core import layout
 from cifar_jax.core.errors import UserError
 
 AXIS_NAME = 'batch'
@@ -247,7 +248,7 @@ FIELDS = {
     'collective_timeout_secs': spec.Field(300.0, spec.number(0.0, hint=(
         'config.collective_timeout_secs is {value}; use 0 (never) or a positive number of '
         'seconds.')), 'a stuck collective ends the run after this long'),
-    'compilation_cache_dir': spec.Field('compilation_cache', spec.text(),
+    'compilation_cache_dir': spec.Field(layout.COMPILATION_CACHE, spec.text(),
                                      "JAX's persistent cache, under WORKDIR if relative"),
 }
 

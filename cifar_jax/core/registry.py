@@ -1,8 +1,9 @@
 """Name -> implementation tables of the features a config chooses by name, with their fields.
 
 A schedule (`schedules.SCHEDULES`), an augmentation (`augmentations.AUGMENTATIONS`), a data
-source (`datasets.SOURCES`) and a model (`models.MODELS`) are each registered next to their
-code with the config fields they take (`fields.Field`: default, check, documentation):
+source (`datasets.SOURCES`), a model (`models.MODELS`) and a metric (`metrics.METRICS`) are each
+registered next to their code, in one form, with the config fields they take (`fields.Field`:
+default, check, documentation; a model's are its dataclass fields):
 
   @SCHEDULES.register('warmup_cosine', fields={'warmup_epochs': Field(5.0, ...)})
   def warmup_cosine(fields, length): ...
@@ -60,10 +61,14 @@ class Entry:
 class Registry:
   """The entries of one kind (`kind`: 'schedule'), chosen by the config field `where`."""
 
-  def __init__(self, kind: str, where: str, contract: str):
+  def __init__(self, kind: str, where: str, contract: str,
+               check_outside: Callable[[str, Any, str], Any] | None = None):
     self.kind = kind
     self.where = where  # 'config.schedule.name'
     self.contract = contract  # where the contract of an outside entry is documented
+    # check_outside(name, target, where) -> target: one sentence (UserError) where an imported
+    # target breaks the kind's contract (a model that is no flax module, say).
+    self._check_outside = check_outside
     self._entries: dict[str, Entry] = {}
 
   def register(self, name: str, fields: Mapping[str, Field] | None = None, doc: str = ''
@@ -76,6 +81,10 @@ class Registry:
       self._entries[name] = Entry(name, target, dict(fields or {}), text)
       return target
     return decorate
+
+  def unregister(self, name: str) -> None:
+    """Removes `name` (a notebook's or a test's entry, as a fresh process without its code)."""
+    del self._entries[name]
 
   def names(self) -> list[str]:
     return list(self._entries)
@@ -104,6 +113,8 @@ class Registry:
       module_name, _, attribute = name.partition(':')
       raise UserError(f'{where}, but {module_name} has no {attribute!r}; name one of its '
                       f'objects ({self.contract}).')
+    if self._check_outside is not None:
+      target = self._check_outside(name, target, where)
     declared = getattr(target, 'FIELDS', {})
     if not (isinstance(declared, Mapping)
             and all(isinstance(f, Field) for f in declared.values())):

@@ -31,10 +31,8 @@ from absl import logging
 import numpy as np
 
 from cifar_jax.core import fields as spec
-from cifar_jax.core import terminal
+from cifar_jax.core import layout, terminal
 from cifar_jax.core.errors import UserError, WriteError
-
-METRICS_FILE = 'metrics.jsonl'
 
 
 def read_records(path: str) -> list[dict[str, Any]]:
@@ -238,7 +236,7 @@ def create_writer(logdir: str, enabled: bool = True) -> Writer:
   if not enabled:
     return Writer([])
   os.makedirs(logdir, exist_ok=True)
-  backends: list[Any] = [JsonLinesWriter(os.path.join(logdir, METRICS_FILE))]
+  backends: list[Any] = [JsonLinesWriter(os.path.join(logdir, layout.METRICS))]
   tensorboard = _tensorboard_writer(logdir)
   if tensorboard is not None:
     backends.append(tensorboard)

@@ -105,10 +105,6 @@ def run_seeds(config: ml_collections.ConfigDict) -> list[int]:
   return [config.seed + s for _ in range(num_points(config)) for s in range(config.num_replicas)]
 
 
-def point_of_run(config: ml_collections.ConfigDict, run: int) -> int:
-  return run // config.num_replicas
-
-
 def by_point(per_run: Sequence[Any], num_points_: int) -> list[Sequence[Any]]:
   """Per-run values cut into each point's seeds (run k = p * R + s is point p)."""
   if num_points_ < 1 or len(per_run) % num_points_:

@@ -28,7 +28,8 @@ import time
 from absl import logging
 import jax
 
-LOG_DIR = 'logs'
+from cifar_jax.core import layout
+
 _MAX_HELD_RECORDS = 10_000  # before the WORKDIR exists (the evaluator's wait)
 
 
@@ -100,7 +101,7 @@ class WorkdirLogFile(logging_lib.Handler):
   def __init__(self, workdir: str, name: str):
     super().__init__(logging_lib.NOTSET)
     self.workdir = os.path.abspath(workdir)
-    self.path = os.path.join(self.workdir, LOG_DIR, name)
+    self.path = layout.path(self.workdir, layout.LOGS, name)
     self._stream = None
     self._failed = False
     self._held: list[logging_lib.LogRecord] = []

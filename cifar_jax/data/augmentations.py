@@ -9,8 +9,8 @@ Every training image is distorted on the device, keyed by its example and step
 * ``flip``: a random left-right flip, or airbench's alternating flip (a fixed coin in epoch
   0, the other way in every odd epoch);
 * ``brightness`` and ``contrast``: the tutorial's random brightness and contrast;
-* then each of `config.augment.extra`: augmentations outside the package, named
-  'package.module:Name', in the order given.
+* then each of `config.augment.extra`, in the order given: `cutout` (registered here, with its
+  `cutout_size`) and augmentations outside the package, named 'package.module:Name'.
 
 Each entry of `AUGMENTATIONS` declares the `config.augment` fields it reads (default, check,
 documentation). An augmentation from outside is a class
@@ -99,15 +99,40 @@ AUGMENTATIONS.register('contrast', fields={
     'contrast_lower': spec.Field(0.2, spec.number(0.0), 'its lowest factor'),
     'contrast_upper': spec.Field(1.8, _check_contrast, 'its highest factor'),
 }, doc="the tutorial's random contrast")(None)
+# Always in the pipeline, in this order (their fields turn them on); every other entry, in the
+# package or outside, runs where config.augment.extra names it.
 BUILT_IN = tuple(AUGMENTATIONS.names())
+
+
+@AUGMENTATIONS.register('cutout', fields={
+    'cutout_size': spec.Field(16, spec.integer(1), 'side of the square cut out, in pixels',
+                              before=16)})
+class Cutout:
+  """Cutout (DeVries & Taylor, 2017): a cutout_size square at a random centre, clipped at the
+  edges, set to the image's mean colour (what normalisation takes to about zero)."""
+
+  def __init__(self, augment: ml_collections.ConfigDict, steps_per_epoch: int):
+    del steps_per_epoch
+    self.size = augment.cutout_size
+
+  def __call__(self, key: jax.Array, image: jax.Array, step: jax.Array) -> jax.Array:
+    del step
+    height, width = image.shape[:2]
+    centre = jax.random.randint(key, (2,), 0, jnp.array([height, width]))
+    top, left = centre[0] - self.size // 2, centre[1] - self.size // 2
+    rows = jnp.arange(height)[:, None, None]
+    cols = jnp.arange(width)[None, :, None]
+    inside = (rows >= top) & (rows < top + self.size) & (cols >= left) & (cols < left + self.size)
+    return jnp.where(inside, jnp.mean(image, axis=(0, 1), keepdims=True), image)
 
 
 def _check_extra(c: spec.Checker, path: str) -> None:
   for name in c.sequence(path, str):
     if name in BUILT_IN:
+      others = [n for n in AUGMENTATIONS.names() if n not in BUILT_IN]
       raise UserError(f'config.augment.extra names {name!r}, which always runs (its fields turn '
-                      "it on); extra is for augmentations outside cifar_jax, 'package.module:"
-                      "Name'.")
+                      f"it on); extra names the others ({others}) and augmentations outside "
+                      "cifar_jax, 'package.module:Name'.")
     entry = AUGMENTATIONS.get(name)
     clash = sorted(set(entry.fields) & set(built_in_fields()))
     if clash:
@@ -117,7 +142,9 @@ def _check_extra(c: spec.Checker, path: str) -> None:
 
 
 def built_in_fields() -> dict[str, spec.Field]:
-  return {name: field for entry in AUGMENTATIONS.entries() for name, field in entry.fields.items()}
+  """The fields of the augmentations that always run (`BUILT_IN`): always in config.augment."""
+  return {name: field for entry in AUGMENTATIONS.entries() if entry.name in BUILT_IN
+          for name, field in entry.fields.items()}
 
 
 FIELDS = {f'augment.{name}': field for name, field in built_in_fields().items()}

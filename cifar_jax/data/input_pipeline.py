@@ -231,6 +231,27 @@ def init_images(split: Split, config: ml_collections.ConfigDict, seed: int) -> n
                          for i in range(0, count, 1000)])
 
 
+def per_device_batch(batch_size: int, per_device_batch_size: int, num_devices: int) -> int:
+  """Examples per device and step: the global `batch_size` divided across `num_devices` (every
+  process's), or the tutorial's `per_device_batch_size` where `batch_size` is 0.
+
+  Only the devices reveal whether a global batch divides: checked here, when the run is built.
+  """
+  if not batch_size:
+    return per_device_batch_size
+  if batch_size % num_devices:
+    raise UserError(f'config.batch_size={batch_size} (the global batch) does not divide across '
+                    f'{num_devices} devices; make it a multiple of {num_devices}, or choose the '
+                    'devices with config.num_devices.')
+  return batch_size // num_devices
+
+
+def global_batch(config: ml_collections.ConfigDict, num_devices: int = 1) -> int:
+  """The global batch the config gives on `num_devices` devices (all processes')."""
+  return per_device_batch(config.batch_size, config.per_device_batch_size,
+                          num_devices) * num_devices
+
+
 @dataclasses.dataclass
 class BatchSchedule:
   """Which examples form each training batch.
@@ -325,7 +346,24 @@ def _check_eval_resize(c: spec.Checker, path: str) -> None:
                     'which no resize changes); set config.crop_size or eval_resize=0.')
 
 
+def _check_batch(c: spec.Checker, path: str) -> None:
+  batch_size = c.integer(path, 0)
+  per_device = c.config.per_device_batch_size
+  if bool(batch_size) == bool(per_device):
+    raise UserError(
+        f'config.batch_size is {batch_size} and config.per_device_batch_size is {per_device}; '
+        'give the batch one way: the global config.batch_size (the same on any number of '
+        'devices) or the tutorial\'s config.per_device_batch_size, the other 0.')
+
+
 FIELDS = {
+    'per_device_batch_size': spec.Field(128, spec.integer(0), 'examples per device and step, '
+                                        'where config.batch_size is 0 (the tutorial\'s form)'),
+    'batch_size': spec.Field(0, _check_batch, 'the global batch, divided across the devices '
+                             'and processes; 0: per_device_batch_size', before=0),
+    'min_steps_per_epoch': spec.Field(0, spec.integer(0), 'a training split too small for this '
+                                      'many batches of the batch trains on smaller ones; 0: off',
+                                      before=0),
     'crop_size': spec.Field(32, spec.integer(0, hint=(
         'config.crop_size is {value}; use 0 (the whole image) or a number of pixels.')),
         'random in training, central in evaluation; 0: the whole image'),

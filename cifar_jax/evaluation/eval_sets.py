@@ -57,7 +57,8 @@ SET_FIELDS = {
 NAME_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_.-]*$')
 
 
-def _dataset_fields() -> set[str]:
+def dataset_fields() -> set[str]:
+  """The fields of config.dataset a set may give for itself (its split is `split`)."""
   return {path.split('.', 1)[1] for path in datasets.FIELDS} - {'train_split', 'eval_split'}
 
 
@@ -80,7 +81,7 @@ def _check_one(config: ml_collections.ConfigDict, name: str) -> None:
                     'letter); its figures are recorded as NAME/precision.')
   if not isinstance(config.eval.sets[name], ml_collections.ConfigDict):
     raise UserError(f'{where} is {config.eval.sets[name]!r}; it must be a dict of fields.')
-  unknown = set(config.eval.sets[name].keys()) - set(SET_FIELDS) - _dataset_fields()
+  unknown = set(config.eval.sets[name].keys()) - set(SET_FIELDS) - dataset_fields()
   if unknown:
     raise UserError(f'{where} has {sorted(unknown)}, not fields of an evaluation set; use '
                     f'{sorted(SET_FIELDS)} or fields of config.dataset.')

@@ -99,6 +99,7 @@ def _check_names(c: spec.Checker, path: str) -> None:
       raise UserError(f'config.eval.metrics names {name!r}, which is always scored; leave it '
                       'out.')
     spec.check_section(c, 'eval', METRICS.get(name).fields)
+    check_contract(name, c.config.eval)
   results = [result_name(name) for name in names]
   if len(set(results)) != len(results):
     raise UserError(f'config.eval.metrics is {names}; name each metric once (the part after '
@@ -127,6 +128,37 @@ def named(names, eval_config=None) -> tuple[tuple[str, Metric], ...]:
                                                                  fields=eval_config))
     bound.append((name, function))
   return tuple(bound)
+
+
+# The tiny input a metric's contract is checked on: 3 examples of 4 classes.
+_CONTRACT_EXAMPLES, _CONTRACT_CLASSES = 3, 4
+
+
+def check_contract(name: str, eval_config=None) -> None:
+  """One sentence unless the metric `name` takes (logits, labels) and returns one value per
+  example (`[B]`), or, of the split, (probabilities, labels) and one number; checked on a tiny
+  input when the config is checked (shapes only for a per-example metric: nothing computed)."""
+  ((_, metric),) = named((name,), eval_config)
+  form = ('metric(probabilities [N, classes], labels [N]) -> one number' if is_of_split(metric)
+          else 'metric(logits [B, classes], labels [B]) -> values [B]')
+  where = (f'Metric {name!r} (config.eval.metrics) breaks the metric contract, {form} '
+           '(docs/development.md, "Adding a metric")')
+  logits = np.linspace(-1, 1, _CONTRACT_EXAMPLES * _CONTRACT_CLASSES, dtype=np.float32).reshape(
+      _CONTRACT_EXAMPLES, _CONTRACT_CLASSES)
+  labels = np.arange(_CONTRACT_EXAMPLES, dtype=np.int32) % _CONTRACT_CLASSES
+  try:
+    if is_of_split(metric):
+      result = np.asarray(metric(np.asarray(jax.nn.softmax(logits)), labels))
+    else:
+      result = jax.eval_shape(metric, jax.ShapeDtypeStruct(logits.shape, jnp.float32),
+                              jax.ShapeDtypeStruct(labels.shape, jnp.int32))
+  except Exception as error:  # pylint: disable=broad-except (any fault of outside code)
+    raise UserError(f'{where}: on {_CONTRACT_EXAMPLES} examples of {_CONTRACT_CLASSES} classes '
+                    f'it raised {type(error).__name__}: {error}.') from None
+  wanted = () if is_of_split(metric) else (_CONTRACT_EXAMPLES,)
+  if tuple(getattr(result, 'shape', ())) != wanted:
+    raise UserError(f'{where}: on {_CONTRACT_EXAMPLES} examples it returned shape '
+                    f'{tuple(result.shape)}, not {wanted}.')
 
 
 def is_of_split(metric: Metric) -> bool:

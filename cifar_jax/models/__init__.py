@@ -5,7 +5,7 @@ One module per family: `tutorial` (the TensorFlow tutorial's CNN),
 `wide_resnet` (WRN-d-k); `layers` holds what they share (PyTorch's BatchNorm
 over the global batch, pooling, PyTorch's initialisers).
 
-`config.model.name` is a key of `MODELS` or, for a model outside the
+`config.model.name` is registered in `MODELS` or, for a model outside the
 package, 'package.module:ClassName' (any importable flax module that keeps
 the contract below); either way the name is saved with the checkpoints, and
 the evaluator and `experiment.load_checkpoint` build the same model again
@@ -43,6 +43,7 @@ from cifar_jax.core import fields as spec
 from cifar_jax.core import registry
 from cifar_jax.core.errors import UserError
 from cifar_jax.core.parallel import AXIS_NAME
+from cifar_jax.core.registry import Registry
 from cifar_jax.models.airbench import (
   HEAD_INITS,
   WHITEN_BIAS_INITS,
@@ -66,19 +67,13 @@ from cifar_jax.models.wide_resnet import WideResNet, blocks_per_group
 __all__ = [
     'AXIS_NAME', 'DEPTHS', 'DTYPES', 'FORMULATIONS', 'HEAD_INITS', 'MODELS', 'STEMS',
     'WHITEN_BIAS_INITS', 'Airbench94', 'BatchNorm', 'PreActResNet', 'ResNet', 'TutorialCNN',
-    'WideResNet', 'blocks_per_group', 'count_parameters', 'create_model', 'dirac_init',
+    'WideResNet', 'blocks_per_group', 'count_parameters', 'create_model', 'default_fields',
+    'dirac_init',
     'fill_added', 'image_patches', 'is_external', 'local_response_normalization', 'max_pool',
     'max_pool_2x2', 'model_class', 'model_fields', 'parameter_paths',
     'pytorch_default_uniform', 'whitening_kernel',
 ]
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    'tutorial_cnn': TutorialCNN,
-    'airbench94': Airbench94,
-    'resnet': ResNet,
-    'preact_resnet': PreActResNet,
-    'wide_resnet': WideResNet,
-}
 
 
 # config.model.dtype: what activations, convolutions and matmuls compute in.
@@ -91,16 +86,13 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 _NOT_OPTIONS = ('parent', 'name', 'num_classes', 'axis_name')
 
 
-def is_external(name: str) -> bool:
-  """Whether `name` is 'package.module:ClassName' rather than a key of `MODELS`."""
-  return ':' in name
+is_external = registry.is_external  # 'package.module:ClassName', not a registered model
 
 
-def _import_external(name: str) -> Callable[..., nn.Module]:  # (or an nnx.Module class)
+def _check_outside_model(name: str, model: Any, where: str) -> Any:
+  """`model` (a Linen or NNX class from outside) if it keeps the model contract; else one
+  sentence."""
   module_name, _, class_name = name.partition(':')
-  where = (f"config.model.name is {name!r}, a model outside cifar_jax ('package.module:"
-           "ClassName')")
-  model = registry.import_named(name, where)
   if is_nnx_model(model):
     missing = missing_contract(model)
     if missing:
@@ -118,17 +110,18 @@ def _import_external(name: str) -> Callable[..., nn.Module]:  # (or an nnx.Modul
   return model
 
 
+MODELS = Registry('model', 'config.model.name', 'docs/development.md, "Adding a model"',
+                  check_outside=_check_outside_model)
+for _name, _family in (('tutorial_cnn', TutorialCNN), ('airbench94', Airbench94),
+                       ('resnet', ResNet), ('preact_resnet', PreActResNet),
+                       ('wide_resnet', WideResNet)):
+  MODELS.register(_name)(_family)
+
+
 def model_class(name: str) -> Callable[..., nn.Module]:
-  """`MODELS[name]`, or the class 'package.module:ClassName' names; else one sentence."""
-  if is_external(name):
-    return _import_external(name)
-  if name not in MODELS:
-    raise UserError(
-        f'Unknown model {name!r} (config.model.name): the registered models are '
-        f"{sorted(MODELS)}; name one, name a module outside cifar_jax as 'package.module:"
-        "ClassName', or register it in cifar_jax.models.MODELS (cifar_jax/models/__init__.py) "
-        'before the config, or a checkpoint trained with it, is used.')
-  return MODELS[name]
+  """The class `name` names: registered in `MODELS` (`@MODELS.register(name)`, as every
+  family here), or 'package.module:ClassName' from outside; else one sentence."""
+  return MODELS.get(name).target
 
 
 def model_fields(name: str) -> dict[str, Any]:
@@ -138,6 +131,21 @@ def model_fields(name: str) -> dict[str, Any]:
     return nnx_options(cls)
   return {f.name: f.default for f in dataclasses.fields(cls)
           if f.name not in _NOT_OPTIONS and f.init}
+
+
+def default_fields(name: str) -> dict[str, Any]:
+  """{field: default} of the model's options a config can hold (numbers, strings, flags, tuples
+  of them; `dtype` by its name): what naming the model brings to `config.model`."""
+  names = {value: key for key, value in DTYPES.items()}
+  simple = (bool, int, float, str)
+  fields = {}
+  for field, default in model_fields(name).items():
+    if field == 'dtype' and default in names:
+      fields[field] = names[default]
+    elif isinstance(default, simple) or (
+        isinstance(default, tuple) and all(isinstance(x, simple) for x in default)):
+      fields[field] = default
+  return fields
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int,

@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Callable
 import contextlib
 import dataclasses
-import os
 import time
 
 from absl import logging
@@ -33,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from cifar_jax.core import parallel, summaries, sweeps
+from cifar_jax.core import layout, parallel, summaries, sweeps
 from cifar_jax.data import augmentations, datasets, input_pipeline
 from cifar_jax.evaluation import scoring
 from cifar_jax.training import builder, lifecycle, loop, profiling, train_state
@@ -213,7 +212,7 @@ class Evaluate(PeriodicAction):
     split = datasets.load_eval_split(run.config.dataset)
     self._evaluator = scoring.Evaluator(run.config, split, run.setup.model, run.devices,
                                         trained=run.train_split.info())
-    self._writer = summaries.create_writer(os.path.join(run.workdir, 'eval'),
+    self._writer = summaries.create_writer(layout.path(run.workdir, layout.EVAL),
                                            enabled=run.is_main)
 
   @classmethod

@@ -33,7 +33,7 @@ import jax
 import ml_collections
 
 from cifar_jax.config import validation
-from cifar_jax.core import parallel, summaries
+from cifar_jax.core import layout, parallel, summaries
 from cifar_jax.core.errors import UserError
 from cifar_jax.data import datasets
 from cifar_jax.evaluation import eval_sets, metrics, scoring
@@ -52,7 +52,7 @@ def handled_steps(eval_dir: str, tta: str = 'none', wanted: tuple[str, ...] = ()
   whatever the TTA.
   """
   return {int(record['step']): record['status']
-          for record in summaries.read_records(os.path.join(eval_dir, summaries.METRICS_FILE))
+          for record in summaries.read_records(os.path.join(eval_dir, layout.METRICS))
           if 'status' in record and (record['status'] != 'scored' or (
               record.get('tta', 'none') == tta and all(key in record for key in wanted)))}
 
@@ -103,7 +103,7 @@ class _Scorer:
     self.config = config
     self.workdir = workdir
     parallel.use_compilation_cache(config.compilation_cache_dir, workdir)
-    self.eval_dir = os.path.join(workdir, 'eval')
+    self.eval_dir = layout.path(workdir, layout.EVAL)
     split = datasets.load_eval_split(config.dataset)
     # The evaluation images' shape: where it differs from the training images', the
     # checks (scoring.check_eval_split) refuse what the network cannot take.
@@ -228,7 +228,7 @@ def run_once(scorer: _Scorer) -> dict[int, scoring.Result]:
 def _already_handled(scorer: _Scorer, step: int) -> str:
   """The line that says `step` was handled before: its precision (or why it was skipped) and
   where its record is."""
-  path = os.path.join(scorer.eval_dir, summaries.METRICS_FILE)
+  path = os.path.join(scorer.eval_dir, layout.METRICS)
   status = scorer.handled[step]
   if status != 'scored':
     return f'step {step} was already handled ({status}); its record is in {path}'

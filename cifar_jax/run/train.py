@@ -28,7 +28,7 @@ from cifar_jax.data import datasets
 from cifar_jax.run import actions
 from cifar_jax.training import builder, lifecycle, loop
 from cifar_jax.training.train_state import TrainState, step_number
-from cifar_jax.workdir import checkpointer, checkpoints, workdir_lock
+from cifar_jax.workdir import checkpointer, checkpoints, run_config, workdir_lock
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -53,6 +53,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     startup.lap('data')
     setup = builder.build(config, train_split, devices)
     config = setup.config  # its num_train_steps follow config.num_train_epochs, where set
+    if _is_main():
+      run_config.save(workdir, config)  # the evaluator, compare and notebooks read it
     startup.lap('model')
     saves = stack.enter_context(
         checkpointer.Checkpointer(workdir, config, train_split.info()))

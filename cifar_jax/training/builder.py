@@ -160,17 +160,37 @@ def _batches(config: ml_collections.ConfigDict, train_split: datasets.Split | No
   """
   if train_split is None:
     return config, None, (1, 1, 1)
+  per_device = _fitted_batch(config, train_split.num_examples,
+                             num_devices * jax.process_count())
   batches = input_pipeline.BatchSchedule(
-      num_examples=train_split.num_examples, per_device_batch_size=config.per_device_batch_size,
+      num_examples=train_split.num_examples, per_device_batch_size=per_device,
       num_local_devices=num_devices, seed=config.seed, num_processes=jax.process_count(),
       process_index=jax.process_index(), num_replicas=sweeps.num_runs(config),
       replica_seeds=tuple(sweeps.run_seeds(config)))
   if batches.steps_per_epoch < 1:
     raise UserError(
         f'The training split has {train_split.num_examples} examples, fewer than one global '
-        f'batch ({batches.global_batch_size}); lower config.per_device_batch_size.')
+        f'batch ({batches.global_batch_size}); lower {_batch_field(config)}.')
   return (steps_from_epochs(config, batches.steps_per_epoch), batches,
           (train_split.num_examples, batches.global_batch_size, batches.steps_per_epoch))
+
+
+def _fitted_batch(config: ml_collections.ConfigDict, num_examples: int, num_devices: int
+                  ) -> int:
+  """The per-device batch: the config's, or smaller where the split gives an epoch fewer than
+  `config.min_steps_per_epoch` batches of it (said in one warning line)."""
+  per_device = input_pipeline.per_device_batch(config.batch_size, config.per_device_batch_size,
+                                               num_devices)
+  wanted = config.min_steps_per_epoch
+  if not wanted or num_examples // (per_device * num_devices) >= wanted:
+    return per_device
+  fitted = max(1, num_examples // (wanted * num_devices))
+  logging.warning('The training split has %d examples: a global batch of %d gives %d step(s) '
+                  'per epoch, fewer than config.min_steps_per_epoch=%d; training with a global '
+                  'batch of %d (%d per device) instead.', num_examples, per_device * num_devices,
+                  num_examples // (per_device * num_devices), wanted, fitted * num_devices,
+                  fitted)
+  return fitted
 
 
 def _step_pieces(config: ml_collections.ConfigDict, num_examples: int, global_batch: int,
@@ -182,13 +202,38 @@ def _step_pieces(config: ml_collections.ConfigDict, num_examples: int, global_ba
                                train_step.StepOptions.from_config(point, steps_per_epoch))
 
 
+def _batch_field(config: ml_collections.ConfigDict) -> str:
+  """The field that gives this config's batch."""
+  return 'config.batch_size' if config.batch_size else 'config.per_device_batch_size'
+
+
 def respect_given_fields(config: ml_collections.ConfigDict, given: Iterable[str]) -> None:
   """What the user gave (`given`: dotted fields from the command line or the notebook's
   overrides) is never silently shadowed by another field: the run length, and top-level
   optimizer fields that groups override (`optimizers.warn_given_fields_groups_keep`)."""
   given = set(given)
   given_length_wins(config, given)
+  given_batch_wins(config, given)
   optimizers.warn_given_fields_groups_keep(config, given)
+
+
+def given_batch_wins(config: ml_collections.ConfigDict, given: Iterable[str]) -> None:
+  """A batch the user gave is never shadowed by the recipe's other batch field.
+
+  A config gives its batch one way: the global `batch_size` (the recipe's on any number of
+  devices) or the tutorial's `per_device_batch_size`. The one given wins and the recipe's other
+  is set to 0; a per-device batch given over a recipe's global one (a global batch that now
+  follows the device count) says so in one warning line.
+  """
+  given = set(given)
+  if 'per_device_batch_size' in given and 'batch_size' not in given and config.batch_size:
+    logging.warning('config.per_device_batch_size=%d, as given, decides the batch: the global '
+                    'batch is %d x the devices, not the recipe\'s config.batch_size=%d (set '
+                    'aside: 0).', config.per_device_batch_size, config.per_device_batch_size,
+                    config.batch_size)
+    config.batch_size = 0
+  elif 'batch_size' in given and 'per_device_batch_size' not in given and config.batch_size:
+    config.per_device_batch_size = 0
 
 
 def given_length_wins(config: ml_collections.ConfigDict, given: Iterable[str]) -> None:
@@ -244,8 +289,9 @@ def _parallel_steps(config: ml_collections.ConfigDict, model: nn.Module,
   what, lower = ((f'{sweeps.num_points(config)} sweep points x {config.num_replicas} seeds',
                   'config.num_replicas, the sweep\'s points') if run_values
                  else (f'config.num_replicas={runs}', 'config.num_replicas'))
-  memory = (f'{what} runs x config.per_device_batch_size={config.per_device_batch_size} do not '
-            f'fit the memory of a device; lower {lower} or config.per_device_batch_size')
+  batch = _batch_field(config)
+  memory = (f'{what} runs x {batch}={config[batch.removeprefix("config.")]} do not fit the '
+            f'memory of a device; lower {lower} or {batch}')
   mapped = parallel.pmap(steps, devices, donate_argnums=(0,), out_of_memory=memory)
   return functools.partial(_with_values, mapped, parallel.replicate(run_values, devices))
 

@@ -250,7 +250,6 @@ def _check_profile(c: spec.Checker, path: str) -> None:
 
 
 FIELDS = {
-    'per_device_batch_size': spec.Field(128, spec.integer(1), 'examples per device and step'),
     'num_train_steps': spec.Field(10000, spec.integer(1), 'the run\'s length (unless epochs)'),
     'num_train_epochs': spec.Field(0.0, spec.number(0.0, hint=(
         'config.num_train_epochs is {value}; use 0 (train config.num_train_steps) or a '

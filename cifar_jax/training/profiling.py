@@ -12,11 +12,12 @@ traces nothing.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any
 
 from absl import logging
 import jax
+
+from cifar_jax.core import layout
 
 
 class StepProfiler:
@@ -28,7 +29,7 @@ class StepProfiler:
   def __init__(self, profile_steps: tuple[int, ...], workdir: str, enabled: bool = True):
     profile_steps = tuple(profile_steps)
     self._range = (profile_steps[0], profile_steps[0] + profile_steps[1]) if profile_steps else None
-    self.directory = os.path.join(workdir, 'profile')
+    self.directory = layout.path(workdir, layout.PROFILE)
     self._enabled = enabled
     self._tracing = False
 

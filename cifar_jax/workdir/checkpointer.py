@@ -15,7 +15,7 @@ from absl import logging
 import jax
 import ml_collections
 
-from cifar_jax.core import sweeps
+from cifar_jax.core import layout, sweeps
 from cifar_jax.core.errors import UserError
 from cifar_jax.training import train_state
 from cifar_jax.workdir import checkpoints
@@ -89,7 +89,7 @@ class Checkpointer:
         checkpoints.verify(self.step_directory(step))
         return step
       except checkpoints.CorruptCheckpointError as e:
-        aside = os.path.join(os.path.dirname(self.directory), checkpoints.CORRUPT_DIR,
+        aside = os.path.join(os.path.dirname(self.directory), layout.CORRUPT_CHECKPOINTS,
                              f'{step}-{time.time():.0f}')  # a later corruption of N is another
         checkpoints.sync_processes(f'cifar_jax_corrupt_{step}_verified')
         if jax.process_index() == 0:

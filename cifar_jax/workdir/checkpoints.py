@@ -56,17 +56,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cifar_jax.config import validation
-from cifar_jax.core import terminal
+from cifar_jax.core import layout, terminal
 from cifar_jax.core.errors import UserError, WriteError
 from cifar_jax.training import train_state
 
-TRAIN_COMPLETE_FILE = 'train_complete'
 CHECKSUM_FILE = 'sha256sums'
-CORRUPT_DIR = 'corrupt_checkpoints'
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+  return layout.path(os.path.abspath(workdir), layout.CHECKPOINTS)
 
 
 class CheckpointWriteError(WriteError):
@@ -395,14 +393,14 @@ def sync_processes(name: str) -> None:
 
 def mark_train_complete(workdir: str, step: int) -> None:
   """Tells evaluators that `step` is the final checkpoint."""
-  path = os.path.join(workdir, TRAIN_COMPLETE_FILE)
+  path = layout.path(workdir, layout.TRAIN_COMPLETE)
   with open(path + '.tmp', 'w') as f:
     json.dump({'final_step': step, 'time': time.time()}, f)
   os.replace(path + '.tmp', path)
 
 
 def clear_train_complete(workdir: str) -> None:
-  path = os.path.join(workdir, TRAIN_COMPLETE_FILE)
+  path = layout.path(workdir, layout.TRAIN_COMPLETE)
   if os.path.exists(path):
     logging.info('Training continues past the old final step: removing %s.', path)
     os.remove(path)
@@ -411,7 +409,7 @@ def clear_train_complete(workdir: str) -> None:
 def final_step(workdir: str) -> int | None:
   """The final step written by `mark_train_complete`, or None if training runs."""
   try:
-    with open(os.path.join(workdir, TRAIN_COMPLETE_FILE)) as f:
+    with open(layout.path(workdir, layout.TRAIN_COMPLETE)) as f:
       return int(json.load(f)['final_step'])
   except FileNotFoundError:
     return None

@@ -35,9 +35,9 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from cifar_jax.core import layout
 from cifar_jax.core.errors import UserError
 
-LOCK_FILE = 'trainer.lock'
 # Errors of a filesystem that has no locks, as opposed to a lock held by another trainer.
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
@@ -45,7 +45,7 @@ _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 def holder(workdir: str) -> dict[str, Any] | None:
   """Who last took WORKDIR's lock ({'host', 'pid', 'since'}), or None if never or unreadable."""
   try:
-    with open(os.path.join(workdir, LOCK_FILE)) as f:
+    with open(layout.path(workdir, layout.TRAINER_LOCK)) as f:
       return json.loads(f.read() or 'null')
   except (OSError, ValueError):
     return None
@@ -63,7 +63,7 @@ class TrainerLock:
 
   def __init__(self, workdir: str):
     self.workdir = workdir
-    self.path = os.path.join(workdir, LOCK_FILE)
+    self.path = layout.path(workdir, layout.TRAINER_LOCK)
     self._file = None
 
   def __enter__(self) -> TrainerLock:
