@@ -92,8 +92,9 @@ class Group:
     return run_statistics.Summary.of(self.values)
 
 
-def record_values(record: dict, metric: str = 'precision') -> list[float]:
-  """Every replica's value of `metric` in one evaluator record (one value for a single run)."""
+def record_values(record: dict, metric: str = 'precision', where: str = '') -> list[float]:
+  """Every replica's value of `metric` in one evaluator record (one value for a single run);
+  `where` (the run's WORKDIR) starts the sentence of a missing figure."""
   replicas = sorted((int(m['index']), value) for key, value in record.items()
                     if (m := _REPLICA_KEY.match(key)) and m['metric'] == metric)
   if replicas:
@@ -101,15 +102,15 @@ def record_values(record: dict, metric: str = 'precision') -> list[float]:
   if metric not in record:
     recorded = sorted(key for key in record if not _REPLICA_KEY.match(key)
                       and isinstance(record[key], (int, float)) and key not in _NOT_FIGURES)
-    where = f'{record["where"]}: the' if 'where' in record else 'The'
-    raise UserError(f'{where} record of step {record.get("step")} has no {metric!r} (it has '
+    lead = f'{where}: the' if where else 'The'
+    raise UserError(f'{lead} record of step {record.get("step")} has no {metric!r} (it has '
                     f'{recorded}); name one of them with --metric (and --set), or score the '
                     'run again with it (--mode=eval --config.eval.run_once=true, '
                     'config.eval.metrics, config.eval.sets).')
   return [record[metric]]
 
 
-_NOT_FIGURES = {'step', 'wall_time', 'count', 'num_replicas', 'where'}
+_NOT_FIGURES = {'step', 'wall_time', 'count', 'num_replicas'}
 
 
 def record_key(metric: str, eval_set: str = '') -> str:
@@ -154,8 +155,6 @@ def _pick(records: list[dict], tta: str | None, where: str) -> dict:
   by_tta: dict[str, dict] = {}
   for record in records:
     by_tta.setdefault(record.get('tta', 'none'), {}).update(record)
-  for record in by_tta.values():
-    record['where'] = where
   if tta is None:
     if len(by_tta) > 1:
       raise UserError(f'{where} was scored with several test-time augmentations '
@@ -183,7 +182,7 @@ def read_group(directory: str, tta: str | None = None, metric: str = 'precision'
     if record.get('sweep_points'):
       raise UserError(f'{directory} is a sweep of {len(record["sweep_points"])} points; compare '
                       f'its points on their own: python -m cifar_jax.compare {directory}')
-    return Group(name, tuple(record_values(record, metric)), int(record['step']),
+    return Group(name, tuple(record_values(record, metric, directory)), int(record['step']),
                  record.get('tta', 'none'), record.get('count'))
   runs = sorted(os.path.join(directory, entry) for entry in os.listdir(directory)
                 if _scored_records(os.path.join(directory, entry)))
@@ -196,7 +195,7 @@ def read_group(directory: str, tta: str | None = None, metric: str = 'precision'
   if len(set(steps.values())) > 1:
     raise UserError(f'The runs in {directory} were last scored at different steps ({steps}); '
                     'compare them at one step with --step=N.')
-  values = tuple(v for record in picked.values() for v in record_values(record, metric))
+  values = tuple(v for run, record in picked.items() for v in record_values(record, metric, run))
   ttas = {r.get('tta', 'none') for r in picked.values()}
   counts = {r.get('count') for r in picked.values()}
   return Group(name, values, next(iter(steps.values())),
@@ -214,7 +213,7 @@ def read_sweep(workdir: str, tta: str | None = None, metric: str = 'precision',
   points = record.get('sweep_points')
   if not points:
     return None
-  per_point = sweeps.by_point(record_values(record, metric), len(points))
+  per_point = sweeps.by_point(record_values(record, metric, workdir), len(points))
   return tuple(Group(sweeps.describe(point), tuple(values), int(record['step']),
                      record.get('tta', 'none'), record.get('count'), point=point)
                for point, values in zip(points, per_point, strict=True))
