@@ -14,3 +14,7 @@ Layers, each importing only those above it in this list (docs/development.md, "C
 and the entry points: `main` (the command line), `experiment` (the notebook API),
 `benchmark`, `compare`, `cli` (their flags).
 """
+
+# The layers above, lowest first (tests/test_layout.py holds every import to them); every module
+# of theirs that reads config fields declares them (`core.fields.declare`).
+LAYERS = ('core', 'data', 'models', 'training', 'evaluation', 'config', 'workdir', 'run')

@@ -6,6 +6,7 @@
   logits = model.apply(state.variables(), images)
   state = experiment.train(config, '/tmp/run', on_log=lambda step, m: print(step, m['loss']))
   run = experiment.load_checkpoint('/tmp/run')               # latest step, saved config
+  start = experiment.load_pretrained(config)                 # what config.init_from loads
   probabilities = experiment.predict(run, images_uint8)      # EMA parameters by default
   experiment.read_evaluations('/tmp/run')                    # the evaluator's record, a table
 
@@ -37,7 +38,7 @@ from cifar_jax.data import augmentations, datasets, input_pipeline
 from cifar_jax.evaluation import scoring
 from cifar_jax.run import train as train_lib
 from cifar_jax.training import builder, train_state
-from cifar_jax.workdir import checkpoints
+from cifar_jax.workdir import checkpoints, pretrained
 
 
 def load_config(path: str, overrides: dict[str, Any] | None = None
@@ -103,6 +104,25 @@ def create_train_state(config: ml_collections.ConfigDict, split: datasets.Split
   """
   setup = builder.build(config, split)
   return setup.model, setup.state
+
+
+def load_pretrained(config: ml_collections.ConfigDict, split: datasets.Split | None = None
+                    ) -> Checkpoint:
+  """The state `config.init_from` gives before any step, as a `Checkpoint` of step 0.
+
+  `predict(checkpoint, images)` and `checkpoint.model.apply(...)` then show what was loaded
+  (the head, where the classes differ, is the fresh one the run starts with). `split`
+  (default: the config's training split, loaded) gives the classes and the image shape.
+  """
+  if not config.init_from:
+    raise UserError('config.init_from is empty; name a run\'s WORKDIR[@STEP] or a PyTorch '
+                    '.pt / .pth file to load.')
+  split = split if split is not None else load_data(config)
+  setup = builder.build(config, split)
+  state = pretrained.initialise(jax.tree.map(np.asarray, setup.state), config,
+                                split.num_classes)
+  return Checkpoint(config=config, model=setup.model, state=state, step=0,
+                    class_names=list(split.class_names), image_shape=list(split.image_shape))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, num_steps: int | None = None,

@@ -362,3 +362,47 @@ def test_tfds_images_of_many_sizes_are_resized_when_loaded(monkeypatch):
     split = datasets.load_split(config.dataset, 'train')
   assert split.images.shape == (6, 24, 24, 3) and split.num_classes == 102
   assert split.class_names[0] == 'pink primrose'
+
+
+OUTSIDE_SOURCE = '''
+import numpy as np
+from cifar_jax.data import datasets
+LOADS = []
+class Counted:
+  """Two classes of flat images; its files' state is `version`, so it may be cached."""
+  version = 'v1'
+  def __init__(self, dataset):
+    self.dataset = dataset
+  def load(self, split):
+    LOADS.append(split)
+    images = np.repeat(np.arange(6, dtype=np.uint8), 48).reshape(6, 4, 4, 3)
+    return datasets.Split(images, np.array([0, 1] * 3, np.int32), ('even', 'odd'))
+  def fingerprint(self):
+    return Counted.version
+'''
+
+
+def test_every_source_is_a_class_of_one_contract_and_one_with_a_fingerprint_is_cached(
+    tmp_path, monkeypatch):
+  """The built-in sources are registered classes with load(split), as one from outside; a
+  source from outside that gives a fingerprint is decoded once and served from the cache."""
+  for name in datasets.SOURCES.names():
+    target = datasets.SOURCES.get(name).target
+    assert callable(getattr(target, 'load', None)), name
+  synthetic = tiny_config().dataset
+  np.testing.assert_array_equal(
+      datasets.SOURCES.get('synthetic').target(synthetic).load('train').images,
+      datasets.load_split(synthetic, 'train').images)
+  (tmp_path / 'fork_counted.py').write_text(OUTSIDE_SOURCE)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  config = tiny_config(**{'dataset.source': 'fork_counted:Counted',
+                          'dataset.cache_dir': str(tmp_path / 'cache')}).dataset
+  module = __import__('fork_counted')
+  first = datasets.load_split(config, 'train')
+  again = datasets.load_split(config, 'train')
+  assert module.LOADS == ['train'] and isinstance(again.images, np.memmap)
+  np.testing.assert_array_equal(first.images, again.images)
+  module.Counted.version = 'v2'  # its files changed: read again
+  datasets.load_split(config, 'train')
+  assert module.LOADS == ['train', 'train']
+  assert datasets.split_label(config, 'test') == "split 'test' of fork_counted:Counted"

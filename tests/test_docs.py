@@ -41,6 +41,9 @@ SHAPES = {
                              rf'\d\.\d{{4}}){SUFFIX}\)',
     'decoding progress': r"Decoding split '[^']+' of \S+: ([\d,]+/[\d,]+ images \([\d,]+/s, "
                          r'[\d,]+ s left\)|[\d,]+ images in [\d.,]+ s)',
+    'weights loaded': r'Loaded \d+ of \d+ tensors from (run \S+ at step \d+ \((EMA|raw) '
+                      r"parameters\)|PyTorch file \S+)(; kept fresh: [^;]+)?(; not in this "
+                      r"network: \d+ of the source's \([^)]*\))?\.",
 }
 
 

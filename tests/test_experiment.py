@@ -194,7 +194,9 @@ def test_a_checkpoint_of_an_unregistered_model_is_one_sentence(tmp_path, monkeyp
     models.MODELS.unregister('my_net')  # a fresh process without that code
   with pytest.raises(UserError, match=r"Unknown model 'my_net' \(config.model.name\): the "
                                       r"registered ones are \['tutorial_cnn', 'airbench94', "
-                                      r"'resnet', 'preact_resnet', 'wide_resnet'\]; name one, "
+                                      r"'resnet', 'preact_resnet', 'wide_resnet', "
+                                      r"'torchvision_resnet18', 'torchvision_resnet50'\]; "
+                                      r"name one, "
                                       r"or code outside cifar_jax as 'package.module:Name'"):
     experiment.load_checkpoint(str(tmp_path))
 

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 from cifar_jax.core import fields
 
 
-def one_cycle(schedule_fields, span):
+def one_cycle(settings, span):
   """Linear up to the peak at peak_fraction of the steps, linear down to 0 at the last."""
-  top = max(1, int(span.num_steps * schedule_fields.peak_fraction))
+  top = max(1, int(span.num_steps * settings.peak_fraction))
   def rate(count):
     count = jnp.asarray(count, jnp.float32)
     up, down = count / top, (span.num_steps - count) / max(1, span.num_steps - top)

@@ -6,7 +6,7 @@ import pytest
 
 from cifar_jax.config import validation
 from cifar_jax.core.errors import UserError
-from cifar_jax.data import augmentations, input_pipeline
+from cifar_jax.data import augmentations, image_ops, input_pipeline
 from cifar_jax.training import builder
 from tests.conftest import run_steps, tiny_config
 
@@ -20,9 +20,9 @@ def _columns(height=32, width=32):
 def test_crop_size_zero_is_the_whole_image_and_translation_keeps_its_shape():
   image = np.random.default_rng(0).integers(0, 256, (20, 28, 3)).astype(np.float32)
   key = jax.random.PRNGKey(0)
-  np.testing.assert_array_equal(augmentations.random_crop(key, image, 0), image)
+  np.testing.assert_array_equal(image_ops.random_crop(key, image, 0), image)
   np.testing.assert_array_equal(input_pipeline.central_crop(image, 0), image)
-  augmentation = augmentations.Augmentation(crop_size=0, translate=2)
+  augmentation = augmentations.Augmentation.of(crop=augmentations.Crop(0, translate=2))
   assert augmentations.augment_train_image(key, image, augmentation).shape == (20, 28, 3)
   assert input_pipeline.model_input_shape((20, 28, 1), 0) == (20, 28, 1)
   assert input_pipeline.model_input_shape((64, 64, 3), 24) == (24, 24, 3)
@@ -30,7 +30,7 @@ def test_crop_size_zero_is_the_whole_image_and_translation_keeps_its_shape():
 
 def test_random_resized_crop_of_the_whole_image_is_the_image():
   image = np.random.default_rng(1).integers(0, 256, (16, 16, 3)).astype(np.float32)
-  out = augmentations.random_resized_crop(jax.random.PRNGKey(0), image, 0, (1.0, 1.0),
+  out = image_ops.random_resized_crop(jax.random.PRNGKey(0), image, 0, (1.0, 1.0),
                                            (1.0, 1.0))
   np.testing.assert_allclose(out, image, atol=1e-3)
 
@@ -39,20 +39,20 @@ def test_random_resized_crop_of_the_whole_image_is_the_image():
 def test_random_resized_crop_takes_a_box_of_the_asked_share_and_ratio(seed):
   # A quarter of the area at ratio 1: a 16x16 box of the 32x32 image at full resolution,
   # so the output's columns are 16 consecutive source columns.
-  out = np.asarray(augmentations.random_resized_crop(
+  out = np.asarray(image_ops.random_resized_crop(
       jax.random.PRNGKey(seed), _columns(), 16, (0.25, 0.25), (1.0, 1.0)))[..., 0]
   assert out.shape == (16, 16)
   np.testing.assert_allclose(np.diff(out, axis=1)[:, 1:-1], 1.0, atol=1e-4)
   assert 0 <= out[0, 0] and out[0, -1] <= 31
   # Ratio 4 (width / height) at the whole area: clipped to the image's width, all of it seen.
-  wide = np.asarray(augmentations.random_resized_crop(
+  wide = np.asarray(image_ops.random_resized_crop(
       jax.random.PRNGKey(seed), _columns(), 8, (1.0, 1.0), (4.0, 4.0)))[..., 0]
   assert wide[0, 0] < 2 and wide[0, -1] > 29
 
 
 def test_random_resized_crops_differ_by_key_and_repeat_by_key():
   image = np.random.default_rng(2).integers(0, 256, (32, 32, 3)).astype(np.float32)
-  crop = lambda seed: np.asarray(augmentations.random_resized_crop(  # noqa: E731
+  crop = lambda seed: np.asarray(image_ops.random_resized_crop(  # noqa: E731
       jax.random.PRNGKey(seed), image, 24, (0.08, 1.0), (3 / 4, 4 / 3)))
   np.testing.assert_array_equal(crop(0), crop(0))
   assert not np.array_equal(crop(0), crop(1))
@@ -70,13 +70,14 @@ def test_eval_resize_then_central_crop():
 
 
 def test_a_small_crop_of_large_images_warns(caplog):
-  augmentation = augmentations.Augmentation(crop_size=24)
+  augmentation = augmentations.Augmentation.of(crop=augmentations.Crop(24))
   augmentation.check((64, 64, 3), 'the training images')
   assert 'config.crop_size=24 shows 14% of each of the training images (64x64)' in caplog.text
   caplog.clear()
-  augmentations.Augmentation(crop_size=24).check((32, 32, 3), 'the training images')
-  augmentations.Augmentation(crop_size=24, resized_crop=((0.08, 1.0), (0.75, 1.33))).check(
-      (64, 64, 3), 'the training images')
+  augmentations.Augmentation.of(crop=augmentations.Crop(24)).check((32, 32, 3),
+                                                                   'the training images')
+  augmentations.Augmentation.of(crop=augmentations.Crop(24, resized=((0.08, 1.0), (0.75, 1.33)))
+                                ).check((64, 64, 3), 'the training images')
   assert 'shows' not in caplog.text
 
 

@@ -1,6 +1,5 @@
 """Augmentation ops against TensorFlow's tf.image, and the batch schedule."""
 
-import dataclasses
 import functools
 
 import jax
@@ -11,7 +10,7 @@ import pytest
 from cifar_jax.config import validation
 from cifar_jax.core import parallel
 from cifar_jax.core.errors import UserError
-from cifar_jax.data import augmentations, input_pipeline
+from cifar_jax.data import augmentations, image_ops, input_pipeline
 from cifar_jax.data.datasets import Split
 from tests.conftest import tiny_config
 
@@ -50,9 +49,9 @@ def test_eval_preprocessing_matches_the_tutorials_inputs(images):
 
 def test_brightness_contrast_and_flip_match_tf(images):
   image = images[1].astype(np.float32)
-  np.testing.assert_allclose(augmentations.adjust_brightness(image, -40.5),
+  np.testing.assert_allclose(image_ops.adjust_brightness(image, -40.5),
                              tf.image.adjust_brightness(image, -40.5).numpy(), atol=1e-4)
-  np.testing.assert_allclose(augmentations.adjust_contrast(image, 1.7),
+  np.testing.assert_allclose(image_ops.adjust_contrast(image, 1.7),
                              tf.image.adjust_contrast(image, 1.7).numpy(), atol=1e-3)
   np.testing.assert_array_equal(image[:, ::-1], tf.image.flip_left_right(image).numpy())
 
@@ -60,15 +59,43 @@ def test_brightness_contrast_and_flip_match_tf(images):
 def test_random_crop_is_a_window_of_the_image(images):
   image = images[2]
   for seed in range(10):
-    crop = np.asarray(augmentations.random_crop(jax.random.PRNGKey(seed), image, 24))
+    crop = np.asarray(image_ops.random_crop(jax.random.PRNGKey(seed), image, 24))
     found = [(top, left) for top in range(9) for left in range(9)
              if np.array_equal(image[top:top + 24, left:left + 24], crop)]
     assert found
 
 
+def test_every_augmentation_is_a_registered_entry_the_pipeline_runs_in_one_form(images):
+  """The built-in augmentations are entries with targets, as cutout and those from outside: the
+  pipeline runs the registered classes (off by default: the image as it was), each on its own
+  part of the image's key."""
+  from experiments import cifar10  # pylint: disable=g-import-not-at-top
+  assert all(augmentations.AUGMENTATIONS.get(name).target is not None
+             for name in augmentations.AUGMENTATIONS.names())
+  tutorial = augmentations.Augmentation.from_config(cifar10.get_config(), 10)
+  assert tutorial.built_in == (augmentations.Crop(24), augmentations.Flip(True, False, 10),
+                               augmentations.Brightness(63.0), augmentations.Contrast((0.2, 1.8)))
+  identity = input_pipeline.Normalization('channel_normalization', (0.0,) * 3, (1 / 255,) * 3)
+  nothing = augmentations.Augmentation.of(normalization=identity)
+  out = augmentations.augment_batch(images, np.arange(6), jax.random.PRNGKey(0), 3, nothing)
+  np.testing.assert_allclose(out, images.astype(np.float32), atol=1e-4)
+  # One image by hand: each stage called with its part of the key, in order.
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), 3), 4)
+  keys = jax.random.split(key, 4)
+  image = jnp.asarray(images[4], jnp.float32)
+  for stage, stage_key in zip(tutorial.built_in, keys, strict=True):
+    image = stage(stage_key, image, 3)
+  expected = tutorial.normalization(image)
+  out = augmentations.augment_batch(images, np.arange(6), jax.random.PRNGKey(0), 3, tutorial)
+  np.testing.assert_allclose(out[4], expected, atol=1e-5)
+  with pytest.raises(TypeError, match=r"\['blur'\] are not built-in augmentations"):
+    augmentations.Augmentation.of(blur=None)
+
+
 def test_augmentation_ranges(images):
-  options = augmentations.Augmentation(crop_size=24, flip=True, max_brightness_delta=63.0,
-                                        contrast_range=(0.2, 1.8))
+  options = augmentations.Augmentation.of(
+      crop=augmentations.Crop(24), flip=augmentations.Flip(True),
+      brightness=augmentations.Brightness(63.0), contrast=augmentations.Contrast((0.2, 1.8)))
   out = augmentations.augment_batch(images, np.arange(6), jax.random.PRNGKey(0), 0, options)
   assert out.shape == (6, 24, 24, 3)
   np.testing.assert_allclose(out[1:].mean(axis=(1, 2, 3)), 0.0, atol=1e-4)
@@ -123,8 +150,9 @@ def test_train_batch_gathers_on_each_device():
 # ----------------------------------------------------------------------------
 # airbench's options.
 
-AIRBENCH = augmentations.Augmentation(
-    crop_size=32, flip=True, normalization=input_pipeline.Normalization(
+AIRBENCH = augmentations.Augmentation.of(
+    crop=augmentations.Crop(32), flip=augmentations.Flip(True),
+    normalization=input_pipeline.Normalization(
         'channel_normalization', channel_mean=(0.5, 0.25, 0.0), channel_std=(0.5, 0.25, 1.0)))
 
 
@@ -138,7 +166,10 @@ def test_alternating_flip_schedule():
   images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
   ids = np.arange(100, 116)
   key = jax.random.PRNGKey(3)
-  options = dataclasses.replace(AIRBENCH, alternating_flip=True, steps_per_epoch=5)
+  options = augmentations.Augmentation.of(
+      crop=augmentations.Crop(32), flip=augmentations.Flip(True, alternating=True,
+                                                           steps_per_epoch=5),
+      normalization=AIRBENCH.normalization)
   flips = {}
   for step in (0, 4, 5, 9, 10, 15):
     out = np.asarray(augmentations.augment_batch(images, ids, key, step, options))
@@ -163,7 +194,9 @@ def test_translation_is_a_window_of_the_padded_image(padding_mode):
   """airbench's reflect padding, or torchvision's RandomCrop(padding=2): black (0) borders."""
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-  options = dataclasses.replace(AIRBENCH, flip=False, translate=2, padding_mode=padding_mode)
+  options = augmentations.Augmentation.of(
+      crop=augmentations.Crop(32, translate=2, padding_mode=padding_mode),
+      normalization=AIRBENCH.normalization)
   out = np.asarray(augmentations.augment_batch(images, np.arange(8), jax.random.PRNGKey(0), 0,
                                                 options))
   shifts = set()

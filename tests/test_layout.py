@@ -4,12 +4,12 @@ import ast
 import glob
 import os
 
+from cifar_jax import LAYERS
 from tests.conftest import REPO_ROOT
 
 PACKAGE = os.path.join(REPO_ROOT, 'cifar_jax')
-# The layers, lowest first: a module imports only from its own layer and those before it; the
-# entry points (cifar_jax/*.py: main, experiment, benchmark, compare, cli) come last.
-LAYERS = ('core', 'data', 'models', 'training', 'evaluation', 'config', 'workdir', 'run')
+# A module imports only from its own layer and those before it (cifar_jax.LAYERS, lowest first);
+# the entry points (cifar_jax/*.py: main, experiment, benchmark, compare, cli) come last.
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
 

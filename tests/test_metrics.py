@@ -65,6 +65,36 @@ def test_an_outside_metric_that_breaks_its_contract_is_one_sentence_when_named(
     validation.validate(tiny_config(**{'eval.metrics': (f'fork_metrics:{name}',)}))
 
 
+SETTINGS_READERS = '''
+import jax.numpy as jnp
+from cifar_jax.core import fields
+def margin(logits, labels, *, settings):
+  return jnp.maximum(logits[:, 0] - settings.margin, 0.0)
+margin.FIELDS = {'margin': fields.Field(0.5, fields.number())}
+def old_margin(logits, labels, *, fields):
+  return jnp.maximum(logits[:, 0] - fields.margin, 0.0)
+old_margin.FIELDS = margin.FIELDS
+'''
+
+
+def test_a_metric_reads_its_fields_from_its_settings_and_the_old_keyword_still_works(
+    tmp_path, monkeypatch, caplog):
+  """config.eval reaches a metric that declares fields as `settings`; one written with the
+  earlier keyword `fields` gets it there, with one warning line."""
+  (tmp_path / 'fork_settings.py').write_text(SETTINGS_READERS)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  logits = np.array([[2.0, 0.0], [0.25, 1.0]], np.float32)
+  for name in ('margin', 'old_margin'):
+    config = tiny_config(**{'eval.metrics': (f'fork_settings:{name}',)})
+    config.eval.margin = 1.0
+    validation.validate(config)
+    ((_, metric),) = metrics.named(config.eval.metrics, config.eval)
+    np.testing.assert_allclose(metric(logits, np.array([0, 1])), [1.0, 0.0])
+  assert caplog.text.count("Metric 'fork_settings:old_margin' takes its settings as the keyword "
+                           '`fields`') == 1
+  assert 'fork_settings:margin\'' not in caplog.text
+
+
 @pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_a_scored_metric_is_recorded_per_replica_like_precision(tmp_path):
   from cifar_jax.run import evaluate, train  # pylint: disable=g-import-not-at-top
@@ -110,8 +140,8 @@ def test_ece_on_constructed_bins():
   labels = np.array([0, 1, 1, 1])
   # ECE = 2/4 * |0.5 - 0.95| + 2/4 * |1 - 0.55|
   expected = 0.5 * 0.45 + 0.5 * 0.45
-  fields = tiny_config().eval
-  assert metrics.expected_calibration_error(probabilities, labels, fields=fields) == (
+  settings = tiny_config().eval
+  assert metrics.expected_calibration_error(probabilities, labels, settings=settings) == (
       pytest.approx(expected))
   bins = calibration.bin_confidences(probabilities, labels, 15)
   assert bins.counts.tolist() == [0] * 8 + [2] + [0] * 5 + [2]

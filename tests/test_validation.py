@@ -1,5 +1,6 @@
 """The one config check: every rate, fraction, size, count, name and combination; renamed fields."""
 
+import glob
 import importlib
 import json
 import os
@@ -240,6 +241,33 @@ def test_a_valid_config_is_checked_without_starting_jax():
   assert 'backends: []' in result.stdout
 
 
+def test_each_field_has_one_owner_the_module_that_reads_it():
+  """The schema is what the modules declare (found by walking the package, not listed): every
+  module with FIELDS is in it, no path twice, and a second owner of a path is refused."""
+  import pkgutil  # pylint: disable=g-import-not-at-top
+
+  import cifar_jax  # pylint: disable=g-import-not-at-top
+  from cifar_jax.config import schema  # pylint: disable=g-import-not-at-top
+  sections = {section.owner: section for section in schema.sections()}
+  for layer in cifar_jax.LAYERS:
+    for info in pkgutil.walk_packages([os.path.join(REPO_ROOT, 'cifar_jax', layer)],
+                                      f'cifar_jax.{layer}.'):
+      module = importlib.import_module(info.name)
+      if isinstance(getattr(module, 'FIELDS', None), dict):
+        assert info.name in sections and sections[info.name].fields is module.FIELDS, info.name
+  for entry_point in glob.glob(os.path.join(REPO_ROOT, 'cifar_jax', '*.py')):
+    with open(entry_point) as source:
+      assert 'FIELDS' not in source.read(), entry_point  # the walk does not import them
+  paths = [path for section in sections.values() for path in section.fields]
+  assert len(paths) == len(set(paths))
+  # The cadences are declared where they are read, the layers below the config's check included.
+  assert 'keep_checkpoints' in sections['cifar_jax.workdir.checkpointer'].fields
+  assert 'eval_every_steps' in sections['cifar_jax.run.actions'].fields
+  with pytest.raises(AssertionError, match=r"\['keep_checkpoints'\] are declared by "
+                                           r'cifar_jax.workdir.checkpointer and a_fork'):
+    fields_lib.declare('a_fork', {'keep_checkpoints': fields_lib.Field(3, fields_lib.integer(1))})
+
+
 def test_the_base_config_is_built_from_the_declarations_alone():
   """experiments/base.py is the declared defaults (one place for a default), a fresh config each
   call, with the default model's own fields and the fields of several types kept open."""
@@ -253,8 +281,8 @@ def test_the_base_config_is_built_from_the_declarations_alone():
                                            'local3_features': 384, 'local4_features': 192,
                                            'formulation': 'fast', 'dtype': 'float32'}
   described = schema.describe()
-  assert all(f'config.{path} = ' in described for path in validation.declared_fields())
-  declared = validation.declared_fields()
+  assert all(f'config.{path} = ' in described for path in schema.declared_fields())
+  declared = schema.declared_fields()
   config = base.get_config().to_dict()
   listed = {}
   for path in declared:

@@ -27,7 +27,7 @@ from absl import logging
 import ml_collections
 
 from cifar_jax import models
-from cifar_jax.config import validation
+from cifar_jax.config import schema, validation
 from cifar_jax.core.errors import UserError
 from cifar_jax.core.registry import Registry
 from cifar_jax.data import augmentations, datasets
@@ -93,7 +93,7 @@ def complete(config: ml_collections.ConfigDict,
   the new entry's). `given` are the dotted fields the user gave, which are never removed.
   """
   replaced = dict(replaced or {})
-  always = set(validation.declared_fields())  # (every registered source's, the built-in ones')
+  always = set(schema.declared_fields())  # (every registered source's, the built-in ones')
   with config.unlocked():
     for slot in SLOTS:
       section = get_path(config, slot.section)

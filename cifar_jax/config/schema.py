@@ -1,10 +1,12 @@
-"""The default config, built from the fields every module declares: a default exists in one place.
+"""The schema: every config field the package declares, the default config built from them.
 
-Each module that reads config fields declares them (`fields.Field`: default, check, one line of
-documentation, `before`) in its `FIELDS`, and each feature chosen by name in its registry
-(`validation.OWNERS` lists the modules). `default_config()` is the config of those defaults
-alone, every option off -- what `experiments/base.py` returns and every recipe overrides; the
-model group holds the default model's own fields (the tutorial network's widths).
+Each module that reads config fields declares them where it reads them (`fields.declare`:
+default, check, one line of documentation, `before`; a feature chosen by name in its registry),
+so a field has one owner and a default exists in one place. `sections()` imports every module
+of the package's layers and returns their declarations, lowest layer first; `default_config()`
+is the config of those defaults alone, every option off -- what `experiments/base.py` returns
+and every recipe overrides; the model group holds the default model's own fields (the tutorial
+network's widths).
 
   python -m cifar_jax.config.schema            # every field: its default and what it means
 """
@@ -12,16 +14,48 @@ model group holds the default model's own fields (the tutorial network's widths)
 from __future__ import annotations
 
 import copy
+import functools
+import importlib
+import pkgutil
 from typing import Any
 
 import ml_collections
 
+import cifar_jax
 from cifar_jax import models
-from cifar_jax.config import validation
+from cifar_jax.core import fields as spec
 
-# The model a config names when it names none, and the fields of a model group that are a
-# run's choice rather than the model's (kept when another model is named; config.model.dtype).
+# The model a config names when it names none.
 DEFAULT_MODEL = 'tutorial_cnn'
+
+
+@functools.cache
+def _import_every_module() -> None:
+  """Imports each module of the package's layers, so that each has declared its fields.
+
+  Found by walking the package rather than listed, so that a module added later cannot be
+  forgotten; the entry points (cifar_jax/*.py) declare none and are not imported.
+  """
+  for layer in cifar_jax.LAYERS:
+    package = importlib.import_module(f'cifar_jax.{layer}')
+    for module in pkgutil.walk_packages(package.__path__, f'{package.__name__}.'):
+      importlib.import_module(module.name)
+
+
+def sections() -> list[spec.Section]:
+  """Every module's declared fields, by layer (lowest first), then by module name."""
+  _import_every_module()
+
+  def place(section: spec.Section) -> tuple[int, str]:
+    layer = section.owner.split('.')[1] if section.owner.count('.') else ''
+    return (cifar_jax.LAYERS.index(layer) if layer in cifar_jax.LAYERS else len(
+        cifar_jax.LAYERS), section.owner)
+  return sorted(spec.declared_sections(), key=place)
+
+
+def declared_fields() -> dict[str, spec.Field]:
+  """Every declared field ({dotted path: field}), in the order of `sections()`."""
+  return {path: field for section in sections() for path, field in section.fields.items()}
 
 
 def _group(value: Any) -> Any:
@@ -34,7 +68,7 @@ def _group(value: Any) -> Any:
 def default_config() -> ml_collections.ConfigDict:
   """Every declared field at its default (a new `ConfigDict` each call)."""
   config = ml_collections.ConfigDict()
-  for path, field in validation.declared_fields().items():
+  for path, field in declared_fields().items():
     *parents, leaf = path.split('.')
     group = config
     for parent in parents:
@@ -53,7 +87,7 @@ def default_config() -> ml_collections.ConfigDict:
 def describe() -> str:
   """Every field, one line each: its dotted path, default and documentation."""
   lines = []
-  for path, field in validation.declared_fields().items():
+  for path, field in declared_fields().items():
     default = (models.default_fields(DEFAULT_MODEL) | {'name': DEFAULT_MODEL}
                if path == 'model' else field.default)
     lines.append(f'config.{path} = {default!r}  # {field.doc}')

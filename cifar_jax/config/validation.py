@@ -1,4 +1,4 @@
-"""The one check of a config, walking the fields each feature declares; migrations of old configs.
+"""The one check of a config, a walk over the schema; old configs read in today's fields.
 
 `validate(config)` runs at every entry -- `python -m cifar_jax.main`,
 `python -m cifar_jax.benchmark`, `experiment.load_config`,
@@ -8,13 +8,15 @@ the entries trusts the config (what can still fail there is data, disk,
 checkpoints and peers: what only the data reveal is checked where they are loaded).
 
 Every field is declared, with its default, check and documentation, by the
-module that reads it (`OWNERS`: each has `FIELDS` and `check_config`); the
+module that reads it (`fields.declare`; `schema.sections()` gathers them); the
 features chosen by name -- schedules, augmentations, data sources, models --
-declare theirs in their registries (`registry.Registry`). A field no owner
-knows is refused, and a field renamed since earlier releases (`RENAMED`) is
-refused with its new name. Checkpoints written under old names, or before a
-field existed, are read through `upgrade_saved_config`, which takes the values
-of fields added since from the same declarations (`fields.Field.before`).
+declare theirs in their registries (`registry.Registry`). A field no module
+declares is refused; fields that name parameters are then checked against the
+model's (each section's `check_parameters`); a field renamed since earlier
+releases (`RENAMED`) is refused with its new name. Checkpoints written under old
+names, or before a field existed, are read through `upgrade_saved_config`, which
+takes the values of fields added since from the same declarations
+(`fields.Field.before`, each section's `upgrade`).
 """
 
 from __future__ import annotations
@@ -30,16 +32,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from cifar_jax import models
+from cifar_jax.config import schema
 from cifar_jax.core import fields as spec
-from cifar_jax.core import parallel, summaries, sweeps
+from cifar_jax.core import sweeps
 from cifar_jax.core.errors import UserError
-from cifar_jax.data import augmentations, datasets, input_pipeline
-from cifar_jax.evaluation import eval_sets, metrics, scoring
-from cifar_jax.training import loop, optimizers, schedules, train_state, train_step
-
-# The modules that declare config fields, in the order they are checked.
-OWNERS = (train_state, datasets, input_pipeline, augmentations, models, parallel, sweeps, loop,
-          summaries, optimizers, train_step, scoring, metrics, eval_sets)
+from cifar_jax.data import datasets
 
 # Old name -> new name, for configs and checkpoints written before the names changed.
 RENAMED = {
@@ -58,17 +55,6 @@ RENAMED = {
 # `l2_penalty`); now the optimizer's decay (before, `sgd_weight_decay`).
 
 
-def declared_fields() -> dict[str, spec.Field]:
-  """Every top-level declaration of the owners ({dotted path: field})."""
-  declared: dict[str, spec.Field] = {}
-  for owner in OWNERS:
-    for path, field in owner.FIELDS.items():
-      if path in declared:
-        raise AssertionError(f'config.{path} is declared twice ({owner.__name__})')
-      declared[path] = field
-  return declared
-
-
 # ----------------------------------------------------------------------------
 # Entry point.
 
@@ -81,10 +67,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """
   _check_renamed(config.to_dict())
   checker = spec.Checker(config)
-  for owner in OWNERS:
-    owner.check_config(checker)
+  every_section = schema.sections()
+  for section in every_section:
+    spec.check_section(checker, '', section.fields)
   checker.refuse_unknown()
-  _check_model_structure(config)
+  paths = model_parameter_paths(config)
+  for section in every_section:
+    if section.check_parameters is not None:
+      section.check_parameters(config, paths)
   # A sweep's every point must be a valid config: the ranges above, for each swept value.
   for point in sweeps.check_sweep(config, _fail):
     validate(point)
@@ -121,33 +111,29 @@ def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
   """A config saved with a checkpoint, in today's fields.
 
   Old names (`RENAMED`) become the new ones; fields added since get the values
-  that mean what the run did (each declaration's `before`).
+  that mean what the run did (each declaration's `before`, each section's `upgrade`).
   """
-  upgraded = copy.deepcopy(saved)
-  for owner in OWNERS:
-    spec.fill_added(upgraded, '', owner.FIELDS)
-  for fill in (schedules.fill_added, augmentations.fill_added, datasets.fill_added,
-               models.fill_added):
-    fill(upgraded)
-  if not _old_names(saved):
-    return saved if upgraded == saved else upgraded
-  # Before the renames, `weight_decay` was the L2 term in the loss.
-  upgraded['l2_penalty'] = upgraded.pop('weight_decay', 0.0)
-  schedule = {}
-  for old, new in RENAMED.items():
-    if old in upgraded:
-      section, _, field = new.rpartition('.')
-      if section == 'schedule':
-        schedule[field] = upgraded.pop(old)
-      else:
-        upgraded[new] = upgraded.pop(old)
-  for group in upgraded.get('optimizer_groups', {}).values():
-    if 'sgd_weight_decay' in group:
-      group['weight_decay'] = group.pop('sgd_weight_decay')
-  name = schedule.get('name')
-  upgraded['schedule'] = {'name': name, **{k: schedule[k] for k in (
-      schedules.SCHEDULES.get(name).fields if name in schedules.SCHEDULES else ())}}
-  return upgraded
+  upgraded = _renamed(copy.deepcopy(saved))
+  for section in schema.sections():
+    spec.fill_added(upgraded, '', section.fields)
+    if section.upgrade is not None:
+      section.upgrade(upgraded)
+  return saved if upgraded == saved else upgraded
+
+
+def _renamed(saved: dict[str, Any]) -> dict[str, Any]:
+  """`saved` (changed in place) with every old name of `RENAMED` moved to its new one."""
+  old = _old_names(saved)
+  if old:
+    # Before the renames, `weight_decay` was the L2 term in the loss.
+    saved['l2_penalty'] = saved.pop('weight_decay', 0.0)
+  for path, pattern in old:
+    *parents, leaf = path.split('.')
+    group = functools.reduce(dict.__getitem__, parents, saved)
+    value = group.pop(leaf)
+    *parents, leaf = _new_name(path, pattern).split('.')
+    functools.reduce(lambda group, name: group.setdefault(name, {}), parents, saved)[leaf] = value
+  return saved
 
 
 # ----------------------------------------------------------------------------
@@ -168,27 +154,6 @@ def model_parameter_paths(config: ml_collections.ConfigDict) -> tuple[str, ...]:
                     f'[1, {size}, {size}, {config.dataset.channels or 3}] images: '
                     f'{type(error).__name__}: {error}; check it against the model contract '
                     '(docs/development.md, "Adding a model").') from None
-
-
-def _check_model_structure(config: ml_collections.ConfigDict) -> None:
-  paths = model_parameter_paths(config)
-  modules = {path.rsplit('/', 1)[0] for path in paths}
-  for module in config.l2_penalty_modules:
-    if f'{module}/kernel' not in paths:
-      raise UserError(f'config.l2_penalty_modules names {module!r}, which is no module with a '
-                      f'kernel; the model has {sorted(modules)}.')
-  labels = {}
-  for path in paths:
-    matches = [name for name, group in config.optimizer_groups.items()
-               if any(fnmatch.fnmatchcase(path, pattern) for pattern in group.params)]
-    if len(matches) > 1:
-      raise UserError(f'Parameter {path} is in optimizer groups {matches}; make the groups\' '
-                      'params patterns disjoint.')
-    labels[path] = matches[0] if matches else 'default'
-  for name, group in config.optimizer_groups.items():
-    if name not in labels.values():
-      raise UserError(f'config.optimizer_groups.{name} matches no parameter (patterns '
-                      f'{list(group.params)}); the model has {paths}.')
 
 
 @functools.lru_cache(maxsize=16)

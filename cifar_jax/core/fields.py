@@ -1,11 +1,18 @@
-"""Config fields and how they are checked: `Field` (a default, a check, a line of documentation) and
-`Checker` (reads a config by dotted path, checks, remembers what it checked).
+"""Config fields and how they are checked: `Field` (a default, a check, a line of documentation),
+`declare` (a module's fields, registered as it is imported) and `Checker` (reads a config by
+dotted path, checks, remembers what it checked).
 
 Every feature declares its fields next to its code -- a schedule, an augmentation, a data
 source and a model in their registries (`registry.Registry`), the other groups in the module
-that reads them -- and `validation.validate` walks the declarations. A field added after
-checkpoints were first written says, with `before`, the value that gives the behaviour from
-before it existed: a config saved without it is read with that value (`upgraded`).
+that reads them, with
+
+  FIELDS = {'keep_checkpoints': Field(5, integer(1), 'the newest kept')}
+  fields.declare(__name__, FIELDS)
+
+The declarations are the schema (`config.schema`): the default config is built from them and
+`validation.validate` walks them. A field added after checkpoints were first written says,
+with `before`, the value that gives the behaviour from before it existed: a config saved
+without it is read with that value (`fill_added`).
 """
 
 from __future__ import annotations
@@ -100,6 +107,49 @@ def fill_added(saved: dict[str, Any], prefix: str, fields: Mapping[str, Field]) 
       section = section.setdefault(parent, {})
     if leaf not in section:
       section[leaf] = copy.deepcopy(field.before)
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+  """The config fields one module (`owner`) declares, and what else it knows about them.
+
+  `upgrade(saved)` brings a config saved by an earlier run up to today's fields beyond the
+  declarations' `before` values (a schedule's or a source's fields, which depend on its name);
+  `check_parameters(config, paths)` checks fields that name parameters against the model's
+  ('module/param' paths, from shapes), raising `UserError`.
+  """
+
+  owner: str
+  fields: Mapping[str, Field]
+  upgrade: Callable[[dict[str, Any]], None] | None = None
+  check_parameters: Callable[[ml_collections.ConfigDict, Sequence[str]], None] | None = None
+
+
+_SECTIONS: dict[str, Section] = {}
+
+
+def declare(owner: str, declared: Mapping[str, Field], *,
+            upgrade: Callable[[dict[str, Any]], None] | None = None,
+            check_parameters: Callable[[ml_collections.ConfigDict, Sequence[str]], None]
+            | None = None) -> Mapping[str, Field]:
+  """Registers module `owner`'s fields ({dotted path: Field}) in the schema; returns them.
+
+  A path that another module declares already is cifar_jax's bug (AssertionError): each
+  field has one owner. Declaring again under the same owner (a reloaded module) replaces.
+  """
+  for section in _SECTIONS.values():
+    clash = set(section.fields) & set(declared)
+    if clash and section.owner != owner:
+      raise AssertionError(f'config fields {sorted(clash)} are declared by {section.owner} '
+                           f'and {owner}')
+  _SECTIONS[owner] = Section(owner, declared, upgrade, check_parameters)
+  return declared
+
+
+def declared_sections() -> list[Section]:
+  """The sections of the modules imported so far, in the order they were declared
+  (`config.schema.sections` imports every module first)."""
+  return list(_SECTIONS.values())
 
 
 def leaf_paths(fields: dict[str, Any], prefix: str = '') -> list[str]:

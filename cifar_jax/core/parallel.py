@@ -253,5 +253,4 @@ FIELDS = {
 }
 
 
-def check_config(c: spec.Checker) -> None:
-  spec.check_section(c, '', FIELDS)
+spec.declare(__name__, FIELDS)

@@ -19,14 +19,20 @@ Sources, chosen by `config.dataset.source`:
 
 * ``'package.module:Name'``: a source outside the package (docs/development.md).
 
-Each is registered in `SOURCES` with the `config.dataset` fields it reads. The
-decoded cache is `decoded_cache`; a split and split expressions are `splits`.
+Every source, built in or from outside, is a class built from `config.dataset` whose
+`load(split)` returns a `Split`; the built-in ones are registered in `SOURCES` with the
+`config.dataset` fields they read (one from outside declares them in its `FIELDS`). Optional
+hooks, which the built-in ones define: `load_formatted(split, image_format, allocate)` decodes
+straight into the one size and channel count (and into the cache's file, for a split larger
+than memory), `fingerprint()` of its files makes it cached (with `cache_name()` in the key),
+`label(split, evaluation)` names a split in messages, and `check_split(checker, field)` (a
+static method) checks a split field when the config is. The decoded cache is
+`decoded_cache`; a split and split expressions are `splits`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-import dataclasses
 import io
 import os
 import tarfile
@@ -56,12 +62,12 @@ def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
   source files and by the image format, so a second run starts in seconds
   and a changed source (or size) is read again.
   """
-  entry = SOURCES.get(dataset_config.source)
+  source = SOURCES.get(dataset_config.source).target(dataset_config)
   image_format = ImageFormat.from_config(dataset_config)
-  if entry.external:  # 'package.module:Name': its split, made one size and channel count
-    return decoded_cache.formatted(entry.target(dataset_config).load(split), image_format)
-  source: Source = entry.target
-  load = lambda allocate: source.load(dataset_config, split, image_format, allocate)  # noqa: E731
+  if hasattr(source, 'load_formatted'):
+    load = lambda allocate: source.load_formatted(split, image_format, allocate)  # noqa: E731
+  else:  # its split as it is, made one size and channel count
+    load = lambda allocate: decoded_cache.formatted(source.load(split), image_format)  # noqa: E731
   identity = cache_identity(dataset_config, split)
   if identity is None:
     return load(decoded_cache.in_memory)
@@ -73,24 +79,25 @@ def load_split(dataset_config: ml_collections.ConfigDict, split: str) -> Split:
 def cache_identity(dataset_config: ml_collections.ConfigDict, split: str
                    ) -> tuple[str, Callable[[], str | None]] | None:
   """The decoded cache's key of `split` and the fingerprint of its source files; None where
-  the split is not cached (no cache_dir, generated or outside data). What is derived from a
-  split (its corrupted copies) is cached under the same identity."""
-  entry = SOURCES.get(dataset_config.source)
-  if entry.external or entry.target.fingerprint is None or not dataset_config.get('cache_dir'):
+  the split is not cached (no cache_dir, or a source without `fingerprint`: generated data,
+  most from outside). What is derived from a split (its corrupted copies) is cached under the
+  same identity."""
+  source = SOURCES.get(dataset_config.source).target(dataset_config)
+  if not hasattr(source, 'fingerprint') or not dataset_config.get('cache_dir'):
     return None
-  source: Source = entry.target
-  key = '-'.join(filter(None, (dataset_config.source, source.cache_name(dataset_config), split,
+  name = source.cache_name() if hasattr(source, 'cache_name') else ''
+  key = '-'.join(filter(None, (dataset_config.source.replace(':', '.'), name, split,
                                ImageFormat.from_config(dataset_config).key())))
-  return key, lambda: source.fingerprint(dataset_config)
+  return key, source.fingerprint
 
 
 def split_label(dataset_config: ml_collections.ConfigDict, split: str, evaluation: bool = False
                 ) -> str:
   """How messages name a split: "split 'test' of /data/pets" (`evaluation`: from eval_path)."""
-  entry = SOURCES.get(dataset_config.source)
-  if entry.external:
-    return f'split {split!r} of {dataset_config.source}'
-  return entry.target.label(dataset_config, split, evaluation)
+  source = SOURCES.get(dataset_config.source).target(dataset_config)
+  if hasattr(source, 'label'):
+    return source.label(split, evaluation)
+  return f'split {split!r} of {dataset_config.source}'
 
 
 def load_eval_split(dataset_config: ml_collections.ConfigDict) -> Split:
@@ -224,19 +231,6 @@ def _load_synthetic(dataset_config: ml_collections.ConfigDict, split: str) -> Sp
 # ----------------------------------------------------------------------------
 # The sources, registered with their config fields.
 
-@dataclasses.dataclass(frozen=True)
-class Source:
-  """A built-in source: how it loads a split (`load(dataset_config, split, image_format,
-  allocate)`), fingerprints its files for the cache (None: not cached), names its cache
-  entries and labels a split in messages; `check_split(c, field)` checks a split field."""
-
-  load: Callable[[ml_collections.ConfigDict, str, ImageFormat, Allocate], Split]
-  fingerprint: Callable[[ml_collections.ConfigDict], str | None] | None
-  cache_name: Callable[[ml_collections.ConfigDict], str]
-  label: Callable[[ml_collections.ConfigDict, str, bool], str]
-  check_split: Callable[[spec.Checker, str], None]
-
-
 SOURCES = Registry('data source', 'config.dataset.source',
                    'docs/development.md, "Adding a data source"')
 
@@ -280,42 +274,87 @@ def _check_synthetic_count(c: spec.Checker, path: str) -> None:
   c.integer(path, 1 if c.config.dataset.source == 'synthetic' else 0)
 
 
-SOURCES.register('tfds', fields={
+class _BuiltIn:
+  """What the built-in sources share: built from config.dataset, and `load` as any source's."""
+
+  def __init__(self, dataset: ml_collections.ConfigDict):
+    self.dataset = dataset
+
+  def load(self, split: str) -> Split:
+    return self.load_formatted(split, ImageFormat.from_config(self.dataset),
+                               decoded_cache.in_memory)
+
+
+@SOURCES.register('tfds', fields={
     'name': spec.Field('cifar10', spec.text(), 'the tfds dataset'),
     'data_dir': spec.Field(None, spec.text(allow_none=True), "tfds' data_dir (None: the default)"),
-}, doc='a tensorflow-datasets dataset (needs TensorFlow)')(Source(
-    load=lambda config, split, image_format, allocate: tfds_source.load(
-        config.name, split, config.get('data_dir'), image_format, allocate),
-    fingerprint=lambda config: decoded_cache.tree_fingerprint(
-        os.path.join(tfds_source.data_dir(config.get('data_dir')), config.name)),
-    cache_name=lambda config: config.name,
-    label=lambda config, split, evaluation: f'split {split!r} of tfds dataset {config.name!r}',
-    check_split=_check_tfds_split))
-SOURCES.register('image_folder', fields={
+}, doc='a tensorflow-datasets dataset (needs TensorFlow)')
+class TfdsSource(_BuiltIn):
+  """A tensorflow-datasets dataset (config.dataset.name), prepared in its data_dir."""
+
+  check_split = staticmethod(_check_tfds_split)
+
+  def load_formatted(self, split: str, image_format: ImageFormat, allocate: Allocate) -> Split:
+    return tfds_source.load(self.dataset.name, split, self.dataset.get('data_dir'),
+                            image_format, allocate)
+
+  def fingerprint(self) -> str | None:
+    return decoded_cache.tree_fingerprint(
+        os.path.join(tfds_source.data_dir(self.dataset.get('data_dir')), self.dataset.name))
+
+  def cache_name(self) -> str:
+    return self.dataset.name
+
+  def label(self, split: str, evaluation: bool) -> str:
+    del evaluation
+    return f'split {split!r} of tfds dataset {self.dataset.name!r}'
+
+
+@SOURCES.register('image_folder', fields={
     'path': spec.Field('', spec.text(), 'ROOT/<split>/<class>/*.png|jpg, or a .tar(.gz) of one'),
     'eval_path': spec.Field('', _check_eval_path, "another folder for eval_split ('': path)",
                          before=''),
-}, doc='ROOT/<split>/<class>/*.png|jpg|jpeg, or an archive of one')(Source(
-    load=lambda config, split, image_format, allocate: _load_image_folder(
-        config.path, split, image_format, allocate),
-    fingerprint=lambda config: decoded_cache.tree_fingerprint(config.path),
-    cache_name=lambda config: os.path.basename(os.path.normpath(config.path or 'images')),
-    label=lambda config, split, evaluation: (
-        f'split {split!r} of {(config.get("eval_path") if evaluation else None) or config.path}'),
-    check_split=lambda c, field: _parsed_split(c, field) and None))
-SOURCES.register('synthetic', fields={
+}, doc='ROOT/<split>/<class>/*.png|jpg|jpeg, or an archive of one')
+class ImageFolderSource(_BuiltIn):
+  """ROOT/<split>/<class>/*.png|jpg|jpeg (config.dataset.path), or a .tar(.gz) of one."""
+
+  check_split = staticmethod(lambda c, field: _parsed_split(c, field) and None)
+
+  def load_formatted(self, split: str, image_format: ImageFormat, allocate: Allocate) -> Split:
+    return _load_image_folder(self.dataset.path, split, image_format, allocate)
+
+  def fingerprint(self) -> str | None:
+    return decoded_cache.tree_fingerprint(self.dataset.path)
+
+  def cache_name(self) -> str:
+    return os.path.basename(os.path.normpath(self.dataset.path or 'images'))
+
+  def label(self, split: str, evaluation: bool) -> str:
+    folder = (self.dataset.get('eval_path') if evaluation else None) or self.dataset.path
+    return f'split {split!r} of {folder}'
+
+
+@SOURCES.register('synthetic', fields={
     'seed': spec.Field(0, spec.integer(0), 'the class templates and noise'),
     'synthetic_num_classes': spec.Field(10, spec.integer(2), 'classes'),
     'synthetic_image_size': spec.Field(32, _check_synthetic_size, 'pixels, a multiple of 4'),
     'synthetic_train_size': spec.Field(0, _check_synthetic_count, "split 'train''s examples"),
     'synthetic_test_size': spec.Field(0, _check_synthetic_count, "split 'test''s examples"),
-}, doc='generated images whose class is learnable, for smoke runs and tests')(Source(
-    load=lambda config, split, image_format, allocate: decoded_cache.formatted(
-        _load_synthetic(config, split), image_format),
-    fingerprint=None,
-    cache_name=lambda config: 'synthetic',
-    label=lambda config, split, evaluation: f'synthetic split {split!r}',
-    check_split=_check_synthetic_split))
+}, doc='generated images whose class is learnable, for smoke runs and tests')
+class SyntheticSource(_BuiltIn):
+  """Generated images whose class is learnable (not cached: no `fingerprint`)."""
+
+  check_split = staticmethod(_check_synthetic_split)
+
+  def load_formatted(self, split: str, image_format: ImageFormat, allocate: Allocate) -> Split:
+    del allocate
+    return decoded_cache.formatted(_load_synthetic(self.dataset, split), image_format)
+
+  def label(self, split: str, evaluation: bool) -> str:
+    del evaluation
+    return f'synthetic split {split!r}'
+
+
 PLACEMENTS = ('auto', 'device', 'host')  # placement.py's
 
 
@@ -338,11 +377,12 @@ def _check_channels(c: spec.Checker, path: str) -> None:
 
 def _check_source(c: spec.Checker, path: str) -> None:
   entry = SOURCES.get(c.text(path))
+  check_split = getattr(entry.target, 'check_split', None)
   for field in ('train_split', 'eval_split'):
-    if entry.external:
+    if check_split is None:
       c.text(f'dataset.{field}')
     else:
-      entry.target.check_split(c, field)
+      check_split(c, field)
   if entry.external:
     spec.check_section(c, 'dataset', entry.fields)
 
@@ -368,14 +408,13 @@ FIELDS.update({f'dataset.{name}': field for entry in SOURCES.entries()
                for name, field in entry.fields.items()})
 
 
-def check_config(c: spec.Checker) -> None:
-  spec.check_section(c, '', FIELDS)
-
-
 def fill_added(saved: dict) -> None:
   """A saved config's dataset group with the fields its sources gained since."""
   for entry in SOURCES.entries():
     spec.fill_added(saved, 'dataset', entry.fields)
+
+
+spec.declare(__name__, FIELDS, upgrade=fill_added)
 
 
 def configured_image_size(config: ml_collections.ConfigDict) -> tuple[int, int] | None:

@@ -89,7 +89,7 @@ def _check_one(config: ml_collections.ConfigDict, name: str) -> None:
   checker = spec.Checker(ml_collections.ConfigDict({**merged.to_dict(), 'eval': {}}))
   try:
     spec.check_section(checker, '', SET_FIELDS)
-    datasets.check_config(checker)
+    spec.check_section(checker, '', datasets.FIELDS)
     if merged.corruptions:
       corruptions.names(merged.corruptions)
       if merged.ood:
@@ -116,8 +116,7 @@ FIELDS = {'eval.sets': spec.Field({}, _check_sets, 'named evaluation sets beside
                                   before={})}
 
 
-def check_config(c: spec.Checker) -> None:
-  spec.check_section(c, '', FIELDS)
+spec.declare(__name__, FIELDS)
 
 
 @dataclasses.dataclass

@@ -19,14 +19,18 @@ Scores are kept for the EMA and the raw parameters and every replica, and land
 in WORKDIR/eval/metrics.jsonl and TensorBoard under the metric's name (`NAME`,
 `NAME_raw`, `NAME/replica_R`). `declare(lower_is_better=True)` tells `compare`
 the direction. A metric's own fields, if it declares a `FIELDS` dict, live in
-`config.eval` and reach it as the keyword `fields` (`config.eval`).
+`config.eval`, which reaches it as the keyword `settings` (the values of the fields declared;
+a metric written for an earlier cifar_jax, whose keyword was `fields`, is passed it under that
+name with a warning line).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 import functools
+import inspect
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,10 +90,10 @@ ECE_FIELDS = {'calibration_bins': spec.Field(15, spec.integer(2), 'equal-width b
 
 @METRICS.register('ece', fields=ECE_FIELDS)
 @declare(lower_is_better=True, of_split=True)
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, *, fields
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, *, settings
                                ) -> float:
   """The expected calibration error of the top-label confidence (eval.calibration_bins bins)."""
-  return calibration.expected_calibration_error(probabilities, labels, fields.calibration_bins)
+  return calibration.expected_calibration_error(probabilities, labels, settings.calibration_bins)
 
 
 def _check_names(c: spec.Checker, path: str) -> None:
@@ -112,22 +116,41 @@ FIELDS = {'eval.metrics': spec.Field((), _check_names, 'metrics scored beside pr
           **{f'eval.{name}': field for name, field in ECE_FIELDS.items()}}
 
 
-def check_config(c: spec.Checker) -> None:
-  spec.check_section(c, '', FIELDS)
+spec.declare(__name__, FIELDS)
 
 
 def named(names, eval_config=None) -> tuple[tuple[str, Metric], ...]:
   """(name, function) of each of `names` (config.eval.metrics), in order; a metric that
-  declares fields gets `config.eval` (`eval_config`) as the keyword `fields`."""
+  declares fields gets `config.eval` (`eval_config`) as the keyword `settings`."""
   bound = []
   for name in names:
     entry = METRICS.get(name)
     function = entry.target
     if entry.fields:
-      function = functools.wraps(entry.target)(functools.partial(entry.target,
-                                                                 fields=eval_config))
+      keyword = _settings_keyword(name, function)
+      function = functools.wraps(function)(functools.partial(function,
+                                                             **{keyword: eval_config}))
     bound.append((name, function))
   return tuple(bound)
+
+
+def _settings_keyword(name: str, function: Callable[..., object]) -> str:
+  """'settings', or 'fields' for a metric written for an earlier cifar_jax (a warning line)."""
+  try:
+    parameters = inspect.signature(function).parameters
+  except (TypeError, ValueError):  # no signature to read (a builtin): the documented keyword
+    return 'settings'
+  if 'settings' not in parameters and 'fields' in parameters:
+    if name not in _WARNED_OLD_KEYWORD:
+      _WARNED_OLD_KEYWORD.add(name)
+      logging.warning('Metric %r takes its settings as the keyword `fields`, the name an '
+                      'earlier cifar_jax used; rename it `settings` (docs/development.md, '
+                      '"Adding a metric").', name)
+    return 'fields'
+  return 'settings'
+
+
+_WARNED_OLD_KEYWORD: set[str] = set()
 
 
 # The tiny input a metric's contract is checked on: 3 examples of 4 classes.

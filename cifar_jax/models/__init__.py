@@ -60,7 +60,14 @@ from cifar_jax.models.layers import (
   pytorch_default_uniform,
 )
 from cifar_jax.models.nnx_models import as_linen, is_nnx_model, missing_contract, nnx_options
-from cifar_jax.models.resnet import DEPTHS, STEMS, PreActResNet, ResNet
+from cifar_jax.models.resnet import (
+    DEPTHS,
+    STEMS,
+    PreActResNet,
+    ResNet,
+    TorchvisionResNet18,
+    TorchvisionResNet50,
+)
 from cifar_jax.models.tutorial import TutorialCNN, local_response_normalization
 from cifar_jax.models.wide_resnet import WideResNet, blocks_per_group
 
@@ -114,7 +121,8 @@ MODELS = Registry('model', 'config.model.name', 'docs/development.md, "Adding a 
                   check_outside=_check_outside_model)
 for _name, _family in (('tutorial_cnn', TutorialCNN), ('airbench94', Airbench94),
                        ('resnet', ResNet), ('preact_resnet', PreActResNet),
-                       ('wide_resnet', WideResNet)):
+                       ('wide_resnet', WideResNet), ('torchvision_resnet18', TorchvisionResNet18),
+                       ('torchvision_resnet50', TorchvisionResNet50)):
   MODELS.register(_name)(_family)
 
 
@@ -241,8 +249,7 @@ FIELDS = {
 }
 
 
-def check_config(c: spec.Checker) -> None:
-  spec.check_section(c, '', FIELDS)
+spec.declare(__name__, FIELDS, upgrade=fill_added)
 
 
 def check_model_fields(c: spec.Checker) -> None:

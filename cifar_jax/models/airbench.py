@@ -76,7 +76,7 @@ class Airbench94(nn.Module):
   PyTorch's `nn.GELU()`.
   """
 
-  # Range checks of config.model's fields (models.check_config; the rest by type).
+  # Range checks of config.model's fields (models.check_model_fields; the rest by type).
   FIELD_CHECKS: ClassVar[dict] = {
       'widths': spec.positive_integers(), 'whiten_patch_size': spec.integer(1),
       'whiten_eps': spec.number(above=0.0), 'whiten_bias_init': spec.choice(WHITEN_BIAS_INITS),

@@ -67,10 +67,17 @@ _EXPANSION = {'basic': 1, 'bottleneck': 4}
 class _Family(nn.Module):
   """The fields and the pieces both ResNets share."""
 
-  # Range checks of config.model's fields (models.check_config; the rest by type).
+  # Range checks of config.model's fields (models.check_model_fields; the rest by type).
   FIELD_CHECKS: ClassVar[dict] = {
       'depth': spec.choice(sorted(DEPTHS)), 'width': spec.integer(1), 'stem': spec.choice(STEMS),
       'formulation': spec.choice(FORMULATIONS)}
+  # PyTorch module names that differ from these beyond '.' -> '_': regex substitutions on a
+  # PyTorch module's name (`torch_weights.to_variables`). kuangliu/pytorch-cifar's shortcut is
+  # an nn.Sequential of the convolution and, in ResNet, the BatchNorm; torchvision's is
+  # `downsample`, and its head `fc`.
+  TORCH_NAMES: ClassVar[dict] = {
+      r'_shortcut_0$': '_shortcut_conv', r'_shortcut_1$': '_shortcut_bn',
+      r'_downsample_0$': '_shortcut_conv', r'_downsample_1$': '_shortcut_bn', r'^fc$': 'linear'}
 
   num_classes: int = 10
   depth: int = 18  # a key of DEPTHS
@@ -174,3 +181,21 @@ class PreActResNet(_Family):
       x = nn.relu(self._norm('bn')(x, train))
     return self._head(x)
 
+
+class TorchvisionResNet18(ResNet):
+  """torchvision's `resnet18` (ImageNet: the 7x7 stem and max pool), whose published weights
+  load by torchvision's names (`config.init_from=resnet18-f37072fd.pth`)."""
+
+  FIELD_CHECKS: ClassVar[dict] = {**ResNet.FIELD_CHECKS, 'depth': spec.choice([18]),
+                                  'stem': spec.choice(['imagenet'])}
+  stem: str = 'imagenet'
+
+
+class TorchvisionResNet50(ResNet):
+  """torchvision's `resnet50` (bottlenecks, the stride on the 3x3 convolution: its v1.5), whose
+  published weights load by torchvision's names."""
+
+  FIELD_CHECKS: ClassVar[dict] = {**ResNet.FIELD_CHECKS, 'depth': spec.choice([50]),
+                                  'stem': spec.choice(['imagenet'])}
+  depth: int = 50
+  stem: str = 'imagenet'

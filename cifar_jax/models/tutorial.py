@@ -67,7 +67,7 @@ def local_response_normalization(
 class TutorialCNN(nn.Module):
   """The tutorial's network; widths are configurable for tiny test models."""
 
-  # Range checks of config.model's fields (models.check_config; the rest by type).
+  # Range checks of config.model's fields (models.check_model_fields; the rest by type).
   FIELD_CHECKS: ClassVar[dict] = {
       'conv_features': spec.integer(1), 'local3_features': spec.integer(1),
       'local4_features': spec.integer(1), 'formulation': spec.choice(FORMULATIONS)}

@@ -62,7 +62,7 @@ def _check_depth(c: spec.Checker, path: str) -> int:
 class WideResNet(nn.Module):
   """WRN-depth-width_factor."""
 
-  # Range checks of config.model's fields (models.check_config; the rest by type).
+  # Range checks of config.model's fields (models.check_model_fields; the rest by type).
   FIELD_CHECKS: ClassVar[dict] = {
       'depth': _check_depth, 'width_factor': spec.integer(1), 'stem_width': spec.integer(1),
       'formulation': spec.choice(FORMULATIONS)}

@@ -32,12 +32,23 @@ import jax
 import ml_collections
 import numpy as np
 
+from cifar_jax.core import fields as spec
 from cifar_jax.core import layout, parallel, summaries, sweeps
 from cifar_jax.data import augmentations, datasets, input_pipeline
 from cifar_jax.evaluation import scoring
 from cifar_jax.training import builder, lifecycle, loop, profiling, train_state
 from cifar_jax.training.loop import PeriodicAction, Progress
 from cifar_jax.workdir import checkpointer
+
+# The cadences of the actions that have one of their own (the log line's is the loop's, the
+# checkpoints' the checkpointer's, the profile's the profiler's).
+FIELDS = {
+    'histogram_every_steps': spec.Field(1000, spec.integer(1), 'histograms and image grids'),
+    'eval_every_steps': spec.Field(1000, spec.integer(0, hint=(
+        'config.eval_every_steps is {value}; use 0 (only at the end) or a positive number of '
+        'steps.')), 'in-process scores'),
+}
+spec.declare(__name__, FIELDS)
 
 
 @dataclasses.dataclass(frozen=True)

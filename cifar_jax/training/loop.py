@@ -238,16 +238,8 @@ class Startup:
 
 
 # ----------------------------------------------------------------------------
-# The config fields of the run's length and cadences (what the loop plans calls from).
-
-def _check_profile(c: spec.Checker, path: str) -> None:
-  profile = c.get(path)
-  if not isinstance(profile, (tuple, list)) or (profile and (
-      len(profile) != 2 or not all(isinstance(x, int) for x in profile)
-      or profile[0] < 0 or profile[1] < 1)):
-    raise UserError(f'config.profile_steps is {profile}; use () (off) or (start, count) with '
-                    'start >= 0 and count >= 1.')
-
+# The config fields of the run's length and its calls (what the loop plans calls from; each
+# action's cadence is declared by its action, the checkpoints' by the checkpointer).
 
 FIELDS = {
     'num_train_steps': spec.Field(10000, spec.integer(1), 'the run\'s length (unless epochs)'),
@@ -256,19 +248,8 @@ FIELDS = {
         'positive number of epochs.')), 'the run\'s length in epochs; 0: steps', before=0.0),
     'steps_per_call': spec.Field(1, spec.integer(1), 'steps per device call'),
     'log_every_steps': spec.Field(10, spec.integer(1), 'the log line'),
-    'checkpoint_every_steps': spec.Field(1000, spec.integer(1), 'checkpoints'),
-    'checkpoint_every_secs': spec.Field(600.0, spec.number(0.0, hint=(
-        'config.checkpoint_every_secs is {value}; use 0 (save by steps only) or a positive '
-        'number of seconds.')), 'checkpoints by time'),
-    'keep_checkpoints': spec.Field(5, spec.integer(1), 'the newest kept'),
-    'histogram_every_steps': spec.Field(1000, spec.integer(1), 'histograms and image grids'),
-    'eval_every_steps': spec.Field(1000, spec.integer(0, hint=(
-        'config.eval_every_steps is {value}; use 0 (only at the end) or a positive number of '
-        'steps.')), 'in-process scores'),
-    'profile_steps': spec.Field((), _check_profile, '(start, count) traced; (): off'),
 }
 
 
-def check_config(c: spec.Checker) -> None:
-  spec.check_section(c, '', FIELDS)
+spec.declare(__name__, FIELDS)
 

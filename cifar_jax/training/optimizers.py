@@ -52,7 +52,7 @@ from cifar_jax import models
 from cifar_jax.core import fields as spec
 from cifar_jax.core import sweeps
 from cifar_jax.core.errors import UserError
-from cifar_jax.training import schedules
+from cifar_jax.training import freezing, schedules
 
 # ----------------------------------------------------------------------------
 # Muon.
@@ -222,10 +222,10 @@ def create_optimizer(config: ml_collections.ConfigDict, num_train_examples: int,
            for name, group in groups.items()}
   default_tx, default_learning_rate = built['default']
   if len(groups) == 1:
-    return default_tx, default_learning_rate
+    return freezing.freeze_optimizer(default_tx, config.freeze), default_learning_rate
   tx = optax.multi_transform({name: tx for name, (tx, _) in built.items()},
                              lambda params: group_labels(config, params))
-  return tx, default_learning_rate
+  return freezing.freeze_optimizer(tx, config.freeze), default_learning_rate
 
 
 # ----------------------------------------------------------------------------
@@ -254,9 +254,23 @@ FIELDS = {
 }
 
 
-def check_config(c: spec.Checker) -> None:
-  """The optimizer's fields; the schedule's are `schedules.check`'s."""
-  spec.check_section(c, '', FIELDS)
+def _check_group_patterns(config: ml_collections.ConfigDict, paths: Sequence[str]) -> None:
+  """Each parameter is in at most one optimizer group, and each group has a parameter."""
+  labels = {}
+  for path in paths:
+    matches = [name for name, group in config.optimizer_groups.items()
+               if any(fnmatch.fnmatchcase(path, pattern) for pattern in group.params)]
+    if len(matches) > 1:
+      raise UserError(f'Parameter {path} is in optimizer groups {matches}; make the groups\' '
+                      'params patterns disjoint.')
+    labels[path] = matches[0] if matches else 'default'
+  for name, group in config.optimizer_groups.items():
+    if name not in labels.values():
+      raise UserError(f'config.optimizer_groups.{name} matches no parameter (patterns '
+                      f'{list(group.params)}); the model has {list(paths)}.')
+
+
+spec.declare(__name__, FIELDS, check_parameters=_check_group_patterns)
 
 
 def _check_groups(c: spec.Checker) -> None:

@@ -17,7 +17,22 @@ from typing import Any
 from absl import logging
 import jax
 
+from cifar_jax.core import fields as spec
 from cifar_jax.core import layout
+from cifar_jax.core.errors import UserError
+
+
+def _check_profile(c: spec.Checker, path: str) -> None:
+  profile = c.get(path)
+  if not isinstance(profile, (tuple, list)) or (profile and (
+      len(profile) != 2 or not all(isinstance(x, int) for x in profile)
+      or profile[0] < 0 or profile[1] < 1)):
+    raise UserError(f'config.profile_steps is {profile}; use () (off) or (start, count) with '
+                    'start >= 0 and count >= 1.')
+
+
+FIELDS = {'profile_steps': spec.Field((), _check_profile, '(start, count) traced; (): off')}
+spec.declare(__name__, FIELDS)
 
 
 class StepProfiler:

@@ -4,9 +4,10 @@
 'package.module:Name'); the other fields of `config.schedule` are that schedule's own,
 declared where it is registered. A schedule is a function
 
-  schedule(fields: ConfigDict, span: Span) -> optax.Schedule
+  schedule(settings: ConfigDict, span: Span) -> optax.Schedule
 
-of its fields and the span it scales: the peak learning rate, the optimizer steps it runs
+of its settings (`config.schedule`: the values of the fields it declares) and the span it
+scales: the peak learning rate, the optimizer steps it runs
 over and the (float) batches per epoch that epochs-based fields convert with. It returns the
 learning rate at an optimizer step. The peak may be a swept value (an array in the step):
 write the schedule with jnp, not Python comparisons of it.
@@ -63,11 +64,20 @@ def check(c: spec.Checker) -> None:
   spec.check_section(c, 'schedule', entry.fields)
 
 
-def fill_added(saved: dict) -> None:
-  """A saved config's schedule with the fields its schedule gained since (`Field.before`)."""
+def upgrade(saved: dict) -> None:
+  """A saved config's schedule with exactly its schedule's fields: those it gained since at
+  their `Field.before`, and without those a config from before the schedule group had for
+  every schedule (lr_decay_factor beside a cosine schedule)."""
   schedule = saved.get('schedule')
   if isinstance(schedule, dict) and schedule.get('name') in SCHEDULES:
-    spec.fill_added(saved, 'schedule', SCHEDULES.get(schedule['name']).fields)
+    fields = SCHEDULES.get(schedule['name']).fields
+    for name in set(schedule) - set(fields) - {'name'}:
+      del schedule[name]
+    spec.fill_added(saved, 'schedule', fields)
+
+
+# config.schedule itself is the optimizer's field (`optimizers.FIELDS`); its group follows the name.
+spec.declare(__name__, {}, upgrade=upgrade)
 
 
 # ----------------------------------------------------------------------------
@@ -75,9 +85,9 @@ def fill_added(saved: dict) -> None:
 
 
 @SCHEDULES.register('constant')
-def constant(fields: ml_collections.ConfigDict, span: Span) -> optax.Schedule:
+def constant(settings: ml_collections.ConfigDict, span: Span) -> optax.Schedule:
   """The peak learning rate at every step."""
-  del fields
+  del settings
   return optax.constant_schedule(span.peak)
 
 
@@ -95,19 +105,19 @@ DECAY_FACTOR = spec.Field(0.1, spec.number(above=0.0), 'the factor of each drop'
 @SCHEDULES.register('staircase_exponential', fields={
     'decay_factor': DECAY_FACTOR,
     'epochs_per_decay': spec.Field(350.0, spec.number(above=0.0), 'epochs between drops')})
-def staircase_exponential_schedule(fields: ml_collections.ConfigDict, span: Span
+def staircase_exponential_schedule(settings: ml_collections.ConfigDict, span: Span
                                    ) -> optax.Schedule:
   """The tutorial's: multiplied by decay_factor every epochs_per_decay epochs."""
   return staircase_exponential(span.peak, max(1, int(span.batches_per_epoch
-                                                     * fields.epochs_per_decay)),
-                               fields.decay_factor)
+                                                     * settings.epochs_per_decay)),
+                               settings.decay_factor)
 
 
 @SCHEDULES.register('warmup_cosine', fields={
     'warmup_epochs': spec.Field(0.0, spec.number(0.0), 'linear warm-up from 0, in epochs')})
-def warmup_cosine(fields: ml_collections.ConfigDict, span: Span) -> optax.Schedule:
+def warmup_cosine(settings: ml_collections.ConfigDict, span: Span) -> optax.Schedule:
   """Linear warm-up from 0, then a cosine to 0 at the last step (the ResNet recipes)."""
-  warmup_steps = int(span.batches_per_epoch * fields.warmup_epochs)
+  warmup_steps = int(span.batches_per_epoch * settings.warmup_epochs)
   # The shape at peak 1, scaled: the peak may be a swept value (an array in the step), which
   # optax's schedule would compare with 0 in Python.
   shape = optax.warmup_cosine_decay_schedule(
@@ -125,23 +135,23 @@ def warmup_cosine(fields: ml_collections.ConfigDict, span: Span) -> optax.Schedu
     'warmup_fraction': spec.Field(0.0, spec.number(0.0, 1.0), 'share of the steps warming up'),
     'start_scale': spec.Field(1.0, spec.number(0.0), 'the first step\'s share of the peak'),
     'end_scale': spec.Field(0.0, spec.number(0.0), 'the last step\'s share of the peak')})
-def linear_warmup_decay_schedule(fields: ml_collections.ConfigDict, span: Span
+def linear_warmup_decay_schedule(settings: ml_collections.ConfigDict, span: Span
                                  ) -> optax.Schedule:
   """airbench's triangle: start_scale -> 1 over the warm-up, -> end_scale at the last step."""
-  return linear_warmup_decay(span.peak, span.num_steps, fields.warmup_fraction,
-                             fields.start_scale, fields.end_scale)
+  return linear_warmup_decay(span.peak, span.num_steps, settings.warmup_fraction,
+                             settings.start_scale, settings.end_scale)
 
 
 @SCHEDULES.register('piecewise_constant', fields={
     'boundaries_epochs': spec.Field((100.0, 150.0), _check_boundaries,
                                  'epochs where the rate drops'),
     'decay_factor': DECAY_FACTOR})
-def piecewise_constant_schedule(fields: ml_collections.ConfigDict, span: Span
+def piecewise_constant_schedule(settings: ml_collections.ConfigDict, span: Span
                                 ) -> optax.Schedule:
   """PyTorch's MultiStepLR: multiplied by decay_factor at each of boundaries_epochs."""
   return piecewise_constant(span.peak, [int(span.batches_per_epoch * epoch)
-                                        for epoch in fields.boundaries_epochs],
-                            fields.decay_factor)
+                                        for epoch in settings.boundaries_epochs],
+                            settings.decay_factor)
 
 
 # ----------------------------------------------------------------------------

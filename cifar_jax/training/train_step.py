@@ -19,7 +19,7 @@ as `StepPlan` says. Single runs, replicas and sweeps take the same path
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import dataclasses
 import functools
 from typing import Any, NamedTuple
@@ -31,7 +31,9 @@ import optax
 
 from cifar_jax.core import fields as spec
 from cifar_jax.core import parallel, sweeps
+from cifar_jax.core.errors import UserError
 from cifar_jax.data import augmentations, input_pipeline
+from cifar_jax.training import freezing
 from cifar_jax.training import train_state as train_state_lib
 from cifar_jax.training.train_state import TrainState
 
@@ -77,13 +79,15 @@ class StepOptions:
   ema: train_state_lib.EmaOptions
   lookahead: train_state_lib.LookaheadOptions
   augmentation: augmentations.Augmentation
+  frozen: tuple[str, ...] = ()  # config.freeze: what keeps its statistics and EMA too
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, steps_per_epoch: int) -> StepOptions:
     return cls(loss=LossOptions.from_config(config),
                ema=train_state_lib.EmaOptions.from_config(config),
                lookahead=train_state_lib.LookaheadOptions.from_config(config),
-               augmentation=augmentations.Augmentation.from_config(config, steps_per_epoch))
+               augmentation=augmentations.Augmentation.from_config(config, steps_per_epoch),
+               frozen=tuple(config.freeze))
 
 
 class StepPieces(NamedTuple):
@@ -127,9 +131,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   params = optax.apply_updates(state.params, updates)
   step = state.step + 1
   ema_params = train_state_lib.update_ema(state.ema_params, params, step, options.ema)
-  new_state = state.replace(step=step, params=params, opt_state=opt_state,
-                            ema_params=ema_params,
-                            batch_stats=model_state.get('batch_stats', state.batch_stats))
+  batch_stats = model_state.get('batch_stats', state.batch_stats)
+  new_state = state.replace(
+      step=step, params=params, opt_state=opt_state,
+      ema_params=freezing.keep_frozen(ema_params, state.ema_params, options.frozen),
+      batch_stats=freezing.keep_frozen(batch_stats, state.batch_stats, options.frozen))
   new_state = train_state_lib.apply_lookahead(new_state, options.lookahead)
   batch_size = batch['label'].shape[0]
   per_example = (lambda x: x / batch_size) if summed else (lambda x: x)  # noqa: E731
@@ -239,5 +245,13 @@ FIELDS = {
 }
 
 
-def check_config(c: spec.Checker) -> None:
-  spec.check_section(c, '', FIELDS)
+def _check_l2_modules(config: ml_collections.ConfigDict, paths: Sequence[str]) -> None:
+  """Each of config.l2_penalty_modules has a kernel among the model's parameters."""
+  for module in config.l2_penalty_modules:
+    if f'{module}/kernel' not in paths:
+      modules = sorted({path.rsplit('/', 1)[0] for path in paths})
+      raise UserError(f'config.l2_penalty_modules names {module!r}, which is no module with a '
+                      f'kernel; the model has {modules}.')
+
+
+spec.declare(__name__, FIELDS, check_parameters=_check_l2_modules)

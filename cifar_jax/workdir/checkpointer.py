@@ -15,10 +15,20 @@ from absl import logging
 import jax
 import ml_collections
 
+from cifar_jax.core import fields as spec
 from cifar_jax.core import layout, sweeps
 from cifar_jax.core.errors import UserError
 from cifar_jax.training import train_state
-from cifar_jax.workdir import checkpoints
+from cifar_jax.workdir import checkpoints, pretrained
+
+FIELDS = {
+    'checkpoint_every_steps': spec.Field(1000, spec.integer(1), 'checkpoints'),
+    'checkpoint_every_secs': spec.Field(600.0, spec.number(0.0, hint=(
+        'config.checkpoint_every_secs is {value}; use 0 (save by steps only) or a positive '
+        'number of seconds.')), 'checkpoints by time'),
+    'keep_checkpoints': spec.Field(5, spec.integer(1), 'the newest kept'),
+}
+spec.declare(__name__, FIELDS)
 
 
 class Checkpointer:
@@ -44,13 +54,16 @@ class Checkpointer:
     self._unsealed: list[int] = []  # saved steps whose checksums are not recorded yet
 
   def restore_latest(self, fresh: Any) -> Any:
-    """The newest intact checkpoint's state (host arrays), or `fresh` where there is none.
+    """The newest intact checkpoint's state (host arrays), or, where there is none, `fresh`
+    (with the weights of `config.init_from`, if it names any: `pretrained`).
 
     A corrupt newer step is moved aside with one warning line.
     """
     latest = self._latest_intact()
     if latest is None:
-      return fresh
+      if not self._config.init_from:
+        return fresh
+      return pretrained.initialise(fresh, self._config, len(self._dataset_info['class_names']))
     state = checkpoints.load(self.manager, latest, fresh, self._config, verified=True,
                  check=self._check_resumable).state
     self.saved_steps = [*checkpoints.read_earlier_steps(self.manager, latest), latest]
