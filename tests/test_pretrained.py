@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import zipfile
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -19,7 +20,7 @@ from cifar_jax.config import validation
 from cifar_jax.core.errors import UserError
 from cifar_jax.models import torch_weights
 from cifar_jax.training import freezing
-from tests.conftest import REPO_ROOT, tiny_config, tiny_family_config
+from tests.conftest import REPO_ROOT, run_steps, tiny_config, tiny_family_config
 
 TORCH_DATA = os.path.join(REPO_ROOT, 'tests', 'data', 'torch')
 TORCH_PYTHON = os.environ.get('CIFAR_JAX_TORCH_PYTHON', '')
@@ -346,3 +347,36 @@ def test_frozen_layers_stay_the_sources_bit_for_bit_and_a_resume_needs_no_source
   config.num_train_steps = 14
   resumed = experiment.train(config, str(tmp_path / 'finetune'), evaluate_in_process=False)
   assert int(np.asarray(resumed.step).max()) == 14
+
+
+class _FlaxNorms(nn.Module):
+  """flax's BatchNorm in both idioms: set in the constructor, and given in the call."""
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    x = nn.BatchNorm(use_running_average=not train)(images)
+    return nn.BatchNorm()(x, use_running_average=not train)
+
+
+def test_frozen_batch_norm_trains_on_the_running_statistics_and_keeps_them():
+  """config.freeze_batch_norm: the training forward pass normalises with the running
+  statistics (the inference pass's logits) and leaves them unchanged, in the families'
+  BatchNorm and flax's; through the step, the statistics after training are the initial ones."""
+  config = tiny_family_config('resnet18', freeze_batch_norm=True, num_train_steps=3)
+  validation.validate(config)
+  model, fresh = experiment.create_train_state(config, experiment.load_data(config))
+  images = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype(np.float32)
+  for module, variables in ((model.clone(axis_name=None), fresh.variables()),
+                            (_FlaxNorms(), _FlaxNorms().init(jax.random.key(0), images))):
+    variables = jax.tree.map(lambda x: x + 0.5, variables)  # statistics away from (0, 1)
+    inference = module.apply(variables, images, train=False)
+    with freezing.running_statistics(True):
+      logits, updated = module.apply(variables, images, train=True, mutable=['batch_stats'])
+    np.testing.assert_allclose(logits, inference, rtol=1e-6, atol=1e-6)
+    jax.tree.map(np.testing.assert_array_equal, updated['batch_stats'],
+                 variables['batch_stats'])
+    batch_logits, _ = module.apply(variables, images, train=True, mutable=['batch_stats'])
+    assert not np.allclose(batch_logits, inference, atol=1e-3)
+  state, _ = run_steps(config, 3)
+  jax.tree.map(np.testing.assert_array_equal, state.batch_stats, fresh.batch_stats)
+

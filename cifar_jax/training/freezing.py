@@ -8,21 +8,30 @@ whatever group it is in, so weight decay and momentum leave it alone too -- and 
 BatchNorm statistics and its EMA stay what they were: after training, a frozen layer equals,
 bit for bit, what it started from (`config.init_from`'s weights).
 
+`config.freeze_batch_norm` makes every BatchNorm normalise with its running statistics in
+training too, and leaves them as they are (common when fine-tuning with small batches, whose
+own statistics are noisy): `running_statistics` around the training forward pass. It reaches
+the BatchNorm layers of Linen models -- every family here (`layers.BatchNorm`) and flax's
+`nn.BatchNorm` in a model from outside -- not those inside an NNX model.
+
 A different learning rate for the loaded layers is an optimizer group
 (`config.optimizer_groups.NAME.lr_multiplier`), not a freeze.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+import contextlib
 import re
 from typing import Any
 
+import flax.linen as nn
 import jax
 import optax
 
 from cifar_jax.core import fields as spec
 from cifar_jax.core.errors import UserError
+from cifar_jax.models import layers
 
 
 def check_patterns(c: spec.Checker, path: str) -> None:
@@ -60,7 +69,9 @@ def check_patterns_match(field: str, patterns: Sequence[str], paths: Sequence[st
 
 
 FIELDS = {'freeze': spec.Field((), check_patterns, 'modules or path patterns not trained',
-                               before=[])}
+                               before=[]),
+          'freeze_batch_norm': spec.Field(False, spec.flag(), 'BatchNorm on its running '
+                                          'statistics in training too, kept', before=False)}
 spec.declare(__name__, FIELDS, check_parameters=lambda config, paths: check_patterns_match(
     'freeze', config.freeze, paths))
 
@@ -83,3 +94,29 @@ def keep_frozen(new: Any, old: Any, patterns: Sequence[str]) -> Any:
     return new
   return jax.tree_util.tree_map_with_path(
       lambda path, n, o: o if matches(path_name(path), patterns) else n, new, old)
+
+
+def _in_inference(next_fun, args, kwargs, context):
+  """A BatchNorm's call with its running statistics (a `nn.intercept_methods` interceptor)."""
+  if context.method_name == '__call__':
+    if isinstance(context.module, layers.BatchNorm):  # __call__(x, train)
+      args, kwargs = args[:1], {**kwargs, 'train': False}
+    elif isinstance(context.module, nn.BatchNorm) and context.module.use_running_average is None:
+      args, kwargs = args[:1], {**kwargs, 'use_running_average': True}
+    elif isinstance(context.module, nn.BatchNorm):
+      # Set in its constructor (flax's idiom, nn.BatchNorm(use_running_average=not train)):
+      # this call's instance, bound for this apply only, gets True.
+      object.__setattr__(context.module, 'use_running_average', True)
+  return next_fun(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def running_statistics(enabled: bool) -> Iterator[None]:
+  """Inside, with `enabled`, every Linen BatchNorm normalises with its running statistics and
+  leaves them as they are (`config.freeze_batch_norm`); else nothing changes."""
+  if not enabled:
+    yield
+    return
+  with nn.intercept_methods(_in_inference):
+    yield
+

@@ -80,6 +80,7 @@ class StepOptions:
   lookahead: train_state_lib.LookaheadOptions
   augmentation: augmentations.Augmentation
   frozen: tuple[str, ...] = ()  # config.freeze: what keeps its statistics and EMA too
+  frozen_batch_norm: bool = False  # config.freeze_batch_norm: running statistics, kept
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, steps_per_epoch: int) -> StepOptions:
@@ -87,7 +88,7 @@ class StepOptions:
                ema=train_state_lib.EmaOptions.from_config(config),
                lookahead=train_state_lib.LookaheadOptions.from_config(config),
                augmentation=augmentations.Augmentation.from_config(config, steps_per_epoch),
-               frozen=tuple(config.freeze))
+               frozen=tuple(config.freeze), frozen_batch_norm=config.freeze_batch_norm)
 
 
 class StepPieces(NamedTuple):
@@ -117,8 +118,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *,
   summed = loss_options.reduction == 'sum'
 
   def loss_fn(params):
-    logits, model_state = apply_fn(state.variables(params), batch['image'], train=True,
-                                   mutable=['batch_stats'])
+    with freezing.running_statistics(options.frozen_batch_norm):
+      logits, model_state = apply_fn(state.variables(params), batch['image'], train=True,
+                                     mutable=['batch_stats'])
     cross_entropy = cross_entropy_loss(logits, batch['label'], loss_options.label_smoothing,
                                        loss_options.reduction)
     penalty = l2_penalty(params, loss_options.l2_penalty_modules, loss_options.l2_penalty)
