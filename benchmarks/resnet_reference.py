@@ -12,12 +12,14 @@ kuangliu/pytorch-cifar's `ResNet` (BasicBlock, Bottleneck) and `PreActResNet`
 `WideResNet`; their modules carry cifar_jax's parameter names so that one
 set of weights loads into both.
 
-Faithfulness, for ResNet-18, PreAct-ResNet-18 and WRN-16-4 (full widths, the
-recipes' optimizer: Nesterov SGD 0.9, lr 0.1, weight decay 5e-4 in PyTorch's
-form, one device):
+Faithfulness, for ResNet-18, PreAct-ResNet-18 and WRN-16-4 (and, with
+--network=torchvision_resnet18, torchvision's ResNet-18 with its ImageNet stem;
+full widths, the recipes' optimizer: Nesterov SGD 0.9, lr 0.1, weight decay 5e-4
+in PyTorch's form, one device):
 
 1. The parameter count of each side (and, for these three, the originals'
-   published figures: 11,173,962, 11,171,146 and 2,748,890).
+   published figures: 11,173,962, 11,171,146, 2,748,890 and, with a head of 10,
+   11,181,642).
 2. cifar_jax builds its state from the recipe, takes an augmented training
    batch from its pipeline, records the logits, the loss and every gradient
    (train mode: batch statistics), then one optimizer step
@@ -69,8 +71,11 @@ NETWORKS = {
                 2_748_890),
     'wrn16_8': ('experiments/wrn28_10.py', {'model.depth': 16, 'model.width_factor': 8},
                 10_961_370),
+    # torchvision's resnet18 (11,689,512 at 1,000 classes) with a head of 10.
+    'torchvision_resnet18': ('experiments/resnet18.py', {'model.name': 'torchvision_resnet18'},
+                             11_181_642),
 }
-CHECKED = ('resnet18', 'preact_resnet18', 'wrn16_4')
+CHECKED = ('resnet18', 'preact_resnet18', 'wrn16_4')  # and torchvision_resnet18 by name
 # float64 on both sides: the same function to summation-order rounding (~1e-14).
 FLOAT64_TOLERANCE = 1e-10
 # The networks' config.model for --speed without cifar_jax (the torch venv has none of it).
@@ -244,7 +249,7 @@ def torch_network(model: dict):
     def m(self, name):
       return getattr(self, name)
 
-  if model['name'] in ('resnet', 'preact_resnet'):
+  if model['name'] in ('resnet', 'preact_resnet', 'torchvision_resnet18', 'torchvision_resnet50'):
     preact = model['name'] == 'preact_resnet'
     kind, counts = RESNET_DEPTHS[model['depth']]
     expansion = 4 if kind == 'bottleneck' else 1
