@@ -178,6 +178,7 @@ def test_checkpoints_saved_by_time_and_deleted_unseen_are_reported(tmp_path):
   assert (6, 'deleted') in records and all(status == 'deleted' for _, status in records[:-2])
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests: waits on a clock)
 def test_times_out_without_new_checkpoints(tmp_path):
   workdir = _trained(tmp_path)
   os.remove(os.path.join(workdir, 'train_complete'))  # as if the trainer were still running

@@ -5,6 +5,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from cifar_jax.training import lifecycle
 from tests.conftest import REPO_ROOT
 
@@ -46,6 +48,7 @@ def test_watchdog_ends_a_stuck_process_with_one_error_line():
   assert 'after step 7' in result.stderr and 'the checkpoint of step 5 is intact' in result.stderr
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests: waits on a clock)
 def test_watchdog_lets_a_progressing_process_finish():
   result = _run_watchdog('  for step in range(12):\n    time.sleep(0.25)\n    w.progress(step)')
   assert result.returncode == 0, result.stderr[-2000:]

@@ -31,7 +31,8 @@ def one_device_run():
   return state
 
 
-@pytest.mark.parametrize('num_devices', [2, 4, 8])
+@pytest.mark.parametrize('num_devices', [2, pytest.param(4, marks=pytest.mark.slow),
+                                         pytest.param(8, marks=pytest.mark.slow)])
 def test_local_devices_give_the_same_parameters(one_device_run, num_devices):
   assert len(jax.local_devices()) >= 8
   state, _ = run_steps(tiny_config(num_devices=num_devices,

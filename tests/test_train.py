@@ -154,6 +154,7 @@ def _sigterm_at(step):
 # Checkpoint cadence by time.
 
 
+@pytest.mark.slow  # (tier: docs/development.md#tests: waits on a clock)
 def test_saves_by_time_as_well_as_by_steps(tmp_path):
   workdir = str(tmp_path / 'run')
   config = tiny_config(checkpoint_every_steps=8, checkpoint_every_secs=1, keep_checkpoints=100)
