@@ -117,8 +117,7 @@ def _read_run(workdir: str, step: int | None, which: str) -> Source:
 def _flat(tree: Any) -> dict[str, np.ndarray]:
   """{'collection/module/leaf': array} of a tree of variables."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {'/'.join(str(getattr(key, 'key', key)) for key in path): np.asarray(leaf)
-          for path, leaf in leaves}
+  return {freezing.path_name(path): np.asarray(leaf) for path, leaf in leaves}
 
 
 def initialise(fresh: train_state.TrainState, config: ml_collections.ConfigDict,
@@ -162,8 +161,7 @@ def _is_head(shape: tuple[int, ...], given: tuple[int, ...], num_classes: int) -
 
 def _replace(tree: Any, collection: str, loaded: dict[str, np.ndarray]) -> Any:
   def value(path, leaf):
-    name = '/'.join([collection, *(str(getattr(key, 'key', key)) for key in path)])
-    return loaded.get(name, leaf)
+    return loaded.get(f'{collection}/{freezing.path_name(path)}', leaf)
   return jax.tree_util.tree_map_with_path(value, tree)
 
 
