@@ -48,7 +48,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 
 from absl import app, flags
 
@@ -73,9 +72,6 @@ flags.DEFINE_integer('step', None, 'Compare the records of this step (every run 
 flags.DEFINE_bool('allow_different_steps', False, 'Compare groups whose latest scored steps '
                   'differ (each at its own; the table shows them).')
 
-_REPLICA_KEY = re.compile(r'^(?P<metric>.+)/replica_(?P<index>\d+)$')
-
-
 @dataclasses.dataclass(frozen=True)
 class Group:
   """The runs of one DIR: their final step's values of the metric."""
@@ -95,12 +91,12 @@ class Group:
 def record_values(record: dict, metric: str = 'precision', where: str = '') -> list[float]:
   """Every replica's value of `metric` in one evaluator record (one value for a single run);
   `where` (the run's WORKDIR) starts the sentence of a missing figure."""
-  replicas = sorted((int(m['index']), value) for key, value in record.items()
-                    if (m := _REPLICA_KEY.match(key)) and m['metric'] == metric)
+  replicas = sorted((run[1], value) for key, value in record.items()
+                    if (run := sweeps.run_of_key(key)) and run[0] == metric)
   if replicas:
     return [value for _, value in replicas]
   if metric not in record:
-    recorded = sorted(key for key in record if not _REPLICA_KEY.match(key)
+    recorded = sorted(key for key in record if not sweeps.run_of_key(key)
                       and isinstance(record[key], (int, float)) and key not in _NOT_FIGURES)
     lead = f'{where}: the' if where else 'The'
     raise UserError(f'{lead} record of step {record.get("step")} has no {metric!r} (it has '

@@ -25,6 +25,9 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _COMPILATION_CACHE)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tests import deprecations  # noqa: E402
+
+deprecations.install()  # CIFAR_JAX_STRICT_DEPRECATIONS=1: before the project is imported
 
 import jax  # noqa: E402
 
@@ -57,6 +60,16 @@ def _release_compiled_programs():
   """
   yield
   jax.clear_caches()
+
+
+@pytest.fixture(autouse=True)
+def _no_deprecated_calls():
+  """With CIFAR_JAX_STRICT_DEPRECATIONS=1, a test fails where the project called something its
+  libraries deprecate (tests/deprecations.py)."""
+  yield
+  if deprecations.ENABLED and (found := deprecations.check()):
+    pytest.fail('The project called what its libraries deprecate; change the call (never '
+                'filter it):\n  ' + '\n  '.join(found), pytrace=False)
 
 
 def tiny_config(base=None, **overrides):

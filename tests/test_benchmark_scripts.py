@@ -48,7 +48,8 @@ def test_the_scripts_are_all_known():
       'airbench_reference.py', 'bit_identity.py', 'conv_passes.py', 'faults.py', 'gpu_run.py',
       'gpu_wheelhouse.py',
       'host_placement.py', 'input_pipeline.py', 'make_image_folder.py', 'multi_device.py',
-      'multiprocess_stress.py', 'pytorch_reference.py', 'resnet_reference.py', 'startup.py'}, (
+      'multiprocess_stress.py', 'pytorch_reference.py', 'resnet_reference.py', 'startup.py',
+      'writer_cost.py'}, (
           'a new script needs a tiny run here (and in the list)')
   assert all(os.path.exists(_script(name)) for name in HELPERS)
 
@@ -106,8 +107,10 @@ def test_every_script_parses_its_arguments(name):
 
 @pytest.mark.slow
 def test_the_tiny_runs_of_the_speed_scripts():
-  """input_pipeline, multi_device and startup, started together (each a few seconds)."""
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  """input_pipeline, multi_device, startup and writer_cost, started together (each a few
+  seconds)."""
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+         'WANDB_MODE': 'offline'}
   commands = {
       'input_pipeline': [sys.executable, _script('input_pipeline.py'), '--num_examples=256',
                          '--steps=2', '--repeats=1', '--batch_size=8'],
@@ -115,6 +118,8 @@ def test_the_tiny_runs_of_the_speed_scripts():
                        '--configs=experiments/smoke.py', '--steps=2', '--repeats=1'],
       'startup': [sys.executable, _script('startup.py'), '--config=experiments/smoke.py',
                   '--steps=2', '--repeats=1'],
+      'writer_cost': [sys.executable, _script('writer_cost.py'), '--config=experiments/smoke.py',
+                      '--steps=4', '--writes=5'],
   }
   running = {name: subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
@@ -128,6 +133,8 @@ def test_the_tiny_runs_of_the_speed_scripts():
   assert any(line.startswith('smoke.py') for line in outputs['multi_device'])
   seconds = json.loads(outputs['startup'][-1])['seconds']
   assert 0 < seconds['trainer, cold']['first'] <= seconds['trainer, cold']['exit']
+  assert outputs['writer_cost'][-1] == 'bit-identical: True'
+  assert any(line.startswith('jsonl,tensorboard ') for line in outputs['writer_cost'])
 
 
 def test_the_wheelhouse_asks_pip_for_every_wheel(tmp_path):

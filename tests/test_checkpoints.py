@@ -118,3 +118,18 @@ def test_a_corrupt_checkpoint_is_refused_skipped_and_resumed_around(tmp_path, ca
   reference = train.train_and_evaluate(tiny_config(num_train_steps=30, checkpoint_every_steps=10),
                                        straight, evaluate_in_process=False)
   jax.tree.map(np.testing.assert_array_equal, resumed, reference)
+
+
+@pytest.mark.parametrize('keep, kept', [(2, [6, 8]), (None, [2, 4, 6, 8])])
+def test_the_newest_keep_checkpoints_are_kept_and_none_keeps_every_one(trained, tmp_path, keep,
+                                                                       kept):
+  """Orbax's preservation policy (LatestN) in place of its deprecated max_to_keep."""
+  _, state = trained
+  workdir = str(tmp_path)
+  manager = checkpoints.create_manager(workdir, keep=keep)
+  for step in (2, 4, 6, 8):
+    checkpoints.save(manager, state.replace(step=np.asarray(step, np.int32)), tiny_config(),
+                     {'class_names': ['a']}, [])
+    checkpoints.wait_until_finished(manager, step)
+  manager.close()
+  assert checkpoints.create_manager(workdir, read_only=True).all_steps() == kept

@@ -28,6 +28,7 @@ import ml_collections
 
 from cifar_jax import models
 from cifar_jax.config import schema, validation
+from cifar_jax.core import summaries
 from cifar_jax.core.errors import UserError
 from cifar_jax.core.registry import Registry
 from cifar_jax.data import augmentations, datasets
@@ -51,6 +52,7 @@ SLOTS = (
     Slot('augment.extra', 'augment', augmentations.AUGMENTATIONS),
     Slot('dataset.source', 'dataset', datasets.SOURCES),
     Slot('eval.metrics', 'eval', metrics.METRICS),
+    Slot('summaries.writers', 'summaries', summaries.WRITERS),
 )
 MODEL_NAME = 'model.name'
 # The fields that name extensions: an override of one is applied before the others.

@@ -7,7 +7,8 @@
     train_complete         the final step, for evaluators (workdir/checkpoints.py)
     trainer.lock           one trainer per WORKDIR (workdir/workdir_lock.py)
     metrics.jsonl          the trainer's log records; TensorBoard's event files beside them
-    eval/                  the evaluator's records (eval/metrics.jsonl) and event files
+    wandb/                 with the W&B writer: its files and runs.json (core/wandb_writer.py)
+    eval/                  the evaluator's records (eval/metrics.jsonl), event files, wandb/
     logs/                  train.log, eval.log: the INFO detail (core/terminal.py)
     profile/               jax.profiler traces (config.profile_steps)
     compilation_cache/     compiled XLA programs (config.compilation_cache_dir's default)

@@ -1,38 +1,36 @@
-"""Where results go: tutorial-style log lines, JSON lines, TensorBoard.
+"""Where results go: the tutorial's log lines, and the writers of config.summaries.writers.
 
-`create_writer(logdir)` returns one writer that sends
+`create_writer(logdir, config=...)` returns one writer (`metric_writers.MultiWriter`, of clu's
+MetricWriter interface) that sends every summary to the writers the config names (`WRITERS`):
 
-* scalars to ``logdir/metrics.jsonl`` (one JSON object per step; always
-  available, read by scripts and notebooks);
-* scalars, images and histograms to TensorBoard event files, when the
-  `tensorboard` package is installed. Without it, training and evaluation run
-  all the same, with one warning.
+* 'jsonl': scalars to ``logdir/metrics.jsonl`` (one JSON object per step; always there: read
+  by `compare`, the notebook API, scripts and the evaluator's resume);
+* 'tensorboard': scalars, images, histograms and hyperparameters to TensorBoard event files,
+  written without TensorFlow (`metric_writers.TensorBoardWriter`); without the `tensorboard`
+  package, training and evaluation run all the same, with one warning;
+* 'wandb': Weights & Biases (`wandb_writer`), the optional `cifar_jax[wandb]`;
+* 'package.module:Class': a writer from outside -- any class of clu's MetricWriter interface
+  built from the folder alone (`clu.metric_writers:SummaryWriter`), or with a classmethod
+  `from_context(metric_writers.WriterContext)`.
 
-The event files are written with TensorBoard's own record format and protos
-(`TensorBoardWriter`), not through TensorFlow: clu's `SummaryWriter` imports
-TensorFlow (seconds on the path to the first step of every restart) and
-machines with JAX and TensorBoard but no TensorFlow (e.g. GPU images) would get
-no summaries at all.
+Also here: the pictures the summaries show (input grid, confusion matrix, captioned grids).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-import contextlib
-import io
+from collections.abc import Sequence
 import json
 import os
-import socket
 import tempfile
-import time
 from typing import Any
 
 from absl import logging
 import numpy as np
 
 from cifar_jax.core import fields as spec
-from cifar_jax.core import layout, terminal
-from cifar_jax.core.errors import UserError, WriteError
+from cifar_jax.core import layout, metric_writers, terminal, wandb_writer
+from cifar_jax.core.errors import UserError
+from cifar_jax.core.registry import Registry
 
 
 def read_records(path: str) -> list[dict[str, Any]]:
@@ -73,154 +71,26 @@ def prepare_workdir(workdir: str) -> str:
 print_line = terminal.print_line  # the tutorial's lines; defined with the other terminal output
 
 
-class JsonLinesWriter:
-  """Appends `{"step": s, name: value, ...}` lines to a file."""
+# ----------------------------------------------------------------------------
+# The writers a config can name (config.summaries.writers).
 
-  def __init__(self, path: str):
-    self.path = path
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any],
-                    record: Mapping[str, Any] | None = None) -> None:
-    """One line: the step, the scalars as floats, and `record` as it is."""
-    self.write_record({'step': int(step), **{k: float(v) for k, v in scalars.items()},
-                       **(record or {})})
-
-  def write_record(self, record: Mapping[str, Any]) -> None:
-    # One write of one line: a reader never sees half a record, except after a kill.
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+WRITERS = Registry('summary writer', 'config.summaries.writers',
+                   "docs/development.md, \"Adding a summary writer\": a class of clu's "
+                   'MetricWriter interface, built from the folder it writes in')
 
 
-class Writer:
-  """Sends each kind of summary to every backend that supports it."""
-
-  def __init__(self, backends: list[Any], logdir: str = ''):
-    self._backends = backends
-    self._logdir = logdir
-
-  @contextlib.contextmanager
-  def _reporting_failures(self):
-    """A failed write (disk full, folder gone or read-only) becomes one sentence."""
-    try:
-      yield
-    except OSError as e:
-      raise WriteError(
-          f'Writing summaries in {self._logdir} failed ({type(e).__name__}: {e}); free disk '
-          'space or make the folder writable, then run the same command again (training '
-          'resumes from its latest checkpoint).') from e
-
-  def _each(self, method: str, *args) -> None:
-    with self._reporting_failures():
-      for backend in self._backends:
-        if hasattr(backend, method):
-          getattr(backend, method)(*args)
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any],
-                    record: Mapping[str, Any] | None = None) -> None:
-    """Scalars everywhere; `record` (e.g. a status string) joins them in metrics.jsonl only."""
-    with self._reporting_failures():
-      for backend in self._backends:
-        if isinstance(backend, JsonLinesWriter):
-          backend.write_scalars(step, scalars, record)
-        else:
-          backend.write_scalars(step, scalars)
-
-  def write_record(self, record: Mapping[str, Any]) -> None:
-    """A JSON object for metrics.jsonl only (e.g. the evaluator's per-step status)."""
-    self._each('write_record', record)
-
-  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
-    """Images [N, H, W, C] with values in [0, 1]."""
-    self._each('write_images', step, images)
-
-  def write_histograms(self, step: int, arrays: Mapping[str, np.ndarray]) -> None:
-    self._each('write_histograms', step, arrays)
-
-  def flush(self) -> None:
-    self._each('flush')
-
-  def close(self) -> None:
-    self._each('close')
-
-  def __enter__(self) -> Writer:
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.close()
+@WRITERS.register('jsonl')
+def _json_lines(logdir: str) -> metric_writers.JsonLinesWriter:
+  """Scalars in metrics.jsonl (compare, the notebook API and the evaluator read them)."""
+  return metric_writers.JsonLinesWriter(os.path.join(logdir, layout.METRICS))
 
 
-class TensorBoardWriter:
-  """Scalars, images and histograms in a TensorBoard event file, without TensorFlow.
-
-  Records are TensorBoard's `Event` protos in its TFRecord framing; scalars
-  are `simple_value`s, images PNG-encoded, histograms `HistogramProto`s (30
-  buckets, as `tf.summary.histogram`). Every write is flushed: a reader (or a
-  kill) never waits on a buffer.
-  """
-
-  NUM_HISTOGRAM_BUCKETS = 30
-
-  def __init__(self, logdir: str):
-    # Imported here: TensorBoard is optional (the `tf` extra).
-    from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
-    from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
-    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
-    name = f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}.0'
-    self.path = os.path.join(logdir, name)
-    self._records = record_writer.RecordWriter(open(self.path, 'wb'))  # noqa: SIM115
-    self._write(self._event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
-
-  def _write(self, event) -> None:
-    self._records.write(event.SerializeToString())
-    self._records.flush()
-
-  def _write_values(self, step: int, values: list[Any]) -> None:
-    summary = self._summary_pb2.Summary(value=values)
-    self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-    self._write_values(step, [self._summary_pb2.Summary.Value(tag=k, simple_value=float(v))
-                              for k, v in scalars.items()])
-
-  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    values = []
-    for tag, batch in images.items():
-      for i, image in enumerate(np.asarray(batch)):
-        pixels = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
-        png = io.BytesIO()
-        Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(png, 'PNG')
-        encoded = self._summary_pb2.Summary.Image(
-            height=pixels.shape[0], width=pixels.shape[1], colorspace=pixels.shape[2],
-            encoded_image_string=png.getvalue())
-        values.append(self._summary_pb2.Summary.Value(
-            tag=tag if len(batch) == 1 else f'{tag}/{i}', image=encoded))
-    self._write_values(step, values)
-
-  def write_histograms(self, step: int, arrays: Mapping[str, np.ndarray]) -> None:
-    values = []
-    for tag, array in arrays.items():
-      array = np.asarray(array, np.float64).reshape(-1)
-      counts, edges = np.histogram(array, bins=self.NUM_HISTOGRAM_BUCKETS)
-      histogram = self._summary_pb2.HistogramProto(
-          min=float(array.min()), max=float(array.max()), num=float(array.size),
-          sum=float(array.sum()), sum_squares=float(np.square(array).sum()),
-          bucket_limit=edges[1:].tolist(), bucket=counts.astype(float).tolist())
-      values.append(self._summary_pb2.Summary.Value(tag=tag, histo=histogram))
-    self._write_values(step, values)
-
-  def flush(self) -> None:
-    self._records.flush()
-
-  def close(self) -> None:
-    if not self._records.closed:
-      self._records.close()
-
-
-def _tensorboard_writer(logdir: str) -> TensorBoardWriter | None:
+@WRITERS.register('tensorboard')
+def _tensorboard(logdir: str) -> metric_writers.TensorBoardWriter | None:
+  """TensorBoard event files (scalars, images, histograms, hyperparameters)."""
   global _warned_no_tensorboard
   try:
-    return TensorBoardWriter(logdir)
+    return metric_writers.TensorBoardWriter(logdir)
   except ImportError as e:
     if not _warned_no_tensorboard:
       logging.warning('No TensorBoard summaries (%s); metrics go to metrics.jsonl only.', e)
@@ -228,19 +98,52 @@ def _tensorboard_writer(logdir: str) -> TensorBoardWriter | None:
     return None
 
 
-def create_writer(logdir: str, enabled: bool = True) -> Writer:
-  """The writer for `logdir`; a writer that drops everything if not `enabled`.
+WRITERS.register('wandb', fields=wandb_writer.WANDB_FIELDS)(wandb_writer.WandbWriter)
 
-  Only one process of a multi-host job should write (`enabled`).
+DEFAULT_WRITERS = ('jsonl', 'tensorboard')
+_INTERFACE = tuple(sorted(metric_writers.MetricWriter.__abstractmethods__))
+
+
+def _build(name: str, context: metric_writers.WriterContext) -> Any:
+  """The writer `name` names for `context` (None where it cannot write: it said why)."""
+  target = WRITERS.get(name).target
+  try:
+    writer = (target.from_context(context) if hasattr(target, 'from_context')
+              else target(context.logdir))
+  except UserError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except  (outside code broke its contract)
+    raise UserError(f'The summary writer {name!r} of config.summaries.writers failed to start '
+                    f'({type(error).__name__}: {error}); fix it or leave it out.') from error
+  missing = [m for m in _INTERFACE if not callable(getattr(writer, m, None))]
+  if writer is not None and missing:
+    raise UserError(f'The summary writer {name!r} of config.summaries.writers has no '
+                    f'{", ".join(missing)}; give it clu\'s MetricWriter interface '
+                    '(cifar_jax.core.metric_writers.MetricWriter).')
+  return writer
+
+
+def create_writer(logdir: str, enabled: bool = True, config: Any = None,
+                  workdir: str | None = None) -> metric_writers.MultiWriter:
+  """The writers of `logdir`: config.summaries.writers (without a config: the JSON lines and
+  TensorBoard); one that drops everything if not `enabled` (only one process of a multi-host
+  job writes).
+
+  With a config, the writers also get the run's hyperparameters (`write_hparams`), and
+  `workdir` (the run's; default `logdir`) tells the trainer's folder from the evaluator's.
   """
   if not enabled:
-    return Writer([])
+    return metric_writers.MultiWriter([])
   os.makedirs(logdir, exist_ok=True)
-  backends: list[Any] = [JsonLinesWriter(os.path.join(logdir, layout.METRICS))]
-  tensorboard = _tensorboard_writer(logdir)
-  if tensorboard is not None:
-    backends.append(tensorboard)
-  return Writer(backends, logdir)
+  workdir = workdir or logdir
+  names = tuple(config.summaries.writers) if config is not None else DEFAULT_WRITERS
+  job = 'train' if os.path.abspath(logdir) == os.path.abspath(workdir) else 'eval'
+  context = metric_writers.WriterContext(logdir, workdir, job, config)
+  writers = [w for name in names if (w := _build(name, context)) is not None]
+  writer = metric_writers.MultiWriter(writers, logdir)
+  if config is not None:
+    writer.write_hparams(metric_writers.flat_hparams(config.to_dict()))
+  return writer
 
 
 def image_grid_ready(images: np.ndarray) -> np.ndarray:
@@ -304,7 +207,21 @@ def captioned_grid(images: np.ndarray, captions: Sequence[str], columns: int = 8
 # ----------------------------------------------------------------------------
 # The config fields of what the summaries show.
 
+def _check_writers(c: spec.Checker, path: str) -> None:
+  names = c.sequence(path, str)
+  for name in names:
+    spec.check_section(c, 'summaries', WRITERS.get(name).fields)
+  if len(set(names)) != len(names):
+    raise UserError(f'config.{path} is {names}; name each writer once.')
+  if 'jsonl' not in names:
+    raise UserError(f"config.{path} is {names}; keep 'jsonl' among them: compare, the notebook "
+                    'API and the evaluator read metrics.jsonl.')
+
+
 FIELDS = {
+    'summaries.writers': spec.Field(DEFAULT_WRITERS, _check_writers,
+                                    "where summaries go: 'jsonl', 'tensorboard', 'wandb', or "
+                                    "'package.module:Class'", before=list(DEFAULT_WRITERS)),
     'histogram_sample_size': spec.Field(64, spec.integer(1), 'activations per histogram'),
     'input_image_grid_size': spec.Field(32, spec.integer(1), 'images in the input grid'),
 }

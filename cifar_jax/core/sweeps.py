@@ -113,6 +113,18 @@ def by_point(per_run: Sequence[Any], num_points_: int) -> list[Sequence[Any]]:
   return [per_run[p * seeds:(p + 1) * seeds] for p in range(num_points_)]
 
 
+def replica_key(name: str, run: int) -> str:
+  """The name of run `run`'s own value of a figure among the runs' means: 'precision/replica_3'
+  (one TensorBoard curve per run; `run_of_key` reads it back)."""
+  return f'{name}/replica_{run}'
+
+
+def run_of_key(key: str) -> tuple[str, int] | None:
+  """('precision', 3) for 'precision/replica_3'; None for a figure of all the runs."""
+  name, _, suffix = key.rpartition('/replica_')
+  return (name, int(suffix)) if name and suffix.isdigit() else None
+
+
 def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
   *parents, leaf = path.split('.')
   for parent in parents:

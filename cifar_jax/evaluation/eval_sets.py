@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 
 from cifar_jax.core import fields as spec
+from cifar_jax.core import sweeps
 from cifar_jax.core.errors import UserError
 from cifar_jax.data import corruptions, datasets
 from cifar_jax.evaluation import calibration, ood, scoring
@@ -258,7 +259,7 @@ def _with_replicas(key: str, per_replica) -> dict[str, float]:
   values = [float(v) for v in per_replica]
   scalars = {key: float(np.mean(values))}
   if len(values) > 1:
-    scalars.update({f'{key}/replica_{r}': v for r, v in enumerate(values)})
+    scalars.update({sweeps.replica_key(key, r): v for r, v in enumerate(values)})
   return scalars
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from cifar_jax.core import fields as spec
-from cifar_jax.core import parallel, summaries, sweeps
+from cifar_jax.core import metric_writers, parallel, summaries, sweeps
 from cifar_jax.data import datasets, input_pipeline, splits
 from cifar_jax.evaluation import calibration, run_statistics
 from cifar_jax.evaluation import metrics as metrics_lib
@@ -195,12 +195,12 @@ class Result:
         values = [s.metrics[name] for s in scores]
         scalars[key] = float(np.mean(values))
         if self.num_replicas > 1:
-          scalars.update({f'{key}/replica_{r}': v for r, v in enumerate(values)})
+          scalars.update({sweeps.replica_key(key, r): v for r, v in enumerate(values)})
           scalars[f'{key}_ci95'] = run_statistics.Summary.of(values).ci95
     if self.num_replicas == 1:
       return scalars
     for name, scores in (('precision', self.ema), ('precision_raw', self.raw)):
-      scalars.update({f'{name}/replica_{r}': s.precision for r, s in enumerate(scores)})
+      scalars.update({sweeps.replica_key(name, r): s.precision for r, s in enumerate(scores)})
     summary = self.summary(self._lead_kind)
     scalars.update({'num_replicas': summary.n, 'precision_std': summary.std,
                     'precision_min': summary.min, 'precision_max': summary.max,
@@ -389,7 +389,7 @@ class Evaluator:
                   points=self.points)
 
 
-def report(writer: summaries.Writer, step: int, result: Result, split: datasets.Split,
+def report(writer: metric_writers.MultiWriter, step: int, result: Result, split: datasets.Split,
            num_misclassified_images: int, extra: dict[str, float] | None = None,
            calibration_bins: int = 15) -> None:
   """The log line, metrics.jsonl record, and TensorBoard scalars and images of one result.

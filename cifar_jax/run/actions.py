@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from cifar_jax.core import fields as spec
-from cifar_jax.core import layout, parallel, summaries, sweeps
+from cifar_jax.core import layout, metric_writers, parallel, summaries, sweeps
 from cifar_jax.data import augmentations, datasets, input_pipeline
 from cifar_jax.evaluation import scoring
 from cifar_jax.training import builder, lifecycle, loop, profiling, train_state
@@ -61,7 +61,7 @@ class Run:
   train_split: datasets.Split
   devices: list[jax.Device]
   checkpointer: checkpointer.Checkpointer
-  writer: summaries.Writer  # WORKDIR's; drops everything off process 0
+  writer: metric_writers.MultiWriter  # WORKDIR's; drops everything off process 0
   startup: loop.Startup
   start_step: int
   preemption: lifecycle.Preemption
@@ -223,8 +223,8 @@ class Evaluate(PeriodicAction):
     split = datasets.load_eval_split(run.config.dataset)
     self._evaluator = scoring.Evaluator(run.config, split, run.setup.model, run.devices,
                                         trained=run.train_split.info())
-    self._writer = summaries.create_writer(layout.path(run.workdir, layout.EVAL),
-                                           enabled=run.is_main)
+    self._writer = summaries.create_writer(layout.path(run.workdir, layout.EVAL), run.is_main,
+                                           run.config, run.workdir)
 
   @classmethod
   def create(cls, run: Run) -> Evaluate | None:

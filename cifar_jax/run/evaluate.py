@@ -115,7 +115,7 @@ class _Scorer:
     self.evaluator = scoring.Evaluator(config, split, setup.model, devices,
                                        probabilities=eval_sets.needs_probabilities(config))
     self.sets = eval_sets.load(config, setup.model, devices)
-    self.writer = summaries.create_writer(self.eval_dir, enabled=jax.process_index() == 0)
+    self.writer = summaries.create_writer(self.eval_dir, jax.process_index() == 0, config, workdir)
     self.handled = handled_steps(self.eval_dir, config.eval.tta, recorded_keys(config))
     self.results: dict[int, scoring.Result] = {}
     self.set_scores: dict[int, dict[str, dict[str, float]]] = {}  # step -> set -> 'NAME/...'

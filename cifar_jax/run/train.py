@@ -64,7 +64,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       return state
     preemption = stack.enter_context(lifecycle.Preemption(saves.reached_preemption))
     run = actions.Run(config, workdir, setup, train_split, devices, saves,
-                      stack.enter_context(summaries.create_writer(workdir, enabled=_is_main())),
+                      stack.enter_context(summaries.create_writer(workdir, _is_main(), config)),
                       startup, step_number(state), preemption, evaluate_in_process, on_log)
     periodic = [stack.enter_context(action) for action in actions.create(run)]
     progress = loop.Progress(parallel.replicate(state, devices), step_number(state),

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from cifar_jax.core import fields as spec
-from cifar_jax.core import parallel
+from cifar_jax.core import parallel, sweeps
 from cifar_jax.core.errors import UserError
 from cifar_jax.training.train_state import TrainState
 
@@ -112,7 +112,8 @@ class Progress:
     return self._state
 
   def metrics(self) -> dict[str, float]:
-    """Means of the per-step metrics since the last fetch; raises on a non-finite loss."""
+    """Means of the per-step metrics since the last fetch (with several runs: of all of them,
+    and each run's own, `sweeps.replica_key`); raises on a non-finite loss."""
     if self._metrics is None:
       # Every device holds the same (pmean-ed) metrics: keep the first one's, [replicas, steps].
       calls = jax.device_get(self._pending)
@@ -120,6 +121,10 @@ class Progress:
                                      for call in calls], axis=-1) for k in calls[0]}
       self._check_finite(per_step['loss'])
       self._metrics = {k: float(np.mean(v)) for k, v in per_step.items()}
+      for k, v in per_step.items():
+        if len(v) > 1:
+          self._metrics.update({sweeps.replica_key(k, r): float(np.mean(run))
+                                for r, run in enumerate(v)})
       self._pending, self._pending_start = [], self.step
     return self._metrics
 

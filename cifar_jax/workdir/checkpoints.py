@@ -188,20 +188,31 @@ def _create_manager(workdir: str, keep: int | None, read_only: bool, every_steps
     policies.append(ocp.checkpoint_managers.FixedIntervalPolicy(every_steps))
   if every_secs:
     policies.append(_SinceLastSaveOrStart(every_secs))
+  # Orbax's preservation policy (its `max_to_keep` is deprecated): the latest `keep` steps (None:
+  # every step). A read-only manager deletes nothing and takes none.
+  preservation = None if read_only else ocp.checkpoint_managers.LatestN(n=keep)
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep,
+      preservation_policy=preservation,
       create=not read_only,
       read_only=read_only,
       enable_async_checkpointing=not read_only and jax.process_count() == 1,
       save_decision_policy=ocp.checkpoint_managers.AnySavePolicy(policies),
   )
-  handlers = {
-      'state': ocp.StandardCheckpointHandler(),
-      'config': ocp.JsonCheckpointHandler(),
-      'dataset': ocp.JsonCheckpointHandler(),
-      'history': ocp.JsonCheckpointHandler(),
-  }
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+  # The items and how each is written and read (Orbax's handler registry; its `item_handlers`
+  # is deprecated).
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  for item in _ITEMS:
+    handler = ocp.StandardCheckpointHandler() if item == 'state' else ocp.JsonCheckpointHandler()
+    save_args, restore_args = ((ocp.args.StandardSave, ocp.args.StandardRestore) if item == 'state'
+                               else (ocp.args.JsonSave, ocp.args.JsonRestore))
+    registry.add(item, save_args, handler)
+    registry.add(item, restore_args, handler)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               handler_registry=registry)
+
+
+# What each checkpoint holds: the state (arrays) and three JSON documents.
+_ITEMS = ('state', 'config', 'dataset', 'history')
 
 
 def save(manager: ocp.CheckpointManager, state: Any, config: ml_collections.ConfigDict,

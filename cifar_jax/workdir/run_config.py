@@ -29,9 +29,10 @@ from cifar_jax.evaluation import scoring
 from cifar_jax.workdir import checkpoints
 
 # What an evaluator may set over the run's config: how it scores and where the data now are.
-EVALUATION_FIELDS = ('eval.*', 'dataset.eval_split', 'dataset.eval_path', 'dataset.path',
-                     'dataset.data_dir', 'dataset.cache_dir', 'dataset.placement', 'num_devices',
-                     'compilation_cache_dir')
+# Where its summaries go (config.summaries.*) is the evaluator's own as well.
+EVALUATION_FIELDS = ('eval.*', 'summaries.*', 'dataset.eval_split', 'dataset.eval_path',
+                     'dataset.path', 'dataset.data_dir', 'dataset.cache_dir', 'dataset.placement',
+                     'num_devices', 'compilation_cache_dir')
 
 
 def save(workdir: str, config: ml_collections.ConfigDict) -> None:
