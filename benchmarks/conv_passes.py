@@ -16,6 +16,15 @@ forward and backward on its output, each compiled alone (float32, NHWC):
   taps         the weight gradient as one matmul per kernel tap (dW[i, j] = the shifted
                input's [C_in, N*H*W] times the output gradient's [N*H*W, C_out]), with
                cifar_jax's options
+  alternatives other formulations of the same passes, with cifar_jax's options (each
+               checked against XLA's result to float32 rounding, the largest error
+               printed): the forward as im2col (the 9 shifted, strided windows side by
+               side) times the kernel, one matmul; a stride-2 3x3 input gradient as its
+               four output phases (dx[2m] = dy[m] w[1], dx[2m+1] = dy[m] w[2] + dy[m+1]
+               w[0] per axis: 1, 2, 2 and 4 matmuls, no zeros multiplied), interleaved;
+               a 1x1 stride-2 convolution's input gradient as dy times the kernel's
+               transpose in every other pixel, and its weight gradient as the subsampled
+               input's transpose times dy (one matmul each); XLA's where none applies
   pytorch      torch.nn.functional.conv2d and torch.nn.grad.conv2d_input / conv2d_weight,
                channels_last, in its own process (--torch_python)
 
@@ -94,11 +103,13 @@ def jax_times(batch: int, repeats: int, variant: str) -> dict[str, dict[str, flo
              'input_grad': _median_ms(compiled(
                  lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0], x, w, dy),
                  repeats)}
-    if variant == 'taps':
+    if variant == 'alternatives':
+      times.update(_alternative_times(x, w, dy, k, stride, pad, conv, compiled, repeats, name))
+    elif variant == 'taps':
       weight_grad = lambda x, dy, k=k, stride=stride, pad=pad: _taps_weight_grad(  # noqa: E731
           x, dy, k, stride, pad)
       times['weight_grad'] = _median_ms(compiled(weight_grad, x, dy), repeats)
-    else:
+    if variant != 'taps' and 'weight_grad' not in times:
       times['weight_grad'] = _median_ms(compiled(
           lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0], x, w, dy), repeats)
     norm = layers.BatchNorm(momentum=0.9, epsilon=1e-5, use_scale=True, formulation=formulation)
@@ -114,6 +125,78 @@ def jax_times(batch: int, repeats: int, variant: str) -> dict[str, dict[str, flo
     times['batch_norm'] = _median_ms(compiled(norm_step, variables, y, dy), repeats)
     out[name] = times
   return out
+
+
+def _im2col_forward(x, w, k, stride, pad):
+  """The convolution as one matmul: the k * k shifted, strided windows side by side."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  n, side, _, c_in = x.shape
+  out = (side + 2 * pad[0][0] - k) // stride + 1
+  padded = jnp.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
+  columns = jnp.concatenate([padded[:, i:i + stride * out:stride, j:j + stride * out:stride, :]
+                             for i in range(k) for j in range(k)], axis=-1)
+  return (columns.reshape(-1, k * k * c_in) @ w.reshape(k * k * c_in, -1)).reshape(
+      n, out, out, -1)
+
+
+def _phase_input_grad(dy, w, k):
+  """The input gradient of a stride-2 convolution (3x3 padded 1, or 1x1) by output phase."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  n, half, _, _ = dy.shape
+  kernel = jnp.swapaxes(w, 2, 3)  # [k, k, C_out, C_in]
+  if k == 1:
+    terms = {0: [(0, 0)], 1: []}  # (tap, shift of dy) of each parity, per axis
+  else:
+    terms = {0: [(1, 0)], 1: [(2, 0), (0, 1)]}
+  shifted = jnp.pad(dy, ((0, 0), (0, 1), (0, 1), (0, 0)))  # dy[m + 1] past the end is 0
+  zero = jnp.zeros((n, half, half, kernel.shape[-1]), dy.dtype)
+  phases = {}
+  for a in (0, 1):
+    for b in (0, 1):
+      total = zero
+      for tap_a, shift_a in terms[a]:
+        for tap_b, shift_b in terms[b]:
+          total = total + (shifted[:, shift_a:shift_a + half, shift_b:shift_b + half, :]
+                           @ kernel[tap_a, tap_b])
+      phases[a, b] = total
+  rows = [jnp.stack([phases[a, 0], phases[a, 1]], axis=3) for a in (0, 1)]
+  return jnp.stack(rows, axis=2).reshape(n, 2 * half, 2 * half, -1)
+
+
+def _alternative_times(x, w, dy, k, stride, pad, conv, compiled, repeats, name):
+  """{pass: ms} of the alternative formulations of one convolution (see `alternatives`)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  def checked(alternative, xla, *args):
+    got, want = alternative(*args), xla(*args)
+    error = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
+    print(f'  {name}: {alternative.__name__} within {error:.1e} of XLA', file=sys.stderr)
+    if error > 1e-5:
+      raise AssertionError(f'{name}: {alternative.__name__} is not the same function')
+    return _median_ms(compiled(alternative, *args), repeats)
+
+  # A gradient of random values: ones (the timing's) would hide a wrong shift.
+  dy = jax.random.normal(jax.random.key(1), dy.shape)
+  times = {}
+
+  def forward(x, w):
+    return _im2col_forward(x, w, k, stride, pad)
+  times['forward'] = checked(forward, lambda x, w: conv(x, w), x, w)
+  if stride == 2:
+    def input_grad(w, dy):
+      return _phase_input_grad(dy, w, k)
+    times['input_grad'] = checked(
+        input_grad, lambda w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0], w, dy)
+  if k == 1:
+    def weight_grad(x, dy):
+      sub = x[:, ::stride, ::stride, :]
+      return (sub.reshape(-1, sub.shape[-1]).T @ dy.reshape(-1, dy.shape[-1]))[None, None]
+    times['weight_grad'] = checked(
+        weight_grad, lambda x, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0], x, dy)
+  return times
 
 
 def _taps_weight_grad(x, dy, k, stride, pad):

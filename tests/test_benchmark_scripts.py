@@ -254,11 +254,13 @@ def test_make_image_folder_writes_a_folder_the_recipe_loads(tmp_path):
 
 @pytest.mark.slow
 def test_the_convolution_passes_are_timed_in_each_variant():
-  command = [sys.executable, _script('conv_passes.py'), '--batch=2', '--repeats=1', '--limit=2',
-             '--variants=xla,xla_reference,taps',
+  # (the first five: stride 1 and 2, 3x3 and the 1x1 shortcut, for every alternative)
+  command = [sys.executable, _script('conv_passes.py'), '--batch=2', '--repeats=1', '--limit=5',
+             '--variants=xla,xla_reference,taps,alternatives',
              *([f'--torch_python={TORCH_PYTHON}'] if TORCH_PYTHON else [])]
   totals = json.loads(_run(command).stdout.strip().splitlines()[-1])
-  assert set(totals) == {'xla', 'xla_reference', 'taps', *(['pytorch'] if TORCH_PYTHON else [])}
+  assert set(totals) == {'xla', 'xla_reference', 'taps', 'alternatives',
+                         *(['pytorch'] if TORCH_PYTHON else [])}
   assert all(ms > 0 for passes in totals.values() for ms in passes.values())
 
 
