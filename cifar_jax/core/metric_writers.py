@@ -102,7 +102,8 @@ class MetricWriter(abc.ABC):
 
 
 class _WritesOnly(MetricWriter):
-  """A writer that takes the kinds it has no place for and drops them (which it says)."""
+  """The interface with every method a no-op: a writer overrides the kinds it has a place for
+  and drops the others silently (the JSON lines keep no images)."""
 
   def write_summaries(self, step, values, metadata=None):
     del step, values, metadata
