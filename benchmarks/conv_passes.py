@@ -1,9 +1,11 @@
 r"""ResNet-18's step taken apart: each convolution's three passes and BatchNorm, JAX vs PyTorch.
 
   python benchmarks/conv_passes.py [--batch=128] [--torch_python=/path/to/venv/bin/python]
+      [--network=resnet18|wrn16_8] [--strided_only] [--whole_gradient]
 
 For every distinct convolution of ResNet-18 on 32x32 images (kuangliu's;
-`cifar_jax.models.resnet`) and the number of times it occurs, the time of its
+`cifar_jax.models.resnet`; or WRN-16-8's, `--network=wrn16_8`) and the number
+of times it occurs, the time of its
 forward pass, its input gradient and its weight gradient, and of BatchNorm's
 forward and backward on its output, each compiled alone (float32, NHWC):
 
@@ -13,6 +15,12 @@ forward and backward on its output, each compiled alone (float32, NHWC):
   xla_reference  the same options, BatchNorm of config.model.formulation='reference'
                (differentiated by JAX)
   xla_default  XLA's own CPU defaults (no option)
+  fast         cifar_jax's fast formulation: each convolution as `models.convolutions`
+               takes it (its table `MEASURED`, XLA's for every shape not in it)
+  subsample, phases  each convolution in that formulation of `models.convolutions`
+               where it applies (1x1; 3x3 stride 2), XLA's elsewhere: the columns that
+               `MEASURED` is made from (a shape takes a formulation whose three passes
+               sum to less than xla's)
   taps         the weight gradient as one matmul per kernel tap (dW[i, j] = the shifted
                input's [C_in, N*H*W] times the output gradient's [N*H*W, C_out]), with
                cifar_jax's options
@@ -28,8 +36,16 @@ forward and backward on its output, each compiled alone (float32, NHWC):
   pytorch      torch.nn.functional.conv2d and torch.nn.grad.conv2d_input / conv2d_weight,
                channels_last, in its own process (--torch_python)
 
+With --whole_gradient it times instead the network's whole loss gradient with
+its strided convolutions in each variant (`xla`, `fast`, `phases`, `subsample`,
+`phases+subsample`), the variants interleaved repeat by repeat: what
+`models.convolutions.MEASURED` is decided by, since a pass faster alone need not
+make the network faster.
+
 The totals weight each row by its count: the convolutions' share of a training
-step. The last line is machine-readable.
+step. The JAX columns are timed row by row, each variant in turn (PyTorch's after
+them, in its process), so that the machine's drift over a sitting does not read as
+a difference between them. The last line is machine-readable.
 """
 
 from __future__ import annotations
@@ -44,7 +60,7 @@ import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (name, input side, C_in, C_out, kernel, stride, occurrences) of ResNet-18 at width 64.
-CONVS = (
+RESNET18 = (
     ('stem 3x3 3->64', 32, 3, 64, 3, 1, 1),
     ('layer1 3x3 64->64', 32, 64, 64, 3, 1, 4),
     ('layer2 3x3/2 64->128', 32, 64, 128, 3, 2, 1),
@@ -57,6 +73,21 @@ CONVS = (
     ('layer4 3x3 512->512', 4, 512, 512, 3, 1, 3),
     ('layer4 shortcut 1x1/2', 8, 256, 512, 1, 2, 1),
 )
+# The same of WRN-16-8 (`cifar_jax.models.wide_resnet`, 32x32 images).
+WRN16_8 = (
+    ('stem 3x3 3->16', 32, 3, 16, 3, 1, 1),
+    ('group1 3x3 16->128', 32, 16, 128, 3, 1, 1),
+    ('group1 3x3 128->128', 32, 128, 128, 3, 1, 3),
+    ('group1 shortcut 1x1 16->128', 32, 16, 128, 1, 1, 1),
+    ('group2 3x3/2 128->256', 32, 128, 256, 3, 2, 1),
+    ('group2 3x3 256->256', 16, 256, 256, 3, 1, 3),
+    ('group2 shortcut 1x1/2', 32, 128, 256, 1, 2, 1),
+    ('group3 3x3/2 256->512', 16, 256, 512, 3, 2, 1),
+    ('group3 3x3 512->512', 8, 512, 512, 3, 1, 3),
+    ('group3 shortcut 1x1/2', 16, 256, 512, 1, 2, 1),
+)
+NETWORKS = {'resnet18': RESNET18, 'wrn16_8': WRN16_8}
+CONVS = RESNET18
 PASSES = ('forward', 'input_grad', 'weight_grad', 'batch_norm')
 
 
@@ -70,15 +101,20 @@ def _median_ms(run, repeats: int) -> float:
   return 1e3 * statistics.median(times)
 
 
-def jax_times(batch: int, repeats: int, variant: str) -> dict[str, dict[str, float]]:
-  """{conv name: {pass: ms}} in JAX for `variant` (xla | xla_reference | xla_default | taps)."""
+def jax_times(batch: int, repeats: int, variant: str,
+              convs: tuple = ()) -> dict[str, dict[str, float]]:
+  """{conv name: {pass: ms}} in JAX for `variant` (one of the docstring's JAX columns).
+
+  `convs`: those rows of CONVS (default: all).
+  """
   sys.path.insert(0, REPO_ROOT)
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   from cifar_jax.core import parallel  # pylint: disable=import-outside-toplevel
-  from cifar_jax.models import layers  # pylint: disable=import-outside-toplevel
+  from cifar_jax.models import convolutions, layers  # pylint: disable=import-outside-toplevel
 
+  formulation_variants = _formulation_variants()
   formulation = 'reference' if variant == 'xla_reference' else 'fast'
   options = {} if variant == 'xla_default' else parallel.compiler_options('cpu')
 
@@ -88,12 +124,19 @@ def jax_times(batch: int, repeats: int, variant: str) -> dict[str, dict[str, flo
 
   out = {}
   key = jax.random.key(0)
-  for name, side, c_in, c_out, k, stride, _ in CONVS:
+  for name, side, c_in, c_out, k, stride, _ in convs or CONVS:
     x = jax.random.normal(key, (batch, side, side, c_in))
     w = jax.random.normal(key, (k, k, c_in, c_out)) * 0.05
     pad = ((k // 2, k // 2),) * 2
 
-    def conv(x, w, stride=stride, pad=pad):
+    if variant in formulation_variants:
+      chosen = formulation_variants[variant](k, stride, side, c_in, c_out)
+    else:
+      chosen = 'xla'
+
+    def conv(x, w, stride=stride, pad=pad, chosen=chosen):
+      if chosen != 'xla':
+        return convolutions.conv2d(x, w, stride, chosen)
       return jax.lax.conv_general_dilated(x, w, (stride, stride), pad,
                                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
@@ -125,6 +168,23 @@ def jax_times(batch: int, repeats: int, variant: str) -> dict[str, dict[str, flo
     times['batch_norm'] = _median_ms(compiled(norm_step, variables, y, dy), repeats)
     out[name] = times
   return out
+
+
+def _formulation_variants():
+  """variant -> (kernel, stride, side, C_in, C_out) -> the convolution formulation it times."""
+  sys.path.insert(0, REPO_ROOT)
+  from cifar_jax.models import convolutions  # pylint: disable=import-outside-toplevel
+
+  def forced(formulation):
+    def choose(k, stride, *_):
+      try:
+        convolutions._check(k, stride, formulation)  # pylint: disable=protected-access
+      except ValueError:
+        return 'xla'
+      return formulation
+    return choose
+  return {'fast': convolutions.formulation_for, 'subsample': forced('subsample'),
+          'phases': forced('phases')}
 
 
 def _im2col_forward(x, w, k, stride, pad):
@@ -216,6 +276,69 @@ def _taps_weight_grad(x, dy, k, stride, pad):
   return jnp.stack(rows)
 
 
+def whole_gradient_times(network: str, batch: int, repeats: int,
+                         variants: list[str]) -> dict[str, list[float]]:
+  """{variant: ms of each repeat} of the network's whole loss gradient, the variants interleaved.
+
+  The network's own module in training mode at batch `batch` on 32x32 images,
+  its strided convolutions in each variant's formulation (`xla`: none of
+  `MEASURED`; `fast`: `MEASURED`; `phases`, `subsample`, `phases+subsample`:
+  that formulation on every strided convolution it applies to), compiled with
+  the trainer's options and timed in turn, repeat by repeat: a pass that is
+  faster alone need not make the network faster (XLA fuses across passes).
+  """
+  sys.path.insert(0, REPO_ROOT)
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from cifar_jax.core import parallel  # pylint: disable=import-outside-toplevel
+  from cifar_jax.models import (  # pylint: disable=import-outside-toplevel
+    convolutions,
+    resnet,
+    wide_resnet,
+  )
+
+  model = (resnet.ResNet(axis_name=None) if network == 'resnet18'
+           else wide_resnet.WideResNet(depth=16, width_factor=8, axis_name=None))
+  images = jax.random.normal(jax.random.key(0), (batch, 32, 32, 3))
+  labels = jnp.arange(batch) % 10
+  variables = model.init(jax.random.key(1), images[:2], train=False)
+
+  def loss(params):
+    logits, _ = model.apply({**variables, 'params': params}, images, train=True,
+                            mutable=['batch_stats'])
+    return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(batch), labels])
+
+  measured = dict(convolutions.MEASURED)
+  chooser = {**_formulation_variants(), 'xla': lambda *_: 'xla',
+             'fast': lambda *shape: measured.get(shape, 'xla')}
+  executables = {}
+  try:
+    for variant in variants:
+      table = {}
+      for _, side, c_in, c_out, k, stride, _ in NETWORKS[network]:
+        for formulation in variant.split('+'):
+          chosen = chooser[formulation](k, stride, side, c_in, c_out)
+          if chosen != 'xla':
+            table[k, stride, side, c_in, c_out] = chosen
+      convolutions.MEASURED.clear()
+      convolutions.MEASURED.update(table)  # read when the gradient is traced, below
+      executables[variant] = jax.jit(jax.grad(loss)).lower(variables['params']).compile(
+          parallel.compiler_options('cpu'))
+  finally:
+    convolutions.MEASURED.clear()
+    convolutions.MEASURED.update(measured)
+  times = {variant: [] for variant in variants}
+  for executable in executables.values():
+    jax.block_until_ready(executable(variables['params']))  # warm
+  for _ in range(repeats):
+    for variant, executable in executables.items():
+      started = time.perf_counter()
+      jax.block_until_ready(executable(variables['params']))
+      times[variant].append(1e3 * (time.perf_counter() - started))
+  return times
+
+
 def torch_times(batch: int, repeats: int) -> dict[str, dict[str, float]]:
   """The same in PyTorch (channels_last, every core)."""
   import torch  # pylint: disable=import-outside-toplevel
@@ -250,9 +373,10 @@ def torch_times(batch: int, repeats: int) -> dict[str, dict[str, float]]:
   return out
 
 
-def table(results: dict[str, dict], batch: int) -> str:
+def table(results: dict[str, dict], batch: int, title: str) -> str:
   columns = list(results)
-  lines = [f'ResNet-18 convolutions at batch {batch}, 32x32, float32: ms per pass (median)', '',
+  lines = [f'{title} convolutions at batch {batch}, 32x32 images, float32: ms per pass (median)',
+           '',
            '| convolution | count | pass | ' + ' | '.join(columns) + ' |',
            '|---|---|---|' + '---|' * len(columns)]
   totals = {c: {p: 0.0 for p in PASSES} for c in columns}
@@ -278,28 +402,51 @@ def main() -> int:
   parser.add_argument('--variants', default='xla,xla_reference,xla_default,taps')
   parser.add_argument('--limit', type=int, default=0,
                       help='only the first N convolutions (a quick check of the script)')
+  parser.add_argument('--network', default='resnet18', choices=sorted(NETWORKS),
+                      help='whose convolutions')
+  parser.add_argument('--strided_only', action='store_true',
+                      help='only the strided convolutions (those with a formulation to choose)')
   parser.add_argument('--torch_python', default='',
                       help='a Python with torch for the PyTorch column (none: no column)')
+  parser.add_argument('--whole_gradient', action='store_true',
+                      help="time the network's whole loss gradient in each variant instead "
+                           '(xla, fast, phases, subsample, phases+subsample)')
   parser.add_argument('--torch_part', action='store_true', help='(internal) the PyTorch half')
   args = parser.parse_args()
-  global CONVS  # noqa: PLW0603  (--limit shortens the table for a quick check)
+  global CONVS  # noqa: PLW0603  (--network, --strided_only and --limit choose the rows)
+  CONVS = tuple(conv for conv in NETWORKS[args.network]
+                if conv[5] > 1 or not args.strided_only)
   CONVS = CONVS[:args.limit] if args.limit else CONVS
+  if args.whole_gradient:
+    times = whole_gradient_times(args.network, args.batch, args.repeats,
+                                 [v for v in args.variants.split(',') if v])
+    print(f'{args.network} loss gradient at batch {args.batch}, 32x32, float32: ms (median, '
+          'min; the variants interleaved)')
+    for variant, values in times.items():
+      print(f'  {variant:<18} {statistics.median(values):8.1f} {min(values):8.1f}')
+    print(json.dumps({v: statistics.median(values) for v, values in times.items()}))
+    return 0
   if args.torch_part:
     print(json.dumps(torch_times(args.batch, args.repeats)))
     return 0
-  results = {variant: jax_times(args.batch, args.repeats, variant)
-             for variant in args.variants.split(',') if variant}
+  # Row by row, every variant in turn: a drift of the machine's speed over the minutes a
+  # column takes would otherwise read as a difference between the columns.
+  results = {variant: {} for variant in args.variants.split(',') if variant}
+  for conv in CONVS:
+    for variant, rows in results.items():
+      rows.update(jax_times(args.batch, args.repeats, variant, (conv,)))
   if args.torch_python:
     done = subprocess.run([args.torch_python, os.path.abspath(__file__), '--torch_part',
                            f'--batch={args.batch}', f'--repeats={args.repeats}',
-                           f'--limit={args.limit}'],
+                           f'--limit={args.limit}', f'--network={args.network}']
+                          + ['--strided_only'] * args.strided_only,
                           capture_output=True, text=True, check=False)
     if done.returncode:
       print(done.stderr[-3000:], file=sys.stderr)
       print(f'error: the PyTorch half failed with {args.torch_python}.', file=sys.stderr)
       return 1
     results['pytorch'] = json.loads(done.stdout.strip().splitlines()[-1])
-  print(table(results, args.batch))
+  print(table(results, args.batch, {'resnet18': 'ResNet-18', 'wrn16_8': 'WRN-16-8'}[args.network]))
   print(json.dumps({column: {p: sum(count * results[column][name][p]
                                     for name, *_, count in CONVS) for p in PASSES}
                     for column in results}))

@@ -21,7 +21,10 @@ After warm-up it times, over `--repeats` windows of `--steps` steps each
   eval         `scoring.Evaluator.predict` over the whole eval split (with the
                config's test-time augmentation, `config.eval.tta`).
 
-It also reports compile seconds, peak host (and, on GPUs/TPUs, device) memory,
+With `--breakdown` it also times the loss's forward and its gradient alone
+(one device's batch, the trainer's compiler options): what a train step
+spends beyond the gradient is its optimizer, BatchNorm statistics, device
+mean and metrics. It also reports compile seconds, peak host (and, on GPUs/TPUs, device) memory,
 and the achieved GFLOP/s of the train step (XLA's FLOP count of the step) next
 to a 2048x2048 float32 matmul measured in the same run. With
 `--config.num_replicas=R` (or a recipe with a sweep: P points x R) every figure counts the
@@ -76,6 +79,8 @@ flags.DEFINE_bool('synthetic', False,
 flags.DEFINE_integer('synthetic_train_size', 50_000, 'Training examples with --synthetic.')
 flags.DEFINE_integer('synthetic_eval_size', 10_000, 'Eval examples with --synthetic.')
 flags.DEFINE_integer('matmul_size', 2048, 'Side of the float32 matmul timed as a yardstick.')
+flags.DEFINE_bool('breakdown', False, "Also time the loss's forward and its gradient alone "
+                  '(the rest of a train step: the optimizer, statistics and metrics).')
 flags.DEFINE_bool('pytorch', False, 'Also time the network in PyTorch (needs torch).')
 flags.DEFINE_string('pytorch_python', sys.executable, 'The Python that runs the PyTorch half.')
 flags.DEFINE_string('pytorch_references', 'benchmarks', 'The folder of the PyTorch reference '
@@ -128,8 +133,9 @@ def _load_splits(config: ml_collections.ConfigDict, synthetic: bool, train_size:
           datasets.load_eval_split(config.dataset))
 
 
-def _step_flops_per_example(setup: builder.Setup, batch: dict[str, jax.Array]) -> float:
-  """XLA's FLOP count of one device's loss gradient (training mode), per example of one run."""
+def _one_device_loss(setup: builder.Setup, batch: dict[str, jax.Array]
+                     ) -> tuple[Callable[[Any], jax.Array], Any]:
+  """(params -> the training-mode loss of one device's batch, the first run's params)."""
   model = setup.model.clone(axis_name=None) if hasattr(setup.model, 'axis_name') else setup.model
   loss_options = setup.pieces.options.loss
   state = setup.state
@@ -140,8 +146,14 @@ def _step_flops_per_example(setup: builder.Setup, batch: dict[str, jax.Array]) -
     logits, _ = model.apply(state.variables(params), batch['image'], train=True,
                             mutable=['batch_stats'])
     return train_step.cross_entropy_loss(logits, batch['label'], loss_options.label_smoothing)
+  return loss, state.params
+
+
+def _step_flops_per_example(setup: builder.Setup, batch: dict[str, jax.Array]) -> float:
+  """XLA's FLOP count of one device's loss gradient (training mode), per example of one run."""
+  loss, params = _one_device_loss(setup, batch)
   try:
-    cost = jax.jit(jax.grad(loss)).lower(state.params).cost_analysis()
+    cost = jax.jit(jax.grad(loss)).lower(params).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost['flops']) / batch['image'].shape[0]
   except Exception:  # pylint: disable=broad-except
@@ -225,10 +237,32 @@ def _pure_train_step(setup: builder.Setup, split: datasets.Split,
   return _timed_windows(pure_steps, steps, repeats), batch
 
 
+def _step_parts(setup: builder.Setup, batch: dict[str, jax.Array], devices: list[jax.Device],
+                steps: int, repeats: int) -> dict[str, list[float]]:
+  """Seconds per step of the loss's forward and of its gradient alone, on one device's batch.
+
+  Compiled with the trainer's options (`parallel.compiler_options`) but without
+  the step's optimizer, BatchNorm statistics, device mean and metrics: a train
+  step minus the gradient is what those cost.
+  """
+  loss, params = _one_device_loss(setup, batch)
+  params = jax.device_put(params, devices[0])
+  options = parallel.compiler_options(devices[0].platform)
+  parts = {}
+  for name, fn in (('forward', loss), ('gradient', jax.grad(loss))):
+    executable = jax.jit(fn).lower(params).compile(options)
+    run_part = lambda n, executable=executable: [  # noqa: E731
+        jax.block_until_ready(executable(params)) for _ in range(n)]
+    run_part(1)
+    parts[name] = _timed_windows(run_part, steps, repeats)
+  return parts
+
+
 def run(config: ml_collections.ConfigDict, *, steps: int = 30, repeats: int = 5,
         warmup_steps: int = 3, synthetic: bool = False, synthetic_train_size: int = 50_000,
-        synthetic_eval_size: int = 10_000, matmul_size: int = 2048) -> dict[str, Any]:
-  """Measures `config`; returns the figures `main` prints."""
+        synthetic_eval_size: int = 10_000, matmul_size: int = 2048,
+        breakdown: bool = False) -> dict[str, Any]:
+  """Measures `config`; returns the figures `main` prints (`breakdown`: the step's parts too)."""
   validation.validate(config)
   if steps < 1 or repeats < 1:
     raise UserError('--steps and --repeats must be at least 1.')
@@ -257,7 +291,12 @@ def run(config: ml_collections.ConfigDict, *, steps: int = 30, repeats: int = 5,
   figures['sec_per_batch'] = statistics.median(train_seconds)
   # Each run's share of the time: its num_train_steps at the R runs' pace, divided by R.
   figures['run_s'] = config.num_train_steps * statistics.median(end_to_end) / replicas
-  flops = _step_flops_per_example(setup, jax.tree.map(lambda x: x[0], batch))
+  one_device_batch = jax.tree.map(lambda x: x[0], batch)
+  flops = _step_flops_per_example(setup, one_device_batch)
+  if breakdown:
+    per_device = examples // len(devices)  # the examples of one device's share
+    figures['parts'] = {name: _rate(per_device // replicas, seconds) for name, seconds in
+                        _step_parts(setup, one_device_batch, devices, steps, repeats).items()}
   figures['gflop_per_example'] = flops / 1e9
   figures['achieved_gflops'] = flops * figures['train_step']['median'] / 1e9
 
@@ -344,6 +383,12 @@ def format_figures(figures: dict[str, Any]) -> str:
       f'{figures["matmul_gflops"]:.1f} GFLOP/s)',
       f'{"peak host memory":<22} {figures["peak_host_mib"]:9.0f} MiB',
   ]
+  if 'parts' in figures:  # --breakdown: per image of one run, each on one device
+    step_ms = 1e3 / figures['train_step']['median'] * replicas * figures['devices']
+    for name, label in (('forward', 'loss forward alone'), ('gradient', 'loss gradient alone')):
+      part_ms = 1e3 / figures['parts'][name]['median']
+      lines.append(row(label, figures['parts'][name]) + (
+          f'; {100 * part_ms / step_ms:.0f}% of a train step'))
   if figures['peak_device_mib'] is not None:
     lines.append(f'{"peak device memory":<22} {figures["peak_device_mib"]:9.0f} MiB')
   return '\n'.join(lines)
@@ -352,6 +397,7 @@ def format_figures(figures: dict[str, Any]) -> str:
 def machine_line(figures: dict[str, Any], pytorch: dict[str, float] | None) -> str:
   items = {
       'train_step_img_per_s': figures['train_step']['median'],
+      **{f'{name}_img_per_s': rate['median'] for name, rate in figures.get('parts', {}).items()},
       'end_to_end_img_per_s': figures['end_to_end']['median'],
       'host_gather_img_per_s': figures['host_gather']['median'],
       'eval_img_per_s': figures['eval']['median'],
@@ -377,7 +423,8 @@ def main(argv):
     figures = run(config, steps=FLAGS.steps, repeats=FLAGS.repeats,
                   warmup_steps=FLAGS.warmup_steps, synthetic=FLAGS.synthetic,
                   synthetic_train_size=FLAGS.synthetic_train_size,
-                  synthetic_eval_size=FLAGS.synthetic_eval_size, matmul_size=FLAGS.matmul_size)
+                  synthetic_eval_size=FLAGS.synthetic_eval_size, matmul_size=FLAGS.matmul_size,
+                  breakdown=FLAGS.breakdown)
   except UserError as e:
     cli.fail(str(e))
   print(format_figures(figures))

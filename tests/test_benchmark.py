@@ -14,10 +14,12 @@ from tests.conftest import REPO_ROOT, tiny_airbench_config, tiny_config
 @pytest.mark.slow  # (tier: docs/development.md#tests)
 def test_run_reports_every_figure_and_a_parseable_last_line():
   figures = benchmark.run(tiny_config(), steps=2, repeats=2, warmup_steps=1, synthetic=True,
-                          synthetic_train_size=64, synthetic_eval_size=40, matmul_size=128)
-  for name in ('train_step', 'end_to_end', 'eval'):
-    rate = figures[name]
+                          synthetic_train_size=64, synthetic_eval_size=40, matmul_size=128,
+                          breakdown=True)
+  for rate in (figures['train_step'], figures['end_to_end'], figures['eval'],
+               *figures['parts'].values()):
     assert 0 < rate['min'] <= rate['median'] <= rate['max'] < math.inf
+  assert set(figures['parts']) == {'forward', 'gradient'}
   assert figures['global_batch'] == 8
   assert figures['compile_s'] > 0 and figures['matmul_gflops'] > 0
   assert figures['gflop_per_example'] > 0 and figures['peak_host_mib'] > 0
@@ -26,8 +28,11 @@ def test_run_reports_every_figure_and_a_parseable_last_line():
   assert float(values['train_step_img_per_s']) == pytest.approx(figures['train_step']['median'],
                                                                  abs=0.1)
   assert set(values) >= {'end_to_end_img_per_s', 'eval_img_per_s', 'compile_s', 'matmul_gflops',
-                         'pytorch_train_step_img_per_s'}
-  assert 'train step' in benchmark.format_figures(figures)
+                         'pytorch_train_step_img_per_s', 'forward_img_per_s',
+                         'gradient_img_per_s'}
+  table = benchmark.format_figures(figures)
+  assert 'train step' in table and '% of a train step' in table
+  assert 'loss gradient alone' in table
 
 
 @pytest.mark.slow

@@ -256,12 +256,21 @@ def test_make_image_folder_writes_a_folder_the_recipe_loads(tmp_path):
 def test_the_convolution_passes_are_timed_in_each_variant():
   # (the first five: stride 1 and 2, 3x3 and the 1x1 shortcut, for every alternative)
   command = [sys.executable, _script('conv_passes.py'), '--batch=2', '--repeats=1', '--limit=5',
-             '--variants=xla,xla_reference,taps,alternatives',
+             '--variants=xla,xla_reference,taps,alternatives,fast,phases,subsample',
              *([f'--torch_python={TORCH_PYTHON}'] if TORCH_PYTHON else [])]
   totals = json.loads(_run(command).stdout.strip().splitlines()[-1])
-  assert set(totals) == {'xla', 'xla_reference', 'taps', 'alternatives',
-                         *(['pytorch'] if TORCH_PYTHON else [])}
+  assert set(totals) == {'xla', 'xla_reference', 'taps', 'alternatives', 'fast', 'phases',
+                         'subsample', *(['pytorch'] if TORCH_PYTHON else [])}
   assert all(ms > 0 for passes in totals.values() for ms in passes.values())
+  # WRN-16-8's strided convolutions: the 3x3/2 and 1x1/2 of its second group.
+  output = _run([sys.executable, _script('conv_passes.py'), '--batch=2', '--repeats=1',
+                 '--network=wrn16_8', '--strided_only', '--limit=2', '--variants=xla,fast']).stdout
+  assert 'WRN-16-8' in output and '| group2 shortcut 1x1/2 | 1 | weight_grad |' in output
+  assert 'group1' not in output
+  # The whole network's gradient in each variant (how `convolutions.MEASURED` is decided).
+  last = _run([sys.executable, _script('conv_passes.py'), '--batch=2', '--repeats=1',
+               '--whole_gradient', '--variants=xla,fast,phases+subsample']).stdout
+  assert set(json.loads(last.strip().splitlines()[-1])) == {'xla', 'fast', 'phases+subsample'}
 
 
 @pytest.mark.slow

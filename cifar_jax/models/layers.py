@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cifar_jax.models import convolutions
+
 
 def _same_padding(size: int, window: int, stride: int) -> tuple[int, int, int]:
   """(output size, padding before, padding after) of TF's 'SAME' padding."""
@@ -105,7 +107,8 @@ def reference_max_pool(x: jax.Array) -> jax.Array:
 
 # config.model.formulation of every family: the same function and gradients. 'fast' (the
 # default) takes the layers written for XLA's CPU backend (`max_pool`, the rsqrt LRN,
-# `batch_norm_train`'s analytic backward); 'reference' the plain ones (`nn.max_pool`, pow,
+# `batch_norm_train`'s analytic backward, `convolutions.Conv`'s measured passes); 'reference'
+# the plain ones (`nn.max_pool`, pow,
 # BatchNorm differentiated by JAX): for the BatchNorm networks, what they trained with
 # before the fast formulation existed, bit for bit (docs/performance.md).
 FORMULATIONS = ('fast', 'reference')
@@ -320,15 +323,23 @@ def kaiming_normal_fan_out() -> nn.initializers.Initializer:
 
 
 def pytorch_conv(features: int, kernel_size: int, stride: int = 1, *, dtype: Any,
-                 name: str, kernel_init: nn.initializers.Initializer | None = None) -> nn.Conv:
+                 name: str, kernel_init: nn.initializers.Initializer | None = None,
+                 formulation: str = 'reference') -> nn.Module:
   """`nn.Conv2d(.., kernel_size, stride, padding=kernel_size // 2, bias=False)` on NHWC.
 
   The padding is explicit: PyTorch pads kernel_size // 2 on both sides, where
   flax's 'SAME' pads a strided convolution on even sizes only after (the
-  windows would start one pixel later, a different function).
+  windows would start one pixel later, a different function). `formulation`
+  (FORMULATIONS): 'fast' takes each pass's faster formulation where one was
+  measured (`convolutions.Conv`), 'reference' flax's `nn.Conv`; both have the
+  same parameter.
   """
+  kernel_init = kernel_init or pytorch_default_uniform()
+  if formulation == 'fast':
+    return convolutions.Conv(features, kernel_size, stride, kernel_init=kernel_init,
+                             dtype=dtype, name=name)
   pad = kernel_size // 2
   return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False,
-                 kernel_init=kernel_init or pytorch_default_uniform(), dtype=dtype, name=name)
+                 kernel_init=kernel_init, dtype=dtype, name=name)
 

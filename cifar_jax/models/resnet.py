@@ -95,7 +95,8 @@ class _Family(nn.Module):
                      name=name)
 
   def _conv(self, features: int, kernel_size: int, stride: int, name: str):
-    return pytorch_conv(features, kernel_size, stride, dtype=self.dtype, name=name)
+    return pytorch_conv(features, kernel_size, stride, dtype=self.dtype, name=name,
+                        formulation=self.formulation)
 
   def _stages(self):
     """(stage, block index, block kind, width, stride) of every block, in order."""

@@ -81,7 +81,7 @@ class WideResNet(nn.Module):
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     def conv(features, kernel_size, stride, name):
       return pytorch_conv(features, kernel_size, stride, dtype=self.dtype, name=name,
-                          kernel_init=kaiming_normal_fan_out())
+                          kernel_init=kaiming_normal_fan_out(), formulation=self.formulation)
 
     def bn_relu(name, x):
       return nn.relu(BatchNorm(momentum=self.batch_norm_momentum,
