@@ -157,9 +157,8 @@ def _tiny_measured_shapes(monkeypatch, convs):
                         'phases' if k == 3 else 'subsample')
 
 
-@pytest.mark.parametrize('family', [
-    pytest.param('resnet', marks=pytest.mark.slow), 'preact',
-    pytest.param('wrn', marks=pytest.mark.slow)])
+@pytest.mark.slow  # (13 s each: the fast tier holds the formulations and the table's dispatch)
+@pytest.mark.parametrize('family', ['resnet', 'preact', 'wrn'])
 def test_the_fast_networks_convolutions_give_the_reference_logits_and_gradients(
     family, monkeypatch):
   """The networks' fast formulation through the measured passes against flax's nn.Conv."""
@@ -198,3 +197,18 @@ def test_the_fast_networks_convolutions_give_the_reference_logits_and_gradients(
   for path, g in jax.tree_util.tree_leaves_with_path(fast_grads):
     want = functools.reduce(lambda tree, key: tree[key.key], path, ref_grads)
     assert _relative_error(g, want) < 2e-4, jax.tree_util.keystr(path)
+
+
+def test_phases_under_vmap_is_each_runs_own_convolution():
+  """Replicas run vmapped over their own kernels (`replica_execution='vmap'`): each is XLA's."""
+  keys = jax.random.split(jax.random.key(6), 3)
+  x = jax.random.normal(keys[0], (2, 3, 6, 6, 2))  # [runs, N, H, W, C_in]
+  kernels = jax.random.normal(keys[1], (2, 3, 3, 2, 4)) * 0.1
+  weights = jax.random.normal(keys[2], (2, 3, 3, 3, 4))
+
+  def each(conv):
+    return jax.jit(jax.vmap(functools.partial(_value_and_grads, conv)))(x, kernels, weights)
+  got = each(functools.partial(convolutions.conv2d, stride=2, formulation='phases'))
+  want = each(functools.partial(_xla, stride=2))
+  for a, b in zip(got, want, strict=True):
+    assert _relative_error(a, b) < 1e-5
