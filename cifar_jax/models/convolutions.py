@@ -54,7 +54,9 @@ MEASURED: dict[tuple[int, int, int, int, int], str] = {
     (3, 2, 16, 256, 512): 'phases',  # 166.4 -> 143.6
 }
 
+
 def _check(kernel_size: int, stride: int, formulation: str) -> None:
+  """Raises ValueError where `formulation` does not compute this convolution."""
   if formulation not in FORMULATIONS:
     raise ValueError(f'unknown convolution formulation {formulation!r}; one of {FORMULATIONS}')
   if formulation == 'subsample' and kernel_size != 1:

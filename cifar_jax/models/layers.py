@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cifar_jax.models import convolutions
+from cifar_jax.models.convolutions import Conv
 
 
 def _same_padding(size: int, window: int, stride: int) -> tuple[int, int, int]:
@@ -336,8 +336,7 @@ def pytorch_conv(features: int, kernel_size: int, stride: int = 1, *, dtype: Any
   """
   kernel_init = kernel_init or pytorch_default_uniform()
   if formulation == 'fast':
-    return convolutions.Conv(features, kernel_size, stride, kernel_init=kernel_init,
-                             dtype=dtype, name=name)
+    return Conv(features, kernel_size, stride, kernel_init=kernel_init, dtype=dtype, name=name)
   pad = kernel_size // 2
   return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False,
